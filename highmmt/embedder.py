@@ -1,0 +1,163 @@
+"""The contract every modality embedder follows, and helpers they share.
+
+Data flow for one modality (letters: b batch, n tokens, d width)::
+
+    raw sample (numpy, the kind's canonical format, see each ``modalities/<kind>.py``)
+      --Embedder.collate(list of samples)--> batch dict of tensors (padded, with a validity mask)
+      --Embedder.forward(batch dict)------> tokens [b, n, d] float, mask [b, n] bool (True = real token)
+
+``collate`` is a classmethod that runs on CPU in data-loader workers; it needs no weights.
+``forward`` adds positional encodings itself; the model adds the modality-type embedding.
+
+An embedder also accepts a plain tensor instead of a batch dict (no padding), so
+``model({"image": torch.rand(2, 28, 28, 1)}, task="t")`` works.
+
+Input checks (``check_finite``, ``check_rank``...) raise ``ValueError``/``TypeError`` naming the
+modality and what was expected, as the user sees them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+Batch = dict[str, Tensor]
+
+
+class Embedder(nn.Module):
+    """Base class: turn one modality's raw input into tokens.
+
+    Subclasses set ``kind`` and implement ``collate`` and ``embed``.
+
+    Args:
+        name: the modality's name in the model (for error messages), e.g. ``"mnist_image"``.
+        dim: output token width d.
+        **options: kind-specific options (channels, patch size...), stored in the model config.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, *, name: str, dim: int) -> None:
+        super().__init__()
+        self.name = name
+        self.dim = dim
+
+    # ---- CPU side -------------------------------------------------------------------------
+    @classmethod
+    def collate(cls, samples: Sequence[Any]) -> Batch:
+        """Stack a list of raw samples into a padded batch dict (must contain ``"x"``)."""
+        raise NotImplementedError
+
+    # ---- model side -----------------------------------------------------------------------
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Return tokens [b, n, d] and mask [b, n] (True = real token) for a checked batch."""
+        raise NotImplementedError
+
+    def as_batch(self, inputs: Tensor | Mapping[str, Tensor]) -> Batch:
+        """Accept a bare tensor as ``{"x": tensor}``; check the container type."""
+        if isinstance(inputs, Tensor):
+            return {"x": inputs}
+        if isinstance(inputs, Mapping):
+            if "x" not in inputs:
+                raise ValueError(
+                    f"modality {self.name!r} ({self.kind}): batch dict needs key 'x', got keys {sorted(inputs)}"
+                )
+            return dict(inputs)
+        raise TypeError(
+            f"modality {self.name!r} ({self.kind}): expected a tensor or a dict of tensors, "
+            f"got {type(inputs).__name__}"
+        )
+
+    def forward(self, inputs: Tensor | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        batch = self.as_batch(inputs)
+        x = batch["x"]
+        if x.shape[0] == 0:
+            raise ValueError(f"modality {self.name!r} ({self.kind}): empty batch (batch size 0)")
+        tokens, mask = self.embed(batch)
+        return tokens, mask
+
+    # ---- shared checks --------------------------------------------------------------------
+    def check_rank(self, x: Tensor, rank: int, layout: str) -> None:
+        if x.dim() != rank:
+            raise ValueError(
+                f"modality {self.name!r} ({self.kind}): expected a {rank}-d tensor {layout}, "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def check_size(self, x: Tensor, axis: int, expected: int, what: str) -> None:
+        if x.shape[axis] != expected:
+            raise ValueError(
+                f"modality {self.name!r} ({self.kind}): expected {expected} {what} (axis {axis}), "
+                f"got {x.shape[axis]} in shape {tuple(x.shape)}"
+            )
+
+    def check_float(self, x: Tensor) -> None:
+        if not torch.is_floating_point(x):
+            raise TypeError(
+                f"modality {self.name!r} ({self.kind}): expected a floating-point tensor, got {x.dtype}"
+            )
+
+    def check_finite(self, x: Tensor, where: Tensor | None = None) -> None:
+        """Raise if ``x`` holds NaN or inf (optionally only where ``where`` is True)."""
+        bad = ~torch.isfinite(x)
+        if where is not None:
+            bad = bad & where
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise ValueError(
+                f"modality {self.name!r} ({self.kind}): input holds {n} NaN/inf value(s); "
+                "mark missing values with the batch's mask/observed entries instead"
+            )
+
+
+# ---- helpers shared by embedders ---------------------------------------------------------------
+def fourier_features(pos: Tensor, num_bands: int, max_freq: float) -> Tensor:
+    """Fourier position features as in Perceiver.
+
+    Args:
+        pos: positions scaled to [-1, 1], shape [..., a] for a axes.
+    Returns:
+        [..., a * (2 * num_bands + 1)] features (sin, cos per band, plus the raw position).
+    """
+    freqs = torch.linspace(1.0, max_freq / 2, num_bands, device=pos.device, dtype=pos.dtype)
+    scaled = pos.unsqueeze(-1) * freqs * math.pi  # [..., a, bands]
+    feats = torch.cat([scaled.sin(), scaled.cos(), pos.unsqueeze(-1)], dim=-1)
+    return feats.flatten(-2)
+
+
+def sinusoidal_positions(n: int, dim: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Fixed 1-d sinusoidal table [n, dim] (works for any length, no max length)."""
+    pos = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
+    half = dim // 2
+    div = torch.exp(torch.arange(half, device=device, dtype=torch.float32) * (-math.log(10000.0) / max(half, 1)))
+    table = torch.zeros(n, dim, device=device, dtype=torch.float32)
+    table[:, 0 : 2 * half : 2] = torch.sin(pos * div)
+    table[:, 1 : 2 * half : 2] = torch.cos(pos * div)
+    return table.to(dtype)
+
+
+def pad_sequences(arrays: Sequence[np.ndarray], *, dtype: Any = np.float32, pad_value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Pad arrays of shape [t_i, ...] along axis 0.
+
+    Returns:
+        padded [b, t_max, ...] tensor and mask [b, t_max] bool (True = real step).
+    """
+    if len(arrays) == 0:
+        raise ValueError("cannot collate an empty list of samples")
+    arrays = [np.asarray(a) for a in arrays]
+    t_max = max(1, max(a.shape[0] for a in arrays))
+    rest = arrays[0].shape[1:]
+    for a in arrays:
+        if a.shape[1:] != rest:
+            raise ValueError(f"samples disagree on trailing shape: {rest} vs {a.shape[1:]}")
+    out = np.full((len(arrays), t_max, *rest), pad_value, dtype=dtype)
+    mask = np.zeros((len(arrays), t_max), dtype=bool)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+        mask[i, : a.shape[0]] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)

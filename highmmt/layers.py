@@ -1,0 +1,110 @@
+"""Attention and feed-forward blocks on ``torch.nn.functional.scaled_dot_product_attention``.
+
+Letters: b batch, n query tokens, m context tokens, h heads, e head width, d model width.
+Masks are boolean, True = a real token that may be attended to.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Multi-head (cross- or self-) attention with pre-norm on query and context.
+
+    Args:
+        dim: query width d.
+        context_dim: context width (default ``dim``).
+        cross: cross-attention (a separate pre-norm for the context) or self-attention.
+        heads, dim_head: number and width of heads.
+        dropout: attention-probability dropout (training only).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        context_dim: int | None = None,
+        heads: int = 4,
+        dim_head: int = 32,
+        dropout: float = 0.0,
+        cross: bool = False,
+    ) -> None:
+        super().__init__()
+        context_dim = context_dim or dim
+        inner = heads * dim_head
+        self.heads = heads
+        self.dropout = dropout
+        self.norm = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(context_dim) if cross else None
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x [b, n, d], context [b, m, dc] (default x), mask [b, m] -> [b, n, d] (not residual)."""
+        x = self.norm(x)
+        if self.norm_context is None:
+            if context is not None:
+                raise ValueError("a self-attention layer was given a context")
+            context = x
+        else:
+            if context is None:
+                raise ValueError("a cross-attention layer needs a context")
+            context = self.norm_context(context)
+        q = rearrange(self.to_q(x), "b n (h e) -> b h n e", h=self.heads)
+        k, v = rearrange(self.to_kv(context), "b m (two h e) -> two b h m e", two=2, h=self.heads)
+        attn_mask = None if mask is None else rearrange(mask, "b m -> b 1 1 m")
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.to_out(rearrange(out, "b h n e -> b n (h e)"))
+
+
+class FeedForward(nn.Module):
+    """Pre-norm GELU MLP: [b, n, d] -> [b, n, d] (not residual)."""
+
+    def __init__(self, *, dim: int, mlp_mult: int = 2, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim),
+            nn.Linear(dim, dim * mlp_mult),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(dim * mlp_mult, dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class CrossBlock(nn.Module):
+    """Cross-attention (x <- context), then self-attention, then feed-forward, all residual.
+
+    The Crossmodal Transformer block of HighMMT (Q from one modality, K/V from another).
+    """
+
+    def __init__(self, *, dim: int, heads: int, dim_head: int, mlp_mult: int, dropout: float = 0.0, cross_heads: int | None = None) -> None:
+        super().__init__()
+        self.cross = Attention(dim=dim, heads=cross_heads or heads, dim_head=dim_head, dropout=dropout, cross=True)
+        self.self_attn = Attention(dim=dim, heads=heads, dim_head=dim_head, dropout=dropout)
+        self.ff = FeedForward(dim=dim, mlp_mult=mlp_mult, dropout=dropout)
+
+    def forward(self, x: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """x [b, n, d], context [b, m, d], context_mask [b, m] -> [b, n, d]."""
+        x = x + self.cross(x, context, context_mask)
+        x = x + self.self_attn(x)
+        return x + self.ff(x)
+
+
+def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over tokens: x [b, n, d], mask [b, n] -> [b, d]."""
+    if mask is None:
+        return x.mean(dim=1)
+    w = mask.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+__all__ = ["Attention", "CrossBlock", "FeedForward", "masked_mean"]

@@ -1,0 +1,193 @@
+"""The HighMMT model: per-modality embedders -> shared encoder(s) -> fusion -> per-task heads.
+
+Letters: b batch, n tokens, l latents, d width, M modalities of a task, c outputs.
+
+::
+
+    inputs {modality: tensor | batch dict}
+      --embedders[m] (ModuleDict by modality)--> tokens [b, n, d], mask [b, n]
+      --+ modality-type embedding [d]
+      --encoders[group(m)] (shared Perceiver)--> latents [b, l, d]
+      --fusion (pairwise | bottleneck | none)--> fused [b, M * d]
+      --heads[task] (ModuleDict by task)-------> outputs [b, c]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from highmmt.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_save_safetensors,
+    atomic_write_json,
+    check_state_dict,
+    load_weights,
+)
+from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
+from highmmt.embedder import Embedder
+from highmmt.encoder import PerceiverEncoder
+from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
+from highmmt.heads import TaskHead
+from highmmt.registry import EMBEDDERS
+from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
+
+
+def _key(name: str) -> str:
+    """ModuleDict keys may not contain dots."""
+    return name.replace(".", "_")
+
+
+class HighMMT(nn.Module):
+    """One model for many modalities and tasks.
+
+    Args:
+        config: a :class:`HighMMTConfig` (modalities, tasks, sizes, sharing).
+
+    ``forward(inputs, task)`` takes a dict modality name -> tensor (or the batch dict its
+    embedder's ``collate`` made); any non-empty subset of the task's modalities may be given.
+    """
+
+    def __init__(self, config: HighMMTConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.embedders = nn.ModuleDict()
+        for name, mc in config.modalities.items():
+            self.embedders[_key(name)] = self._build_embedder(name, mc)
+        self.modality_embedding = nn.ParameterDict(
+            {_key(m): nn.Parameter(torch.randn(d) * 0.02) for m in config.modalities}
+        )
+        self.encoder_group = encoder_groups(config.sharing.encoder, list(config.modalities))
+        self.encoders = nn.ModuleDict(
+            {
+                g: PerceiverEncoder(dim=d, cfg=config.encoder, gradient_checkpointing=config.gradient_checkpointing)
+                for g in sorted(set(self.encoder_group.values()))
+            }
+        )
+        self.fusion = self._build_fusion()
+        self.heads = nn.ModuleDict({_key(t): self._build_head(tc) for t, tc in config.tasks.items()})
+
+    # ---- construction -------------------------------------------------------------------------
+    def _build_embedder(self, name: str, mc: ModalityConfig) -> Embedder:
+        cls = EMBEDDERS.get(mc.kind)
+        try:
+            return cls(name=name, dim=self.config.dim, **mc.options)
+        except TypeError as e:
+            raise ValueError(f"modality {name!r} ({mc.kind}): bad embedder options {mc.options}: {e}") from e
+
+    def _build_head(self, tc: TaskConfig) -> TaskHead:
+        return TaskHead(
+            in_dim=len(tc.modalities) * self.config.dim,
+            out_dim=tc.num_outputs,
+            hidden=self.config.head_hidden,
+            dropout=self.config.head_dropout,
+        )
+
+    def _build_fusion(self) -> nn.Module:
+        cfg = self.config
+        if cfg.fusion.kind == "none":
+            return NoFusion()
+        if cfg.fusion.kind == "pairwise":
+            pairs = task_pairs(t.modalities for t in cfg.tasks.values())
+            return PairwiseFusion(dim=cfg.dim, cfg=cfg.fusion, groups=fusion_groups(cfg.sharing.fusion, pairs))
+        if isinstance(cfg.sharing.fusion, Mapping):
+            raise ValueError("explicit fusion groups are defined over modality pairs and need fusion.kind='pairwise'")
+        shared = cfg.sharing.fusion == "all"
+        groups = {t: ("shared" if shared else _key(t)) for t in cfg.tasks}
+        return BottleneckFusion(dim=cfg.dim, cfg=cfg.fusion, groups=groups)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def _check_inputs(self, inputs: Any, task: str) -> TaskConfig:
+        if task not in self.config.tasks:
+            raise ValueError(f"unknown task {task!r}; this model has tasks {sorted(self.config.tasks)}")
+        tc = self.config.tasks[task]
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"inputs must be a dict of modality name -> tensor, got {type(inputs).__name__}")
+        if not inputs:
+            raise ValueError(f"task {task!r}: no modality given; it reads {tc.modalities}")
+        for m in inputs:
+            if m not in self.config.modalities:
+                raise ValueError(f"unknown modality {m!r}; this model has modalities {sorted(self.config.modalities)}")
+            if m not in tc.modalities:
+                raise ValueError(f"task {task!r} does not read modality {m!r}; it reads {tc.modalities}")
+        return tc
+
+    def _cast(self, value: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """Floating inputs follow the model's parameter dtype; integer/bool ones are left alone."""
+        dtype = self.modality_embedding[next(iter(self.modality_embedding))].dtype
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != dtype else t
+
+        if isinstance(value, Mapping):
+            return {k: cast(v) for k, v in value.items()}
+        return cast(value)
+
+    def encode_modality(self, name: str, value: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """One modality's input -> latents [b, l, d] through its embedder and encoder group."""
+        tokens, mask = self.embedders[_key(name)](self._cast(value))
+        tokens = tokens + self.modality_embedding[_key(name)].to(tokens.dtype)
+        return self.encoders[self.encoder_group[name]](tokens, mask)
+
+    def encode(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
+        """inputs -> fused [b, M * d] (the head's input)."""
+        tc = self._check_inputs(inputs, task)
+        latents = {m: self.encode_modality(m, inputs[m]) for m in tc.modalities if m in inputs}
+        sizes = {m: z.shape[0] for m, z in latents.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"task {task!r}: modalities disagree on batch size: {sizes}")
+        return self.fusion(latents, tc.modalities, _key(task))
+
+    def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
+        """inputs -> outputs [b, c] of ``task``'s head."""
+        return self.heads[_key(task)](self.encode(inputs, task))
+
+    # ---- bookkeeping -----------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, Any]:
+        """Parameters per part: embedders (per modality), encoders (per group), fusion, heads (per task)."""
+
+        def count(module: nn.Module | nn.Parameter) -> int:
+            if isinstance(module, nn.Parameter):
+                return module.numel()
+            return sum(p.numel() for p in module.parameters())
+
+        emb = {m: count(self.embedders[_key(m)]) + count(self.modality_embedding[_key(m)]) for m in self.config.modalities}
+        enc = {g: count(e) for g, e in self.encoders.items()}
+        heads = {t: count(self.heads[_key(t)]) for t in self.config.tasks}
+        return {
+            "embedders": emb,
+            "encoders": enc,
+            "fusion": count(self.fusion),
+            "heads": heads,
+            "shared": sum(enc.values()) + count(self.fusion),
+            "total": count(self),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_save_safetensors(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
+        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "HighMMT":
+        """Rebuild from ``config.json`` and load ``model.safetensors``; mismatches raise ValueError."""
+        import json
+
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
+        config = HighMMTConfig.from_dict(json.loads(cfg_path.read_text()))
+        model = cls(config)
+        state = load_weights(directory / WEIGHTS_NAME)
+        check_state_dict(model.state_dict(), state, where=str(directory))
+        model.load_state_dict(state)
+        return model.to(map_location)
