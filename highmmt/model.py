@@ -146,7 +146,8 @@ class HighMMT(nn.Module):
 
     def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
         """inputs -> outputs [b, c] of ``task``'s head."""
-        return self.heads[_key(task)](self.encode(inputs, task))
+        fused = self.encode(inputs, task)
+        return self.heads[_key(task)](fused)
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, Any]:

@@ -1,0 +1,224 @@
+"""Core model: shapes, gradients, modality subsets, sharing, save/load, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from highmmt import EMBEDDERS, Embedder, HighMMT, HighMMTConfig, ModalityConfig, TaskConfig, apply_overrides
+from highmmt.config import EncoderConfig, FusionConfig, SharingConfig
+
+
+class _VectorEmbedder(Embedder):
+    """Test-only embedder: [b, n, c] float -> [b, n, d]."""
+
+    kind = "_test_vector"
+
+    def __init__(self, *, name: str, dim: int, channels: int = 3) -> None:
+        super().__init__(name=name, dim=dim)
+        self.channels = channels
+        self.proj = nn.Linear(channels, dim)
+
+    def embed(self, batch):
+        x = batch["x"]
+        self.check_rank(x, 3, "[b, n, c]")
+        self.check_size(x, 2, self.channels, "channels")
+        self.check_float(x)
+        self.check_finite(x)
+        mask = batch.get("mask", torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
+        return self.proj(x), mask
+
+
+if "_test_vector" not in EMBEDDERS:
+    EMBEDDERS.register("_test_vector")(_VectorEmbedder)
+
+MODS = ("a", "b", "c")
+
+
+def make_config(fusion: str = "pairwise", encoder_sharing="all", fusion_sharing="all", **kw) -> HighMMTConfig:
+    return HighMMTConfig(
+        dim=16,
+        modalities={m: ModalityConfig("_test_vector", {"channels": 3}) for m in MODS},
+        tasks={
+            "three": TaskConfig(list(MODS), "classification", 4),
+            "one": TaskConfig(["a"], "regression", 2),
+            "pair": TaskConfig(["b", "c"], "multilabel", 3),
+        },
+        encoder=EncoderConfig(depth=1, num_latents=4, heads=2, dim_head=8),
+        fusion=FusionConfig(kind=fusion, heads=2, dim_head=8, num_tokens=3),
+        sharing=SharingConfig(encoder=encoder_sharing, fusion=fusion_sharing),
+        **kw,
+    )
+
+
+def inputs(b: int = 2, n: int = 5) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {m: torch.randn(b, n + i, 3, generator=g) for i, m in enumerate(MODS)}
+
+
+@pytest.mark.parametrize("fusion", ["pairwise", "bottleneck", "none"])
+def test_every_parameter_gets_gradient_and_outputs_are_finite(fusion):
+    torch.manual_seed(0)
+    model = make_config(fusion)
+    model = HighMMT(model)
+    x = inputs()
+    loss = model(x, "three").sum() + model({"a": x["a"]}, "one").sum() + model({m: x[m] for m in "bc"}, "pair").sum()
+    assert torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("fusion", ["pairwise", "bottleneck", "none"])
+def test_every_subset_of_modalities_works(fusion):
+    torch.manual_seed(0)
+    model = HighMMT(make_config(fusion)).eval()
+    x = inputs()
+    full = model(x, "three")
+    for r in (1, 2, 3):
+        for subset in itertools.combinations(MODS, r):
+            out = model({m: x[m] for m in subset}, "three")
+            assert out.shape == (2, 4) and torch.isfinite(out).all()
+            if r < 3:
+                assert not torch.allclose(out, full)
+
+
+def test_padding_mask_is_respected():
+    torch.manual_seed(0)
+    model = HighMMT(make_config()).eval()
+    x = inputs(b=1)
+    a = x["a"]
+    padded = torch.cat([a, torch.randn(1, 4, 3) * 100], dim=1)
+    mask = torch.cat([torch.ones(1, a.shape[1]), torch.zeros(1, 4)], dim=1).bool()
+    out1 = model({"a": a}, "one")
+    out2 = model({"a": {"x": padded, "mask": mask}}, "one")
+    torch.testing.assert_close(out1, out2, atol=1e-5, rtol=1e-5)
+
+
+def _count(model: HighMMT, part: str) -> int:
+    return sum(model.parameter_counts()[part].values()) if isinstance(model.parameter_counts()[part], dict) else model.parameter_counts()[part]
+
+
+def test_sharing_modes_give_expected_parameter_counts():
+    shared = HighMMT(make_config())
+    one_encoder = next(iter(shared.parameter_counts()["encoders"].values()))
+    assert len(shared.encoders) == 1
+    none = HighMMT(make_config(encoder_sharing="none"))
+    assert _count(none, "encoders") == 3 * one_encoder
+    grouped = HighMMT(make_config(encoder_sharing={"g1": ["a", "b"], "g2": ["c"]}))
+    assert _count(grouped, "encoders") == 2 * one_encoder
+    # pairs inside tasks: a|b, a|c, b|c -> three fusion blocks when nothing is shared
+    one_block = shared.parameter_counts()["fusion"]
+    assert HighMMT(make_config(fusion_sharing="none")).parameter_counts()["fusion"] == 3 * one_block
+    two = HighMMT(make_config(fusion_sharing={"x": ["a|b", "c|a"], "y": ["b|c"]}))
+    assert two.parameter_counts()["fusion"] == 2 * one_block
+    counts = shared.parameter_counts()
+    assert counts["total"] == sum(p.numel() for p in shared.parameters())
+    assert counts["total"] == sum(counts["embedders"].values()) + counts["shared"] + sum(counts["heads"].values())
+
+
+def test_bottleneck_fusion_parameters_do_not_grow_with_modalities():
+    small = HighMMT(make_config("bottleneck")).parameter_counts()["fusion"]
+    cfg = make_config("bottleneck")
+    cfg.modalities["d"] = ModalityConfig("_test_vector", {"channels": 3})
+    cfg.tasks["four"] = TaskConfig(["a", "b", "c", "d"], "classification", 2)
+    assert HighMMT(cfg).parameter_counts()["fusion"] == small
+
+
+@pytest.mark.parametrize(
+    "sharing, match",
+    [
+        (dict(encoder_sharing={"g": ["a", "b"]}), "leave out"),
+        (dict(encoder_sharing={"g": ["a", "b", "c"], "h": ["a"]}), "two groups"),
+        (dict(encoder_sharing={"g": ["a", "b", "c", "zz"]}), "zz"),
+        (dict(encoder_sharing="some"), "must be 'all', 'none'"),
+        (dict(fusion_sharing={"g": ["a|b"]}), "leave out"),
+    ],
+)
+def test_bad_sharing_config_is_a_clear_error(sharing, match):
+    with pytest.raises(ValueError, match=match):
+        HighMMT(make_config(**sharing))
+
+
+def test_gradient_checkpointing_matches_plain_forward_and_backward():
+    torch.manual_seed(0)
+    plain = HighMMT(make_config())
+    ckpt = HighMMT(make_config(gradient_checkpointing=True))
+    ckpt.load_state_dict(plain.state_dict())
+    x = inputs()
+    out_a, out_b = plain(x, "three"), ckpt(x, "three")
+    torch.testing.assert_close(out_a, out_b)
+    out_a.sum().backward()
+    out_b.sum().backward()
+    for (n, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = HighMMT(make_config("bottleneck")).eval()
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    again = HighMMT.from_pretrained(tmp_path / "m").eval()
+    x = inputs()
+    assert torch.equal(model(x, "three"), again(x, "three"))
+
+
+def test_config_that_does_not_match_weights_is_a_clear_error(tmp_path):
+    HighMMT(make_config()).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["dim"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="does not match the weights"):
+        HighMMT.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        HighMMT.from_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda m, x: m(x, "nope"), ValueError, "unknown task 'nope'"),
+        (lambda m, x: m({"zz": x["a"]}, "three"), ValueError, "unknown modality 'zz'"),
+        (lambda m, x: m({"b": x["b"]}, "one"), ValueError, "does not read modality 'b'"),
+        (lambda m, x: m({}, "three"), ValueError, "no modality given"),
+        (lambda m, x: m([x["a"]], "three"), TypeError, "dict of modality"),
+        (lambda m, x: m({"a": x["a"], "b": x["b"][:1]}, "three"), ValueError, "batch size"),
+        (lambda m, x: m({"a": x["a"][:0]}, "one"), ValueError, "empty batch"),
+        (lambda m, x: m({"a": x["a"][0]}, "one"), ValueError, r"modality 'a'.*3-d"),
+        (lambda m, x: m({"a": x["a"][..., :2]}, "one"), ValueError, r"modality 'a'.*3 channels"),
+        (lambda m, x: m({"a": x["a"].long()}, "one"), TypeError, r"modality 'a'.*floating"),
+        (lambda m, x: m({"a": x["a"] * float("nan")}, "one"), ValueError, r"modality 'a'.*NaN"),
+        (lambda m, x: m({"a": {"mask": x["a"]}}, "one"), ValueError, "needs key 'x'"),
+    ],
+)
+def test_bad_input_raises_documented_error(call, error, match):
+    model = HighMMT(make_config())
+    with pytest.raises(error, match=match):
+        call(model, inputs())
+
+
+def test_float64_input_is_cast_to_model_dtype():
+    model = HighMMT(make_config()).eval()
+    x = inputs()
+    out64 = model({m: v.double() for m, v in x.items()}, "three")
+    torch.testing.assert_close(out64, model(x, "three"))
+
+
+def test_typed_overrides():
+    cfg = make_config()
+    new = apply_overrides(cfg, ["encoder.depth=2", "fusion.kind=bottleneck", "head_dropout=0.1", "sharing.encoder=none"])
+    assert (new.encoder.depth, new.fusion.kind, new.head_dropout, new.sharing.encoder) == (2, "bottleneck", 0.1, "none")
+    with pytest.raises(ValueError, match="unknown key"):
+        apply_overrides(cfg, ["encoder.depht=2"])
+    with pytest.raises(TypeError, match="encoder.depth: expected an integer"):
+        apply_overrides(cfg, ["encoder.depth=two"])
+    with pytest.raises(ValueError, match="fusion.kind must be one of"):
+        apply_overrides(cfg, ["fusion.kind=concat"])
+    assert HighMMTConfig.from_dict(json.loads(cfg.to_json())) == cfg
