@@ -123,6 +123,53 @@ class HighMMTConfig:
         return from_dict(cls, d)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train (``train.py``). Per-task dicts are keyed by task name."""
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    strategy: str = "highmmt"
+    temperature: float = 2.0
+    batch_size: int = 32
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    eval_weights: dict[str, float] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    eval_batch_size: int = 128
+    max_eval_samples: int = 2000
+    prefetch_workers: int = 1
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs, train.steps_per_epoch and train.batch_size must be >= 1")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train.train_fraction must be in (0, 1], got {self.train_fraction}")
+
+
+@dataclass
+class RunConfig:
+    """A preset / a run's resolved config: model sizes + training. ``model.modalities`` and
+    ``model.tasks`` are filled from the task specs at run time."""
+
+    model: HighMMTConfig = field(default_factory=HighMMTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 # ---- generic dataclass <-> dict with type checks ----------------------------------------------
 def _check_value(value: Any, tp: Any, key: str) -> Any:
     """Coerce/check ``value`` against the annotation ``tp``; raise naming ``key``."""
@@ -221,6 +268,8 @@ __all__ = [
     "FusionConfig",
     "HighMMTConfig",
     "ModalityConfig",
+    "RunConfig",
+    "TrainConfig",
     "SharingConfig",
     "TaskConfig",
     "apply_overrides",

@@ -186,7 +186,9 @@ class HighMMT(nn.Module):
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; expected a folder written by save_pretrained")
-        config = HighMMTConfig.from_dict(json.loads(cfg_path.read_text()))
+        raw = json.loads(cfg_path.read_text())
+        # A training run's config.json nests the model config beside the training config.
+        config = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
         model = cls(config)
         state = load_weights(directory / WEIGHTS_NAME)
         check_state_dict(model.state_dict(), state, where=str(directory))

@@ -1,0 +1,407 @@
+"""Train one HighMMT model on many tasks (non-parallel multitask learning).
+
+    python train.py                              # the whole suite, default preset (~20 min on 2 CPU cores)
+    python train.py --preset tiny                # about a minute
+    python train.py --tasks utd_mhad,my_task.yaml --set train.lr=5e-4 --output-dir runs/x
+    python train.py --output-dir runs/x --resume # continue a killed run
+    torchrun --nproc_per_node 2 train.py ...     # two processes (CPU: gloo)
+
+Reads top to bottom: config -> accelerator -> data -> model -> optimizer -> loop (schedule, step,
+evaluate, checkpoint) -> curves. The run folder layout is in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+import modalities  # noqa: F401  (registers the embedders)
+import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+from highmmt import HighMMT
+from highmmt.checkpoint import atomic_save_safetensors, atomic_write_bytes, atomic_save_torch, atomic_write_json, load_weights
+from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
+from highmmt.heads import task_loss
+from highmmt.metrics import HIGHER_IS_BETTER
+from highmmt.strategies import make_schedule
+from tasks.base import TaskSpec
+from tasks.cache import LoadedTask, load_task, stratified_holdout
+from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SUITE = [
+    "avmnist",
+    "utd_mhad",
+    "physionet_mortality",
+    "omniglot",
+    "sentiment",
+    "subjectivity",
+    "robot_failures_lp1",
+    "robot_failures_lp2",
+    "robot_failures_lp3",
+    "robot_failures_lp4",
+    "robot_failures_lp5",
+]
+ALIASES = {"suite": SUITE, "robot_failures": [t for t in SUITE if t.startswith("robot_failures_")]}
+
+
+# ---- command line and config -----------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", help="preset name in configs/ or a JSON file (default: default)")
+    p.add_argument("--tasks", default=None, help="comma-separated task names and/or spec files (default: the preset's, else the suite)")
+    p.add_argument("--output-dir", default=None, help="run folder (default runs/<date>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    p.add_argument("--init-from", default=None, help="start from a trained checkpoint: matching weights are loaded")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="typed config override, e.g. train.lr=5e-4")
+    p.add_argument("--data-root", default=None, help="data folder (else $HIGHMMT_DATA, else ./data)")
+    p.add_argument("--cache-dir", default=None, help="parsed-data cache (else $HIGHMMT_CACHE, else ~/.cache/highmmt)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def load_preset(name: str) -> tuple[RunConfig, list[str] | None]:
+    path = Path(name) if name.endswith(".json") else CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise ValueError(f"unknown preset {name!r}; known presets: {known} (or give a .json file)")
+    raw = json.loads(path.read_text())
+    preset_tasks = raw.pop("tasks", None)
+    return from_dict(RunConfig, raw, prefix=""), preset_tasks
+
+
+def expand_tasks(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        for t in ALIASES.get(n, [n]):
+            if t not in out:
+                out.append(t)
+    return out
+
+
+def model_config(sizes: HighMMTConfig, specs: Sequence[TaskSpec]) -> HighMMTConfig:
+    """The preset's sizes plus one modality entry per modality name and one head per task."""
+    mods: dict[str, ModalityConfig] = {}
+    for spec in specs:
+        for m, kind in spec.modalities.items():
+            opts = dict(spec.modality_options.get(m, {}))
+            if m in mods and (mods[m].kind != kind or mods[m].options != opts):
+                raise ValueError(
+                    f"modality {m!r} is declared differently by two tasks: {mods[m].kind} {mods[m].options} "
+                    f"vs {kind} {opts} (task {spec.name!r}); give them different modality names"
+                )
+            mods[m] = ModalityConfig(kind, opts)
+    heads = {s.name: TaskConfig(list(s.modalities), s.task_type, s.num_classes) for s in specs}
+    return dataclasses.replace(sizes, modalities=mods, tasks=heads)
+
+
+def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTask:
+    """Keep a stratified, seeded fraction of the training split (low-resource studies)."""
+    if fraction >= 1.0:
+        return loaded
+    train = loaded.splits["train"]
+    labels = np.asarray(train[loaded.spec.target]) if loaded.spec.task_type == "classification" else np.zeros(len(train))
+    _, keep = stratified_holdout(labels, fraction, seed=seed)
+    splits = dict(loaded.splits)
+    splits["train"] = train.select(sorted(int(i) for i in keep))
+    return dataclasses.replace(loaded, splits=splits)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def save_trainer_state(out: Path, model: HighMMT, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
+    """Write weights then state (which names the weights file); never leaves a half checkpoint."""
+    d = out / "trainer_state"
+    d.mkdir(parents=True, exist_ok=True)
+    weights = f"model-{state['global_step']:08d}.safetensors"
+    atomic_save_safetensors(d / weights, model.state_dict())
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    atomic_save_torch(
+        d / "state.pt",
+        {"weights": weights, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng, **state},
+    )
+    for old in d.glob("model-*.safetensors"):
+        if old.name != weights:
+            old.unlink()
+
+
+def load_trainer_state(out: Path) -> dict[str, Any] | None:
+    path = out / "trainer_state" / "state.pt"
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> None:
+    """Load every weight whose name and shape match (transfer); report what stayed new."""
+    state = load_weights(Path(checkpoint) / "model.safetensors")
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    new = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in own if k not in matched})
+    log(f"init-from {checkpoint}: loaded {len(matched)}/{len(own)} tensors; new: {new}")
+
+
+# ---- main --------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    run, preset_tasks = load_preset(args.preset)
+    run = apply_overrides(run, args.overrides)
+    task_names = expand_tasks((args.tasks.split(",") if args.tasks else preset_tasks) or SUITE)
+    tc = run.train
+
+    # Accelerator: one process, or several under torchrun (CPU: gloo). Precision chosen once.
+    precision = tc.precision
+    use_cpu = args.cpu or not torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if (not use_cpu and torch.cuda.is_bf16_supported()) else "fp32"
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main_process = accelerator.is_main_process
+    log = (lambda msg: tqdm.write(msg)) if main_process else (lambda msg: None)
+    show = main_process and not args.quiet
+    set_seed(args.seed)
+
+    out = Path(args.output_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    if args.resume:
+        if not (out / "trainer_state" / "state.pt").is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
+    elif (out / "config.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+
+    # Data: every task parsed once into the Arrow cache (main process first, the others then read it).
+    loaded: dict[str, LoadedTask] = {}
+    with accelerator.main_process_first():
+        for name in task_names:
+            lt = load_task(name, data_root=args.data_root, cache_dir=args.cache_dir, options=tc.task_options.get(name), quiet=not show)
+            loaded[lt.spec.name] = subsample_train(lt, tc.train_fraction, args.seed)
+    specs = [lt.spec for lt in loaded.values()]
+    for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
+        if t not in loaded:
+            raise ValueError(f"the train config names task {t!r}, which is not being trained ({sorted(loaded)})")
+
+    # Model (+ transfer), optimizer, schedule.
+    cfg = model_config(run.model, specs)
+    model = HighMMT(cfg)
+    if args.init_from:
+        init_from(model, args.init_from, log)
+    model.to(accelerator.device)
+    if world > 1:  # identical start on every rank
+        for p in model.parameters():
+            torch.distributed.broadcast(p.data, src=0)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "latents" not in n and "tokens" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "latents" not in n and "tokens" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
+    )
+    total_steps = tc.epochs * tc.steps_per_epoch
+
+    def lr_lambda(step: int) -> float:
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        progress = (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    streams = {
+        t: TaskStream(len(lt.splits["train"]), tc.batch_sizes.get(t, tc.batch_size), seed=args.seed * 1000 + i, rank=rank, world_size=world)
+        for i, (t, lt) in enumerate(loaded.items())
+    }
+    batches = {t: s.batches_per_pass() for t, s in streams.items()}
+
+    # State: fresh or resumed.
+    start_epoch, global_step, best = 0, 0, -math.inf
+    history: list[dict[str, Any]] = []
+    if args.resume:
+        st = load_trainer_state(out)
+        assert st is not None
+        model.load_state_dict(load_weights(out / "trainer_state" / st["weights"]))
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        random.setstate(st["rng"]["python"])
+        np.random.set_state(st["rng"]["numpy"])
+        torch.set_rng_state(st["rng"]["torch"])
+        start_epoch, global_step, best = st["epoch"], st["global_step"], st["best"]
+        for t, (passes, pos) in st["streams"].items():
+            streams[t].state.passes, streams[t].state.position = passes, pos
+        log(f"resumed {out} at epoch {start_epoch}, step {global_step}")
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            out / "config.json",
+            {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
+             "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision},
+        )
+        old = (out / "metrics.jsonl").read_text().splitlines() if args.resume and (out / "metrics.jsonl").exists() else []
+        # Rows of an epoch that was logged but not checkpointed before a kill are dropped (it reruns).
+        history = [r for r in (json.loads(line) for line in old if line.strip()) if r["epoch"] <= start_epoch]
+        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
+    writer = _tensorboard(out) if main_process else None
+
+    def record(rows: list[dict[str, Any]]) -> None:
+        if not main_process:
+            return
+        history.extend(rows)
+        with open(out / "metrics.jsonl", "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        if writer is not None:
+            for r in rows:
+                writer.add_scalar(f"{r['task']}/{r['split']}/{r['metric']}", r["value"], r["step"])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    prefetch = Prefetcher(tc.prefetch_workers)
+    fetch = lambda t, idx: collate_rows(loaded[t].splits["train"], idx, loaded[t].spec)  # noqa: E731
+    model.train()
+    started = time.time()
+    for epoch in range(start_epoch, tc.epochs):
+        schedule = make_schedule(tc.strategy, batches, tc.steps_per_epoch, seed=args.seed, epoch=epoch, temperature=tc.temperature)
+        pending = [[prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[0]]]
+        sums: dict[str, list[float]] = {t: [] for t in loaded}
+        bar = tqdm(range(tc.steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False)
+        for i in bar:
+            step_tasks = schedule.steps[i]
+            if i + 1 < len(schedule):  # collate the next step's batches while this one computes
+                pending.append([prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[i + 1]])
+            step_batches = [f.result() for f in pending.pop(0)]
+            optimizer.zero_grad(set_to_none=True)
+            for t, batch in zip(step_tasks, step_batches):
+                batch = move_to(batch, accelerator.device)
+                with accelerator.autocast():
+                    outputs = model(batch["inputs"], t)
+                loss = task_loss(outputs, batch["target"], loaded[t].spec.task_type)
+                accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
+                sums[t].append(loss.item())
+            if world > 1:
+                _all_reduce_grads(params, world)
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+            if show:
+                bar.set_postfix({t[:12]: f"{np.mean(v[-10:]):.3f}" for t, v in sums.items() if v})
+        bar.close()
+
+        # Evaluate on validation (main process), select on the weighted mean of primary metrics.
+        rows = [
+            {"step": global_step, "epoch": epoch + 1, "task": t, "split": "train", "metric": "loss", "value": float(np.mean(v))}
+            for t, v in sums.items() if v
+        ]
+        selection = 0.0
+        if main_process:
+            for t, lt in loaded.items():
+                o, y = predict(model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
+                               limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
+                for m, v in score(lt.spec, o, y).items():
+                    rows.append({"step": global_step, "epoch": epoch + 1, "task": t, "split": "validation", "metric": m, "value": v})
+                primary = score(lt.spec, o, y)[lt.spec.metric]
+                sign = 1.0 if HIGHER_IS_BETTER[lt.spec.metric] else -1.0
+                selection += tc.eval_weights.get(t, 1.0) * sign * (0.0 if math.isnan(primary) else primary)
+            selection /= sum(tc.eval_weights.get(t, 1.0) for t in loaded)
+            record(rows)
+            summary = " ".join(f"{r['task']}={r['value']:.3f}" for r in rows if r["split"] == "validation" and r["metric"] == loaded[r["task"]].spec.metric)
+            log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
+            if selection > best:
+                best = selection
+                model.save_pretrained(out)
+                atomic_write_json(out / "best.json", {"epoch": epoch + 1, "step": global_step, "selection": best})
+            save_trainer_state(
+                out, model, optimizer, scheduler,
+                {"epoch": epoch + 1, "global_step": global_step, "best": best,
+                 "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()}},
+            )
+        accelerator.wait_for_everyone()
+    prefetch.close()
+    if main_process:
+        (out / "DONE").write_text(f"finished {tc.epochs} epochs, {global_step} steps in {time.time() - started:.0f}s\n")
+        _plot_curves(history, out / "curves.png")
+        if writer is not None:
+            writer.close()
+        log(f"done: {out} (best validation selection score {best:.4f})")
+    accelerator.end_training() if hasattr(accelerator, "end_training") else None
+    return out
+
+
+def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over processes in one flat buffer (works with tasks that skip parameters)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation metrics per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task_names = sorted({r["task"] for r in history})
+    if not task_names:
+        return
+    fig, axes = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    for t in task_names:
+        loss = [(r["epoch"], r["value"]) for r in history if r["task"] == t and r["split"] == "train"]
+        val = [(r["epoch"], r["value"]) for r in history if r["task"] == t and r["split"] == "validation"]
+        metric = next((r["metric"] for r in history if r["task"] == t and r["split"] == "validation"), None)
+        if loss:
+            axes[0].plot(*zip(*loss), label=t)
+        if val:
+            val = [(e, v) for (e, v), r in zip(val, [r for r in history if r["task"] == t and r["split"] == "validation"]) if r["metric"] == metric]
+            axes[1].plot(*zip(*val), label=f"{t} ({metric})")
+    axes[0].set_ylabel("training loss")
+    axes[1].set_ylabel("validation metric")
+    axes[1].set_xlabel("epoch")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
