@@ -193,10 +193,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # Data: every task parsed once into the Arrow cache (main process first, the others then read it).
     loaded: dict[str, LoadedTask] = {}
+    task_args: dict[str, str] = {}
     with accelerator.main_process_first():
         for name in task_names:
             lt = load_task(name, data_root=args.data_root, cache_dir=args.cache_dir, options=tc.task_options.get(name), quiet=not show)
+            if lt.spec.name in loaded:
+                raise ValueError(f"two tasks are named {lt.spec.name!r} ({task_args[lt.spec.name]} and {name})")
             loaded[lt.spec.name] = subsample_train(lt, tc.train_fraction, args.seed)
+            task_args[lt.spec.name] = str(Path(name).resolve()) if lt.source == "spec" else name
     specs = [lt.spec for lt in loaded.values()]
     for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
         if t not in loaded:
@@ -252,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         atomic_write_json(
             out / "config.json",
             {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
-             "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision},
+             "task_args": task_args, "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision},
         )
         old = (out / "metrics.jsonl").read_text().splitlines() if args.resume and (out / "metrics.jsonl").exists() else []
         # Rows of an epoch that was logged but not checkpointed before a kill are dropped (it reruns).
@@ -277,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model.train()
     started = time.time()
     for epoch in range(start_epoch, tc.epochs):
-        schedule = make_schedule(tc.strategy, batches, tc.steps_per_epoch, seed=args.seed, epoch=epoch, temperature=tc.temperature)
+        schedule = make_schedule(tc.strategy, batches, tc.steps_per_epoch, seed=args.seed, epoch=epoch,
+                                 temperature=tc.temperature, min_fraction=tc.min_task_fraction)
         pending = [[prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[0]]]
         sums: dict[str, list[float]] = {t: [] for t in loaded}
         bar = tqdm(range(tc.steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False)
@@ -326,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
             if selection > best:
                 best = selection
-                model.save_pretrained(out)
+                # config.json (written above) already holds the model config; from_pretrained reads it.
+                atomic_save_safetensors(out / "model.safetensors", model.state_dict(), metadata={"format": "pt"})
                 atomic_write_json(out / "best.json", {"epoch": epoch + 1, "step": global_step, "selection": best})
             save_trainer_state(
                 out, model, optimizer, scheduler,
@@ -335,6 +341,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
             )
         accelerator.wait_for_everyone()
     prefetch.close()
+    if world > 1:  # the ranks must have stayed in step: compare a checksum of their weights
+        checksum = torch.tensor([sum(float(p.double().sum()) for p in model.parameters())], dtype=torch.float64)
+        gathered = [torch.zeros_like(checksum) for _ in range(world)]
+        torch.distributed.all_gather(gathered, checksum)
+        if main_process:
+            atomic_write_json(out / "ranks.json", {"world_size": world, "checksums": [float(g) for g in gathered]})
     if main_process:
         (out / "DONE").write_text(f"finished {tc.epochs} epochs, {global_step} steps in {time.time() - started:.0f}s\n")
         _plot_curves(history, out / "curves.png")

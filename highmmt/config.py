@@ -134,6 +134,7 @@ class TrainConfig:
     steps_per_epoch: int = 100
     strategy: str = "highmmt"
     temperature: float = 2.0
+    min_task_fraction: float = 0.2
     batch_size: int = 32
     batch_sizes: dict[str, int] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)

@@ -25,7 +25,8 @@ def collate_rows(dataset: Any, indices: Sequence[int] | np.ndarray, spec: TaskSp
     samples, labels = rows_to_samples(dataset, indices, spec)
     inputs = {}
     for m in modalities or spec.modalities:
-        inputs[m] = EMBEDDERS.get(spec.modalities[m]).collate(samples[m])
+        # The embedder's options let collate do CPU-side work early (frame/length caps).
+        inputs[m] = EMBEDDERS.get(spec.modalities[m]).collate(samples[m], **spec.modality_options.get(m, {}))
     return {"inputs": inputs, "target": torch.from_numpy(np.asarray(labels))}
 
 

@@ -5,7 +5,9 @@ is ``steps`` optimizer steps. ``batches[t]`` is how many batches task t has per 
 
 - ``highmmt``: HighMMT's schedule (paper B.5). Every step takes one batch of every *active* task and
   sums their weighted losses. The largest task runs alone first and smaller tasks join toward the
-  end of the epoch: task t is active in the last ``min(steps, batches[t])`` steps.
+  end of the epoch: task t is active in the last ``min(steps, batches[t])`` steps. With very unequal
+  sizes a tiny task would then see one batch per epoch; ``min_fraction`` keeps every task active
+  in at least that fraction of the steps (0 = the paper's schedule exactly).
 - ``round_robin``: one task per step, cycling in a fixed order.
 - ``size_proportional``: one task per step, drawn with probability proportional to its size.
 - ``temperature``: one task per step, drawn with probability proportional to size ** (1 / T)
@@ -54,15 +56,20 @@ def _check(batches: Mapping[str, int], steps: int) -> None:
 
 
 @STRATEGIES.register("highmmt")
-def highmmt_schedule(batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0) -> MultitaskSchedule:
+def highmmt_schedule(
+    batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0, min_fraction: float = 0.0
+) -> MultitaskSchedule:
     _check(batches, steps)
-    active_from = {t: steps - min(steps, n) for t, n in batches.items()}
+    if not 0.0 <= min_fraction <= 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
+    floor = int(round(min_fraction * steps))
+    active_from = {t: steps - min(steps, max(n, floor)) for t, n in batches.items()}
     order = sorted(batches, key=lambda t: (-batches[t], t))
     return MultitaskSchedule([[t for t in order if i >= active_from[t]] for i in range(steps)])
 
 
 @STRATEGIES.register("round_robin")
-def round_robin_schedule(batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0) -> MultitaskSchedule:
+def round_robin_schedule(batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0, min_fraction: float = 0.0) -> MultitaskSchedule:
     _check(batches, steps)
     order = sorted(batches)
     offset = epoch * steps
@@ -79,17 +86,23 @@ def _sampled(batches: Mapping[str, int], steps: int, seed: int, epoch: int, powe
 
 
 @STRATEGIES.register("size_proportional")
-def size_proportional_schedule(batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0) -> MultitaskSchedule:
+def size_proportional_schedule(
+    batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0, min_fraction: float = 0.0
+) -> MultitaskSchedule:
     return _sampled(batches, steps, seed, epoch, 1.0)
 
 
 @STRATEGIES.register("temperature")
-def temperature_schedule(batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 2.0) -> MultitaskSchedule:
+def temperature_schedule(
+    batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 2.0, min_fraction: float = 0.0
+) -> MultitaskSchedule:
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     return _sampled(batches, steps, seed, epoch, 1.0 / temperature)
 
 
-def make_schedule(name: str, batches: Mapping[str, int], steps: int, *, seed: int = 0, epoch: int = 0, temperature: float = 2.0) -> MultitaskSchedule:
+def make_schedule(
+    name: str, batches: Mapping[str, int], steps: int, *, seed: int = 0, epoch: int = 0, temperature: float = 2.0, min_fraction: float = 0.0
+) -> MultitaskSchedule:
     """Build the named schedule (see module docstring)."""
-    return STRATEGIES.get(name)(batches, steps, seed=seed, epoch=epoch, temperature=temperature)
+    return STRATEGIES.get(name)(batches, steps, seed=seed, epoch=epoch, temperature=temperature, min_fraction=min_fraction)

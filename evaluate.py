@@ -1,0 +1,227 @@
+"""Evaluate a trained checkpoint on its tasks' test splits, with robustness and efficiency.
+
+    python evaluate.py --checkpoint runs/x                  # every task of the checkpoint
+    python evaluate.py --checkpoint runs/x --tasks utd_mhad --output-dir runs/x/eval
+
+Writes into ``--output-dir`` (default ``CHECKPOINT/eval``):
+    metrics.json      task -> metric -> value (test split; plus robustness and efficiency entries)
+    robustness.json   per task: metric with each modality dropped, and per modality under noise levels
+    results.md        the same as tables
+    robustness.png    per-task noise curves
+
+Robustness (as in MultiBench): each modality is dropped in turn, and each modality is corrupted
+with increasing noise (``--noise-levels``, 5 by default). The summary number per task is the
+*relative robustness*: the mean, over modalities and levels, of noisy metric / clean metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import modalities  # noqa: F401  (registers the embedders)
+import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+from highmmt import HighMMT
+from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
+from tasks.base import TaskSpec
+from tasks.cache import load_task
+from tasks.loader import collate_rows, move_to, predict, score
+
+NOISE_LEVELS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a run folder (config.json + model.safetensors)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the checkpoint's tasks")
+    p.add_argument("--output-dir", default=None, help="default: CHECKPOINT/eval")
+    p.add_argument("--split", default="test", choices=["test", "validation"])
+    p.add_argument("--noise-levels", default=",".join(map(str, NOISE_LEVELS)), help="noise std multiples, comma-separated")
+    p.add_argument("--no-robustness", action="store_true", help="skip the drop / noise sweeps")
+    p.add_argument("--limit", type=int, default=0, help="evaluate on at most this many rows per task (0 = all)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def add_noise(inputs: Mapping[str, Any], modality: str, level: float, seed: int) -> dict[str, Any]:
+    """Corrupt one modality: Gaussian noise of ``level`` x the batch's std on real float values,
+    or, for token ids (text), replace each token by a random byte with probability min(1, level / 2)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    out = dict(inputs)
+    batch = dict(inputs[modality])
+    key = "numeric" if "numeric" in batch else ("values" if "values" in batch else "x")
+    x = batch[key]
+    if x.is_floating_point() or x.dtype == torch.uint8:
+        xf = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        std = xf.std().clamp_min(1e-6)
+        noisy = xf + level * std * torch.randn(xf.shape, generator=g).to(xf.device)
+        batch[key] = (noisy.clamp(0, 1) * 255).round().to(torch.uint8) if x.dtype == torch.uint8 else noisy
+    else:
+        flip = torch.rand(x.shape, generator=g).to(x.device) < min(1.0, level / 2)
+        batch[key] = torch.where(flip, torch.randint(0, 256, x.shape, generator=g).to(x.device), x)
+    out[modality] = batch
+    return out
+
+
+def efficiency(model: HighMMT, dataset: Any, spec: TaskSpec, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Latency per sample (batch 1, median of 20), throughput (samples/s at ``batch_size``), peak memory."""
+    model.eval()
+    one = move_to(collate_rows(dataset, [0], spec)["inputs"], device)
+    many = move_to(collate_rows(dataset, np.arange(min(batch_size, len(dataset))), spec)["inputs"], device)
+    n_many = len(next(iter(many.values()))["x"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        for _ in range(3):
+            model(one, spec.name)
+        times = []
+        for _ in range(20):
+            sync()
+            t0 = time.perf_counter()
+            model(one, spec.name)
+            sync()
+            times.append(time.perf_counter() - t0)
+        model(many, spec.name)
+        sync()
+        t0 = time.perf_counter()
+        reps = 3
+        for _ in range(reps):
+            model(many, spec.name)
+        sync()
+        thr = reps * n_many / (time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"latency_ms_per_sample": 1000 * float(np.median(times)), "throughput_samples_per_s": thr, "peak_memory_mb": peak}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    cfg_path = ckpt / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{ckpt} has no config.json; expected a run folder written by train.py")
+    run_cfg = json.loads(cfg_path.read_text())
+    if "tasks" not in run_cfg or "model" not in run_cfg:
+        raise ValueError(f"{cfg_path} is not a training run's config (needs 'model' and 'tasks'); "
+                         "a bare save_pretrained folder has no task data to evaluate on")
+    task_args = run_cfg.get("task_args", {})
+    names = args.tasks.split(",") if args.tasks else list(run_cfg["tasks"])
+    for n in names:
+        if n not in run_cfg["tasks"]:
+            raise ValueError(f"task {n!r} is not in checkpoint {ckpt}; it has {sorted(run_cfg['tasks'])}")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
+    levels = [float(v) for v in args.noise_levels.split(",") if v]
+    out = Path(args.output_dir or ckpt / "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    counts = model.parameter_counts()
+    metrics: dict[str, Any] = {}
+    robust: dict[str, Any] = {}
+    train_options = run_cfg.get("train", {}).get("task_options", {})
+    for name in tqdm(names, desc="tasks", disable=args.quiet):
+        lt = load_task(task_args.get(name, name), data_root=args.data_root, cache_dir=args.cache_dir,
+                       options=train_options.get(name), quiet=args.quiet)
+        spec, ds = lt.spec, lt.splits[args.split]
+        run = lambda **kw: score(spec, *predict(model, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
+        clean = run()
+        metrics[name] = dict(clean)
+        metrics[name]["num_samples"] = float(min(len(ds), args.limit) if args.limit else len(ds))
+        if not args.no_robustness:
+            primary = spec.metric
+            mods = list(spec.modalities)
+            dropped = {m: run(modalities=[o for o in mods if o != m])[primary] for m in mods} if len(mods) > 1 else {}
+            noisy: dict[str, list[float]] = {}
+            for m in mods:
+                noisy[m] = [
+                    run(transform=_noise_fn(m, lv))[primary] for lv in levels
+                ]
+            ratios = [v / clean[primary] for vs in noisy.values() for v in vs if clean[primary]]
+            robust[name] = {"metric": primary, "clean": clean[primary], "drop": dropped, "noise_levels": levels, "noise": noisy}
+            metrics[name]["relative_robustness"] = float(np.mean(ratios)) if ratios else float("nan")
+        metrics[name].update(efficiency(model, ds, spec, device, args.batch_size))
+    metrics["_model"] = {"parameters_total": float(counts["total"]), "parameters_shared": float(counts["shared"])}
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "robustness.json", robust)
+    atomic_write_bytes(out / "results.md", results_markdown(metrics, robust, counts, args.split).encode())
+    if robust:
+        plot_robustness(robust, out / "robustness.png")
+    if not args.quiet:
+        print((out / "results.md").read_text())
+    return metrics
+
+
+def _noise_fn(modality: str, level: float) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    state = {"i": 0}
+
+    def fn(inputs: Mapping[str, Any]) -> dict[str, Any]:
+        state["i"] += 1
+        return add_noise(inputs, modality, level, seed=1000 * state["i"] + int(level * 100))
+
+    return fn
+
+
+def results_markdown(metrics: Mapping[str, Any], robust: Mapping[str, Any], counts: Mapping[str, Any], split: str) -> str:
+    lines = [f"## Results on the {split} split", "", "| task | metric | value | relative robustness | latency ms/sample | samples/s |", "|---|---|---|---|---|---|"]
+    for t, m in metrics.items():
+        if t.startswith("_"):
+            continue
+        keys = [k for k in m if k not in ("num_samples", "relative_robustness", "latency_ms_per_sample", "throughput_samples_per_s", "peak_memory_mb")]
+        for k in keys:
+            lines.append(f"| {t} | {k} | {m[k]:.4f} | {m.get('relative_robustness', float('nan')):.3f} | {m['latency_ms_per_sample']:.2f} | {m['throughput_samples_per_s']:.0f} |")
+    if robust:
+        lines += ["", "## Modality dropped (primary metric)", "", "| task | clean | " + "dropped |" , "|---|---|---|"]
+        for t, r in robust.items():
+            drops = ", ".join(f"without {m}: {v:.3f}" for m, v in r["drop"].items()) or "(one modality)"
+            lines.append(f"| {t} | {r['clean']:.3f} | {drops} |")
+    lines += ["", f"Parameters: total {counts['total']:,}, shared encoder+fusion {counts['shared']:,}; "
+              f"embedders {sum(counts['embedders'].values()):,}; heads {sum(counts['heads'].values()):,}.", ""]
+    return "\n".join(lines)
+
+
+def plot_robustness(robust: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(robust)
+    cols = min(3, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (t, r) in zip(axes.flat, robust.items()):
+        for m, vals in r["noise"].items():
+            ax.plot([0.0, *r["noise_levels"]], [r["clean"], *vals], marker="o", label=m)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("noise level (x std)")
+        ax.set_ylabel(r["metric"])
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

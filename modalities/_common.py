@@ -1,0 +1,221 @@
+"""Helpers shared by the modality embedders (not a kind: the leading underscore keeps it unregistered).
+
+Letters: b batch, t steps, n tokens, d width, c channels.
+
+Sequence masks are prefix masks: a sample's real steps come first, padding after (what every
+``collate`` here produces). Resampling and length arithmetic rely on that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from highmmt.embedder import Embedder, sinusoidal_positions
+
+
+# ---- constructor options -----------------------------------------------------------------------
+def positive_int(kind: str, option: str, value: Any) -> int:
+    """Check a constructor option is a positive int (bools are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{kind} embedder: option {option!r} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_float(kind: str, option: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
+        raise ValueError(f"{kind} embedder: option {option!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+# ---- collate (CPU, numpy in) -------------------------------------------------------------------
+def sample_array(kind: str, i: int, sample: Any, *, rank: int, layout: str, key: str | None = None) -> np.ndarray:
+    """One raw sample (or one field of it) as a numeric numpy array of the expected rank."""
+    what = f"{kind} sample {i}" + (f" field {key!r}" if key else "")
+    try:
+        a = np.asarray(sample)
+    except (TypeError, ValueError) as e:  # ragged nested lists
+        raise ValueError(f"{what}: expected an array {layout}, could not convert it: {e}") from e
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise TypeError(f"{what}: expected a numeric array {layout}, got dtype {a.dtype}")
+    if a.ndim != rank:
+        raise ValueError(f"{what}: expected a {rank}-d array {layout}, got shape {a.shape}")
+    return a
+
+
+def check_axes(
+    kind: str, arrays: Sequence[np.ndarray], axes: Mapping[int, tuple[str, int | None]], layout: str
+) -> None:
+    """Every array must agree on the given axes: {axis: (what, expected or None = the first sample's)}."""
+    for axis, (what, expected) in axes.items():
+        ref = arrays[0].shape[axis] if expected is None else expected
+        for i, a in enumerate(arrays):
+            if a.shape[axis] != ref:
+                source = "the option" if expected is not None else "sample 0"
+                raise ValueError(
+                    f"{kind} sample {i}: expected {ref} {what} (axis {axis} of {layout}, as {source}), "
+                    f"got shape {a.shape}"
+                )
+
+
+def nonempty(kind: str, samples: Sequence[Any]) -> None:
+    if len(samples) == 0:
+        raise ValueError(f"{kind}: cannot collate an empty list of samples (batch size 0)")
+
+
+def uniform_indices(length: int, max_len: int) -> np.ndarray:
+    """Indices of at most ``max_len`` steps spread uniformly over ``length`` (same rule as ``resample_steps``)."""
+    m = min(length, max_len)
+    k = np.arange(m, dtype=np.int64)
+    return ((2 * k + 1) * length) // (2 * max(m, 1))
+
+
+def pad_stack(kind: str, arrays: Sequence[np.ndarray], *, dtype: Any, pad_value: float = 0) -> tuple[Tensor, Tensor]:
+    """Pad arrays [t_i, ...] along axis 0 -> [b, t_max, ...] and mask [b, t_max] (t_max >= 1)."""
+    nonempty(kind, arrays)
+    t_max = max(1, max(a.shape[0] for a in arrays))
+    out = np.full((len(arrays), t_max, *arrays[0].shape[1:]), pad_value, dtype=dtype)
+    mask = np.zeros((len(arrays), t_max), dtype=bool)
+    for i, a in enumerate(arrays):
+        out[i, : a.shape[0]] = a
+        mask[i, : a.shape[0]] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def pixel_arrays(kind: str, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], Any]:
+    """uint8 batches stay uint8 (4x less to move); anything else becomes float32 (uint8 scaled by 1/255)."""
+    if all(a.dtype == np.uint8 for a in arrays):
+        return arrays, np.uint8
+    for i, a in enumerate(arrays):
+        if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"{kind} sample {i}: expected uint8 (0-255) or float pixels, got dtype {a.dtype}")
+    return [a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32) for a in arrays], np.float32
+
+
+# ---- embed (model side) -------------------------------------------------------------------------
+def who(emb: Embedder) -> str:
+    """Error-message prefix naming the modality and its kind."""
+    return f"modality {emb.name!r} ({emb.kind})"
+
+
+def batch_mask(emb: Embedder, batch: Mapping[str, Tensor], shape: Sequence[int], key: str = "mask") -> Tensor:
+    """``batch[key]`` as a bool tensor of ``shape`` on x's device, or all True when absent."""
+    x = batch["x"]
+    m = batch.get(key)
+    if m is None:
+        return torch.ones(tuple(shape), dtype=torch.bool, device=x.device)
+    if not isinstance(m, Tensor):
+        raise TypeError(f"{who(emb)}: batch[{key!r}] must be a tensor, got {type(m).__name__}")
+    if tuple(m.shape) != tuple(shape):
+        raise ValueError(f"{who(emb)}: batch[{key!r}] should have shape {tuple(shape)}, got {tuple(m.shape)}")
+    return m.to(device=x.device, dtype=torch.bool)
+
+
+def pixels_to_float(emb: Embedder, x: Tensor, dtype: torch.dtype, where: Tensor) -> Tensor:
+    """uint8 pixels -> [0, 1]; float pixels are checked finite where ``where`` (broadcastable) is True."""
+    if x.dtype == torch.uint8:  # always finite: skip the check, the biggest tensor of the model's input
+        return x.to(dtype) / 255.0
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{who(emb)}: expected uint8 (0-255) or floating-point pixels, got {x.dtype}")
+    emb.check_finite(x, where=where)
+    return x.to(dtype)
+
+
+def zero_invalid(x: Tensor, valid: Tensor) -> Tensor:
+    """0 where ``valid`` (broadcast from the left) is False, so padding never leaks NaN into tokens."""
+    while valid.dim() < x.dim():
+        valid = valid.unsqueeze(-1)
+    return torch.where(valid, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def keep_one(mask: Tensor) -> Tensor:
+    """mask [b, n] with token 0 marked real in rows that have none, so attention never sees an empty row."""
+    first = mask[:, :1] | ~mask.any(dim=1, keepdim=True)
+    return torch.cat([first, mask[:, 1:]], dim=1)
+
+
+def finish(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Zero the padded tokens [b, n, d] and guarantee one real token per row."""
+    mask = keep_one(mask)
+    return zero_invalid(tokens, mask), mask
+
+
+def resample_steps(mask: Tensor, max_len: int) -> tuple[Tensor, Tensor] | None:
+    """Uniformly pick at most ``max_len`` real steps per sample (vectorised over the batch).
+
+    Args:
+        mask: [b, t] prefix mask.
+    Returns:
+        None when t <= max_len (nothing to do); else index [b, m] into t and the new mask [b, m], m = max_len.
+    """
+    t = mask.shape[1]
+    if t <= max_len:
+        return None
+    lengths = mask.sum(dim=1, keepdim=True)  # [b, 1]
+    new_len = lengths.clamp(max=max_len)
+    k = torch.arange(max_len, device=mask.device).unsqueeze(0)  # [1, m]
+    # floor((k + 0.5) * L / m) as integer arithmetic: identical to ``uniform_indices`` and exact
+    index = torch.div((2 * k + 1) * lengths, 2 * new_len.clamp(min=1), rounding_mode="floor")
+    new_mask = k < new_len
+    index = torch.where(new_mask, index, torch.zeros_like(index)).clamp(max=t - 1)
+    return index, new_mask
+
+
+def take_steps(x: Tensor, index: Tensor) -> Tensor:
+    """x [b, t, ...] -> x [b, m, ...] at index [b, m]."""
+    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
+    return x[rows, index]
+
+
+def resample(mask: Tensor, max_len: int, *xs: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Keep at most ``max_len`` uniformly spread real steps of mask [b, t] and of each x [b, t, ...].
+
+    Returns the new mask [b, m] and the xs [b, m, ...], zero past each sample's end.
+    """
+    picked = resample_steps(mask, max_len)
+    if picked is None:
+        return mask, list(xs)
+    index, mask = picked
+    return mask, [zero_invalid(take_steps(x, index), mask) for x in xs]
+
+
+def split_dim(dim: int, parts: int) -> list[int]:
+    """Split a width over position axes: the first (time) axis gets half, the rest share the other half."""
+    if parts == 1:
+        return [dim]
+    first = dim // 2
+    rest = dim - first
+    each = [rest // (parts - 1)] * (parts - 1)
+    each[-1] += rest - sum(each)
+    return [first, *each]
+
+
+def sincos_grid(shape: Sequence[int], *, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Fixed sinusoidal positions of a grid, one table per axis concatenated along the width.
+
+    Returns:
+        [prod(shape), dim], row-major over ``shape``; a position's code does not depend on the grid size,
+        so a token at (row 1, col 2) looks the same in any batch.
+    """
+    dims = split_dim(dim, len(shape))
+    tables = []
+    for axis, (n, d) in enumerate(zip(shape, dims)):
+        table = sinusoidal_positions(n, d, device=device, dtype=dtype)  # [n, d]
+        view = [1] * len(shape)
+        view[axis] = n
+        tables.append(table.view(*view, d).expand(*shape, d))
+    return torch.cat(tables, dim=-1).reshape(-1, dim)  # [prod(shape), dim]
+
+
+def pad_axis(x: Tensor, axis: int, multiple: int) -> Tensor:
+    """Zero-pad ``axis`` of x up to a multiple of ``multiple``."""
+    extra = (-x.shape[axis]) % multiple
+    if extra == 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = extra
+    return torch.cat([x, x.new_zeros(shape)], dim=axis)

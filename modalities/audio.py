@@ -1,0 +1,140 @@
+"""Audio embedder: log-mel spectrogram (computed inside the module, on the model's device) -> tokens.
+
+One sample: float32 waveform [s] in [-1, 1] at ``sample_rate``; s varies.
+
+Batch (from ``collate``): ``x`` [b, s] float32, ``mask`` [b, s] bool (True = real sample).
+
+Tokens: ``torchaudio.transforms.MelSpectrogram`` (window ``win_ms``, hop ``hop_ms``, ``n_mels`` bands,
+no centre padding, so a frame only sees its own sample's audio) -> log(power + 1e-6) -> groups of
+``frames_per_token`` frames, each ``Linear(frames_per_token * n_mels -> d)`` + fixed sinusoidal
+position. A token is real when all its frames lie inside the sample's waveform. Longer waveforms are
+cropped to ``max_tokens`` tokens. Defaults at 8 kHz: 25 ms window, 10 ms hop, 4 frames per token
+-> 25 tokens per second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+from einops import rearrange
+from torch import Tensor, nn
+
+from highmmt.embedder import Batch, Embedder, sinusoidal_positions
+from highmmt.registry import EMBEDDERS
+from modalities._common import (
+    batch_mask,
+    finish,
+    nonempty,
+    pad_stack,
+    positive_float,
+    positive_int,
+    sample_array,
+    zero_invalid,
+)
+
+LOG_EPS = 1e-6
+
+
+@EMBEDDERS.register("audio")
+class AudioEmbedder(Embedder):
+    """Log-mel patches of waveforms.
+
+    Args:
+        name: the modality's name.
+        dim: token width d.
+        sample_rate: Hz of the waveforms.
+        n_mels: mel bands.
+        win_ms: analysis window (ms).
+        hop_ms: hop between frames (ms).
+        n_fft: FFT size; default the next power of two >= the window.
+        frames_per_token: spectrogram frames per token.
+        max_tokens: tokens kept per sample (the waveform is cropped beyond).
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dim: int,
+        sample_rate: int = 8000,
+        n_mels: int = 40,
+        win_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        n_fft: int | None = None,
+        frames_per_token: int = 4,
+        max_tokens: int = 512,
+    ) -> None:
+        super().__init__(name=name, dim=dim)
+        self.sample_rate = positive_int(self.kind, "sample_rate", sample_rate)
+        self.n_mels = positive_int(self.kind, "n_mels", n_mels)
+        self.win_length = max(1, round(positive_float(self.kind, "win_ms", win_ms) * self.sample_rate / 1000))
+        self.hop_length = max(1, round(positive_float(self.kind, "hop_ms", hop_ms) * self.sample_rate / 1000))
+        if n_fft is None:
+            n_fft = 1 << (self.win_length - 1).bit_length()
+        self.n_fft = positive_int(self.kind, "n_fft", n_fft)
+        if self.n_fft < self.win_length:
+            raise ValueError(f"audio embedder: n_fft ({self.n_fft}) must be >= the window ({self.win_length} samples)")
+        self.frames_per_token = positive_int(self.kind, "frames_per_token", frames_per_token)
+        self.max_tokens = positive_int(self.kind, "max_tokens", max_tokens)
+        # Kept out of the module tree on purpose: the filterbank is derived from the options (nothing to
+        # store in a checkpoint) and must stay float32 (stft) even when the model is cast to bf16.
+        mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.sample_rate,
+            n_fft=self.n_fft,
+            win_length=self.win_length,
+            hop_length=self.hop_length,
+            n_mels=self.n_mels,
+            center=False,
+            power=2.0,
+        )
+        object.__setattr__(self, "_mel", mel)
+        self.to_tokens = nn.Linear(self.frames_per_token * self.n_mels, dim)
+
+    @classmethod
+    def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
+        """samples: waveforms [s_i] -> ``x`` [b, s] float32, ``mask`` [b, s]."""
+        nonempty(cls.kind, samples)
+        arrays = [sample_array(cls.kind, i, s, rank=1, layout="[s] (mono waveform)") for i, s in enumerate(samples)]
+        x, mask = pad_stack(cls.kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
+        return {"x": x, "mask": mask}
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, s] (+ ``mask`` [b, s]) -> tokens [b, n, d], mask [b, n]."""
+        x = batch["x"]
+        self.check_rank(x, 2, "[b, s] (mono waveforms)")
+        self.check_float(x)
+        b, s = x.shape
+        mask = batch_mask(self, batch, (b, s))
+        self.check_finite(x, where=mask)
+        x = zero_invalid(x, mask).float()
+        lengths = mask.sum(dim=1)  # [b]
+
+        k = self.frames_per_token
+        max_samples = self.n_fft + (self.max_tokens * k - 1) * self.hop_length
+        x = x[:, :max_samples]
+        if x.shape[1] < self.n_fft:  # too short for one frame: pad so the spectrogram has one (masked) frame
+            x = torch.cat([x, x.new_zeros(b, self.n_fft - x.shape[1])], dim=1)
+
+        mel = self._mel.to(x.device)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spec = torch.log(mel(x) + LOG_EPS)  # [b, n_mels, frames]
+        # pad with the log of silence, what a frame of zeros gives, so padding looks the same in any batch
+        spec = F.pad(spec, (0, (-spec.shape[2]) % k), value=math.log(LOG_EPS))
+        frames = rearrange(spec, "b m (n k) -> b n (k m)", k=k).to(self.to_tokens.weight.dtype)
+        n = frames.shape[1]
+
+        real_frames = torch.div(lengths - self.n_fft, self.hop_length, rounding_mode="floor") + 1
+        real_tokens = torch.div(real_frames.clamp(min=0), k, rounding_mode="floor")  # [b]
+        token_mask = torch.arange(n, device=x.device).unsqueeze(0) < real_tokens.unsqueeze(1)
+
+        tokens = self.to_tokens(frames)
+        tokens = tokens + sinusoidal_positions(n, self.dim, device=x.device, dtype=tokens.dtype)
+        return finish(tokens, token_mask)

@@ -1,0 +1,110 @@
+"""Image embedder: non-overlapping patches -> one token each.
+
+One sample: array [h, w, c], uint8 (0-255, scaled by 1/255) or float. Sizes may differ within a batch:
+``collate`` pads to the largest and returns a pixel mask.
+
+Batch (from ``collate``): ``x`` [b, h, w, c] uint8 or float32, ``mask`` [b, h, w] bool (True = real pixel).
+
+Tokens: a batch whose longest side exceeds ``max_size`` is first resized down (area averaging) so that
+side is ``max_size``; then [h / p, w / p] patches of p x p pixels (zero-padded to a multiple of p),
+row-major, each ``Linear(p * p * c -> d)`` + fixed 2-d sinusoidal position (rows: half the width,
+columns: the other half). A patch is real if any of its pixels is. 28 x 28 with p = 4 -> 49 tokens;
+at most (max_size / p)^2 = 256 tokens with the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from highmmt.embedder import Batch, Embedder
+from highmmt.registry import EMBEDDERS
+from modalities._common import (
+    batch_mask,
+    check_axes,
+    finish,
+    nonempty,
+    pad_axis,
+    pixel_arrays,
+    pixels_to_float,
+    positive_int,
+    sample_array,
+    sincos_grid,
+    zero_invalid,
+)
+
+LAYOUT = "[h, w, c]"
+
+
+@EMBEDDERS.register("image")
+class ImageEmbedder(Embedder):
+    """Patch embedding of images.
+
+    Args:
+        name: the modality's name.
+        dim: token width d.
+        channels: c.
+        patch_size: p, pixels per patch side.
+        max_size: longest side (pixels) above which a batch is resized down before patching.
+    """
+
+    kind = "image"
+
+    def __init__(self, *, name: str, dim: int, channels: int = 1, patch_size: int = 4, max_size: int = 64) -> None:
+        super().__init__(name=name, dim=dim)
+        self.channels = positive_int(self.kind, "channels", channels)
+        self.patch_size = positive_int(self.kind, "patch_size", patch_size)
+        self.max_size = positive_int(self.kind, "max_size", max_size)
+        self.to_tokens = nn.Linear(self.patch_size * self.patch_size * self.channels, dim)
+
+    @classmethod
+    def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
+        """samples: arrays [h_i, w_i, c] -> ``x`` [b, h, w, c], ``mask`` [b, h, w] (padded bottom/right).
+
+        ``options`` are the embedder's options; ``channels``, when given, is checked.
+        """
+        nonempty(cls.kind, samples)
+        arrays = [sample_array(cls.kind, i, s, rank=3, layout=LAYOUT) for i, s in enumerate(samples)]
+        check_axes(cls.kind, arrays, {2: ("channels", options.get("channels"))}, LAYOUT)
+        arrays, dtype = pixel_arrays(cls.kind, arrays)
+        h = max(1, max(a.shape[0] for a in arrays))
+        w = max(1, max(a.shape[1] for a in arrays))
+        x = np.zeros((len(arrays), h, w, arrays[0].shape[2]), dtype=dtype)
+        mask = np.zeros((len(arrays), h, w), dtype=bool)
+        for i, a in enumerate(arrays):
+            x[i, : a.shape[0], : a.shape[1]] = a
+            mask[i, : a.shape[0], : a.shape[1]] = True
+        return {"x": torch.from_numpy(x), "mask": torch.from_numpy(mask)}
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, h, w, c] (+ ``mask`` [b, h, w]) -> tokens [b, n, d], mask [b, n]."""
+        x = batch["x"]
+        self.check_rank(x, 4, "[b, h, w, c]")
+        self.check_size(x, 3, self.channels, "channels")
+        b, h, w, _ = x.shape
+        mask = batch_mask(self, batch, (b, h, w))
+        x = zero_invalid(pixels_to_float(self, x, self.to_tokens.weight.dtype, where=mask.unsqueeze(-1)), mask)
+
+        if max(h, w) > self.max_size:
+            scale = self.max_size / max(h, w)
+            size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+            x = rearrange(x, "b h w c -> b c h w")
+            x = rearrange(F.interpolate(x, size=size, mode="area"), "b c h w -> b h w c")
+            mask = F.interpolate(mask[:, None].to(x.dtype), size=size, mode="nearest")[:, 0] > 0.5
+
+        p = self.patch_size
+        x = pad_axis(pad_axis(x, 1, p), 2, p)
+        mask = pad_axis(pad_axis(mask, 1, p), 2, p)
+        rows, cols = x.shape[1] // p, x.shape[2] // p
+        patches = rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        token_mask = rearrange(mask, "b (h p1) (w p2) -> b (h w) (p1 p2)", p1=p, p2=p).any(dim=-1)
+        tokens = self.to_tokens(patches)
+        tokens = tokens + sincos_grid((rows, cols), dim=self.dim, device=x.device, dtype=tokens.dtype)
+        return finish(tokens, token_mask)

@@ -1,0 +1,117 @@
+"""Pose (skeleton) embedder: one token per frame, or one per joint per frame.
+
+One sample: float32 [t, j, c] (joints x coordinates per frame); t varies.
+
+Batch (from ``collate``): ``x`` [b, t, j, c] float32, ``mask`` [b, t] bool (True = real frame).
+
+Tokens: sequences longer than ``max_frames`` are uniformly resampled down (in ``collate`` when it is
+given the option, else in ``embed``). ``tokens="frame"``: one token per frame, ``Linear(j * c -> d)``
+of all joints + fixed sinusoidal time position (at most ``max_frames`` tokens). ``tokens="joint"``:
+one token per (frame, joint), ``Linear(c -> d)`` + a learned joint-identity embedding + the time
+position, ordered (frame, joint) (at most ``max_frames * j`` tokens: lower ``max_frames``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from highmmt.embedder import Batch, Embedder, sinusoidal_positions
+from highmmt.registry import EMBEDDERS
+from modalities._common import (
+    batch_mask,
+    check_axes,
+    finish,
+    nonempty,
+    pad_stack,
+    positive_int,
+    resample,
+    sample_array,
+    uniform_indices,
+    zero_invalid,
+)
+
+LAYOUT = "[t, j, c]"
+TOKEN_MODES = ("frame", "joint")
+
+
+@EMBEDDERS.register("pose")
+class PoseEmbedder(Embedder):
+    """Skeleton sequence embedding.
+
+    Args:
+        name: the modality's name.
+        dim: token width d.
+        joints: j (20 for the Kinect v1 skeleton).
+        coords: c, coordinates per joint.
+        tokens: ``"frame"`` (one token per frame) or ``"joint"`` (one per joint per frame).
+        max_frames: frames kept per sample (uniformly resampled when longer).
+    """
+
+    kind = "pose"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dim: int,
+        joints: int = 20,
+        coords: int = 3,
+        tokens: str = "frame",
+        max_frames: int = 64,
+    ) -> None:
+        super().__init__(name=name, dim=dim)
+        self.joints = positive_int(self.kind, "joints", joints)
+        self.coords = positive_int(self.kind, "coords", coords)
+        self.max_frames = positive_int(self.kind, "max_frames", max_frames)
+        if tokens not in TOKEN_MODES:
+            raise ValueError(f"pose embedder: option 'tokens' must be one of {TOKEN_MODES}, got {tokens!r}")
+        self.tokens = tokens
+        if tokens == "frame":
+            self.to_tokens = nn.Linear(self.joints * self.coords, dim)
+        else:
+            self.to_tokens = nn.Linear(self.coords, dim)
+            self.joint_embed = nn.Parameter(torch.randn(self.joints, dim) * 0.02)
+
+    @classmethod
+    def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
+        """samples: arrays [t_i, j, c] -> ``x`` [b, t, j, c] float32, ``mask`` [b, t].
+
+        ``options`` are the embedder's options: ``max_frames`` resamples here, ``joints``/``coords`` are checked.
+        """
+        nonempty(cls.kind, samples)
+        arrays = [sample_array(cls.kind, i, s, rank=3, layout=LAYOUT) for i, s in enumerate(samples)]
+        axes = {1: ("joints", options.get("joints")), 2: ("coords", options.get("coords"))}
+        check_axes(cls.kind, arrays, axes, LAYOUT)
+        max_frames = options.get("max_frames")
+        if max_frames is not None:
+            arrays = [a[uniform_indices(a.shape[0], positive_int(cls.kind, "max_frames", max_frames))] for a in arrays]
+        x, mask = pad_stack(cls.kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
+        return {"x": x, "mask": mask}
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, t, j, c] (+ ``mask`` [b, t]) -> tokens [b, t, d] or [b, t * j, d], mask to match."""
+        x = batch["x"]
+        self.check_rank(x, 4, "[b, t, j, c]")
+        self.check_size(x, 2, self.joints, "joints")
+        self.check_size(x, 3, self.coords, "coords")
+        self.check_float(x)
+        b, t = x.shape[:2]
+        mask = batch_mask(self, batch, (b, t))
+        self.check_finite(x, where=mask[:, :, None, None])
+        x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+        mask, (x,) = resample(mask, self.max_frames, x)
+        t = x.shape[1]
+        time = sinusoidal_positions(t, self.dim, device=x.device, dtype=x.dtype)  # [t, d]
+
+        if self.tokens == "frame":
+            tokens = self.to_tokens(rearrange(x, "b t j c -> b t (j c)")) + time
+            return finish(tokens, mask)
+        tokens = self.to_tokens(x) + self.joint_embed + time.unsqueeze(1)  # [b, t, j, d]
+        tokens = rearrange(tokens, "b t j d -> b (t j) d")
+        return finish(tokens, repeat(mask, "b t -> b (t j)", j=self.joints))

@@ -1,0 +1,94 @@
+"""Regularly sampled time-series embedder: ``patch`` steps -> one token.
+
+One sample: float32 [t, c]; t varies.
+
+Batch (from ``collate``): ``x`` [b, t, c] float32, ``mask`` [b, t] bool (True = real step).
+
+Tokens: sequences longer than ``max_len`` steps are uniformly resampled down to ``max_len`` (in
+``collate`` when it is given the option, else in ``embed``; the same rule either way); then groups of
+``patch`` steps (zero-padded to a multiple), each ``Linear(patch * c -> d)`` + fixed sinusoidal
+position. A token is real if any of its steps is. At most ``max_len / patch`` tokens (256 by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from einops import rearrange
+from torch import Tensor, nn
+
+from highmmt.embedder import Batch, Embedder, sinusoidal_positions
+from highmmt.registry import EMBEDDERS
+from modalities._common import (
+    batch_mask,
+    check_axes,
+    finish,
+    nonempty,
+    pad_axis,
+    pad_stack,
+    positive_int,
+    resample,
+    sample_array,
+    uniform_indices,
+    zero_invalid,
+)
+
+LAYOUT = "[t, c]"
+
+
+@EMBEDDERS.register("timeseries")
+class TimeseriesEmbedder(Embedder):
+    """Patch embedding of multichannel series.
+
+    Args:
+        name: the modality's name.
+        dim: token width d.
+        channels: c.
+        max_len: steps kept per sample (uniformly resampled when longer).
+        patch: steps per token.
+    """
+
+    kind = "timeseries"
+
+    def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1) -> None:
+        super().__init__(name=name, dim=dim)
+        self.channels = positive_int(self.kind, "channels", channels)
+        self.max_len = positive_int(self.kind, "max_len", max_len)
+        self.patch = positive_int(self.kind, "patch", patch)
+        self.to_tokens = nn.Linear(self.patch * self.channels, dim)
+
+    @classmethod
+    def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
+        """samples: arrays [t_i, c] -> ``x`` [b, t, c] float32, ``mask`` [b, t].
+
+        ``options`` are the embedder's options: ``max_len`` resamples here, ``channels`` is checked.
+        """
+        nonempty(cls.kind, samples)
+        arrays = [sample_array(cls.kind, i, s, rank=2, layout=LAYOUT) for i, s in enumerate(samples)]
+        check_axes(cls.kind, arrays, {1: ("channels", options.get("channels"))}, LAYOUT)
+        max_len = options.get("max_len")
+        if max_len is not None:
+            arrays = [a[uniform_indices(a.shape[0], positive_int(cls.kind, "max_len", max_len))] for a in arrays]
+        x, mask = pad_stack(cls.kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
+        return {"x": x, "mask": mask}
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, t, c] (+ ``mask`` [b, t]) -> tokens [b, n, d], mask [b, n]."""
+        x = batch["x"]
+        self.check_rank(x, 3, "[b, t, c]")
+        self.check_size(x, 2, self.channels, "channels")
+        self.check_float(x)
+        b, t, _ = x.shape
+        mask = batch_mask(self, batch, (b, t))
+        self.check_finite(x, where=mask.unsqueeze(-1))
+        x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+
+        mask, (x,) = resample(mask, self.max_len, x)
+        x, mask = pad_axis(x, 1, self.patch), pad_axis(mask, 1, self.patch)
+        patches = rearrange(x, "b (n p) c -> b n (p c)", p=self.patch)
+        token_mask = rearrange(mask, "b (n p) -> b n p", p=self.patch).any(dim=-1)
+        tokens = self.to_tokens(patches)
+        tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
+        return finish(tokens, token_mask)

@@ -1,0 +1,128 @@
+"""Video embedder: tubelets (a few frames x a spatial patch) -> one token each.
+
+One sample: array [t, h, w, c], uint8 (0-255, scaled by 1/255) or float; t varies, h, w, c must agree
+within a batch (resize in the task's transform otherwise).
+
+Batch (from ``collate``): ``x`` [b, t, h, w, c] uint8 or float32, ``mask`` [b, t] bool (True = real frame).
+
+Tokens: frames are uniformly resampled down to at most ``max_frames`` per sample (in ``collate`` when it
+is given the option, else in ``embed``; the same rule either way); frames whose longest side exceeds
+``max_size`` are resized down (area averaging); then tubelets of ``tubelet`` frames x p x p pixels
+(zero-padded to multiples), ordered (time, row, column), each ``Linear(tubelet * p * p * c -> d)`` +
+fixed sinusoidal positions (time: half the width, rows and columns: a quarter each). A tubelet is
+real if any of its frames is. Defaults on 120 x 160 depth video: 32 frames -> 16 steps x 5 x 6
+patches (frames resized to 36 x 48) = 480 tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from highmmt.embedder import Batch, Embedder
+from highmmt.registry import EMBEDDERS
+from modalities._common import (
+    batch_mask,
+    check_axes,
+    finish,
+    nonempty,
+    pad_axis,
+    pad_stack,
+    pixel_arrays,
+    pixels_to_float,
+    positive_int,
+    resample,
+    sample_array,
+    sincos_grid,
+    uniform_indices,
+    zero_invalid,
+)
+
+LAYOUT = "[t, h, w, c]"
+
+
+@EMBEDDERS.register("video")
+class VideoEmbedder(Embedder):
+    """Tubelet embedding of videos.
+
+    Args:
+        name: the modality's name.
+        dim: token width d.
+        channels: c.
+        patch_size: p, pixels per spatial patch side.
+        tubelet: frames per token.
+        max_frames: frames kept per sample (uniformly resampled when longer).
+        max_size: longest frame side (pixels) above which frames are resized down.
+    """
+
+    kind = "video"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        dim: int,
+        channels: int = 1,
+        patch_size: int = 8,
+        tubelet: int = 2,
+        max_frames: int = 32,
+        max_size: int = 48,
+    ) -> None:
+        super().__init__(name=name, dim=dim)
+        self.channels = positive_int(self.kind, "channels", channels)
+        self.patch_size = positive_int(self.kind, "patch_size", patch_size)
+        self.tubelet = positive_int(self.kind, "tubelet", tubelet)
+        self.max_frames = positive_int(self.kind, "max_frames", max_frames)
+        self.max_size = positive_int(self.kind, "max_size", max_size)
+        self.to_tokens = nn.Linear(self.tubelet * self.patch_size**2 * self.channels, dim)
+
+    @classmethod
+    def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
+        """samples: arrays [t_i, h, w, c] -> ``x`` [b, t, h, w, c], ``mask`` [b, t].
+
+        ``options`` are the embedder's options: ``max_frames`` resamples here (less to move), ``channels``
+        is checked.
+        """
+        nonempty(cls.kind, samples)
+        arrays = [sample_array(cls.kind, i, s, rank=4, layout=LAYOUT) for i, s in enumerate(samples)]
+        axes = {1: ("pixels of height", None), 2: ("pixels of width", None), 3: ("channels", options.get("channels"))}
+        check_axes(cls.kind, arrays, axes, LAYOUT)
+        max_frames = options.get("max_frames")
+        if max_frames is not None:
+            arrays = [a[uniform_indices(a.shape[0], positive_int(cls.kind, "max_frames", max_frames))] for a in arrays]
+        arrays, dtype = pixel_arrays(cls.kind, arrays)
+        x, mask = pad_stack(cls.kind, arrays, dtype=dtype)
+        return {"x": x, "mask": mask}
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, t, h, w, c] (+ ``mask`` [b, t]) -> tokens [b, n, d], mask [b, n]."""
+        x = batch["x"]
+        self.check_rank(x, 5, "[b, t, h, w, c]")
+        self.check_size(x, 4, self.channels, "channels")
+        b, t, h, w, _ = x.shape
+        mask = batch_mask(self, batch, (b, t))
+        mask, (x,) = resample(mask, self.max_frames, x)  # before the float conversion: less to convert
+        x = pixels_to_float(self, x, self.to_tokens.weight.dtype, where=mask[:, :, None, None, None])
+
+        if max(h, w) > self.max_size:
+            scale = self.max_size / max(h, w)
+            size = (max(1, math.floor(h * scale)), max(1, math.floor(w * scale)))
+            frames = F.interpolate(rearrange(x, "b t h w c -> (b t) c h w"), size=size, mode="area")
+            x = rearrange(frames, "(b t) c h w -> b t h w c", b=b)
+        x = zero_invalid(x, mask)  # after the resize (frame by frame, so it commutes): fewer pixels
+
+        p, k = self.patch_size, self.tubelet
+        x = pad_axis(pad_axis(pad_axis(x, 1, k), 2, p), 3, p)
+        mask = pad_axis(mask, 1, k)
+        steps, rows, cols = x.shape[1] // k, x.shape[2] // p, x.shape[3] // p
+        patches = rearrange(x, "b (t k) (h p1) (w p2) c -> b (t h w) (k p1 p2 c)", k=k, p1=p, p2=p)
+        step_mask = rearrange(mask, "b (t k) -> b t k", k=k).any(dim=-1)  # [b, steps]
+        token_mask = step_mask.repeat_interleave(rows * cols, dim=1)  # (t h w) order: time outermost
+        tokens = self.to_tokens(patches)
+        tokens = tokens + sincos_grid((steps, rows, cols), dim=self.dim, device=x.device, dtype=tokens.dtype)
+        return finish(tokens, token_mask)

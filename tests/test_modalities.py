@@ -1,0 +1,506 @@
+"""Registry sweep over every modality embedder, plus per-kind checks.
+
+A new kind needs one entry in ``EXAMPLES``: its options, a few raw samples of different sizes with the
+number of real tokens each should give, a bare tensor, and bad inputs with the error they raise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from highmmt.embedder import Embedder
+from highmmt.registry import EMBEDDERS
+from tasks.base import KINDS
+
+DIM = 16
+NAME = "probe"
+
+
+@dataclass
+class Example:
+    """One kind's test material.
+
+    options: embedder options (JSON values); samples: raw samples collated into one batch;
+    real_tokens: real tokens each sample gives; bare: a bare tensor and the tokens per sample it gives;
+    bad: case -> (error type, input given to the embedder); bad_collate: (error type, samples) pairs;
+    variants: other (options, real_tokens) run on the same samples; bare_options: options for the bare
+    tensor when they differ.
+    """
+
+    options: dict[str, Any]
+    samples: list[Any]
+    real_tokens: list[int]
+    bare: tuple[torch.Tensor, int]
+    bad: dict[str, tuple[type[Exception], Any]]
+    bad_collate: list[tuple[type[Exception], list[Any]]]
+    variants: list[tuple[dict[str, Any], list[int]]] = field(default_factory=list)
+    bare_options: dict[str, Any] | None = None
+
+
+def nan_at_first(x: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x.view(-1)[0] = float("nan")
+    return x
+
+
+def image(rng: np.random.Generator) -> Example:
+    sizes = [(8, 8), (12, 16), (4, 4), (5, 3)]
+    return Example(
+        options={"channels": 1, "patch_size": 4},
+        samples=[rng.integers(0, 256, (h, w, 1), dtype=np.uint8) for h, w in sizes],
+        real_tokens=[4, 12, 1, 2],
+        bare=(torch.rand(2, 28, 28, 1), 49),
+        bad={
+            "rank": (ValueError, torch.rand(2, 28, 28)),
+            "channels": (ValueError, torch.rand(2, 28, 28, 3)),
+            "nonfinite": (ValueError, nan_at_first(torch.rand(2, 28, 28, 1))),
+            "dtype": (TypeError, torch.ones(2, 28, 28, 1, dtype=torch.int64)),
+        },
+        bad_collate=[
+            (ValueError, [np.zeros((8, 8))]),
+            (ValueError, [np.zeros((8, 8, 1)), np.zeros((8, 8, 3))]),
+            (TypeError, [np.zeros((8, 8, 1), dtype=np.int64)]),
+        ],
+        variants=[({"channels": 1, "patch_size": 2}, [16, 48, 4, 6])],
+    )
+
+
+def video(rng: np.random.Generator) -> Example:
+    frames = [3, 7, 1]
+    return Example(
+        options={"channels": 1, "patch_size": 4, "tubelet": 2, "max_frames": 4, "max_size": 16},
+        samples=[rng.integers(0, 256, (t, 8, 12, 1), dtype=np.uint8) for t in frames],
+        real_tokens=[12, 12, 6],  # tubelets: 2, 2 (7 frames -> 4), 1; x 2 x 3 patches
+        bare=(torch.rand(2, 4, 8, 8, 1), 8),
+        bad={
+            "rank": (ValueError, torch.rand(2, 8, 8, 1)),
+            "channels": (ValueError, torch.rand(2, 4, 8, 8, 3)),
+            "nonfinite": (ValueError, nan_at_first(torch.rand(2, 4, 8, 8, 1))),
+            "dtype": (TypeError, torch.ones(2, 4, 8, 8, 1, dtype=torch.int32)),
+        },
+        bad_collate=[
+            (ValueError, [np.zeros((8, 8, 1))]),
+            (ValueError, [np.zeros((2, 8, 8, 1)), np.zeros((2, 8, 9, 1))]),
+        ],
+        variants=[({"channels": 1, "patch_size": 4, "tubelet": 1, "max_frames": 4, "max_size": 4}, [3, 4, 1])],
+    )
+
+
+def audio(rng: np.random.Generator) -> Example:
+    # 8 ms window = 64 samples (n_fft 64), 4 ms hop = 32 samples, 2 frames per token
+    lengths = [800, 400, 10]
+    return Example(
+        options={"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 2},
+        samples=[(0.1 * rng.standard_normal(s)).astype(np.float32) for s in lengths],
+        real_tokens=[12, 5, 1],  # frames (s - 64) // 32 + 1 = 24, 11, 0 -> tokens 12, 5, 0 (kept: 1)
+        bare=(0.1 * torch.randn(2, 800), 12),
+        bad={
+            "rank": (ValueError, torch.randn(2, 1, 800)),
+            "nonfinite": (ValueError, nan_at_first(torch.randn(2, 800))),
+            "dtype": (TypeError, torch.ones(2, 800, dtype=torch.int16)),
+        },
+        bad_collate=[(ValueError, [np.zeros((100, 2), np.float32)])],
+        variants=[({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 1}, [24, 11, 1])],
+    )
+
+
+def timeseries(rng: np.random.Generator) -> Example:
+    lengths = [5, 12, 1, 0]
+    return Example(
+        options={"channels": 3, "max_len": 8, "patch": 2},
+        samples=[rng.standard_normal((t, 3)).astype(np.float32) for t in lengths],
+        real_tokens=[3, 4, 1, 1],  # 12 steps -> 8; the empty sample keeps one token
+        bare=(torch.randn(2, 10, 3), 4),
+        bad={
+            "rank": (ValueError, torch.randn(2, 10)),
+            "channels": (ValueError, torch.randn(2, 10, 4)),
+            "nonfinite": (ValueError, nan_at_first(torch.randn(2, 10, 3))),
+            "dtype": (TypeError, torch.ones(2, 10, 3, dtype=torch.int64)),
+        },
+        bad_collate=[
+            (ValueError, [np.zeros((5,), np.float32)]),
+            (ValueError, [np.zeros((5, 3)), np.zeros((5, 2))]),
+        ],
+        variants=[({"channels": 3, "max_len": 8, "patch": 1}, [5, 8, 1, 1])],
+    )
+
+
+def irregular_timeseries(rng: np.random.Generator) -> Example:
+    def sample(t: int) -> dict[str, np.ndarray]:
+        observed = rng.random((t, 2)) < 0.6
+        values = np.where(observed, rng.standard_normal((t, 2)), np.nan).astype(np.float32)  # NaN where unobserved
+        return {"values": values, "observed": observed, "times": np.sort(rng.uniform(0, 48, t)).astype(np.float32)}
+
+    x = torch.randn(2, 6, 2)
+    return Example(
+        options={"channels": 2, "max_len": 16},
+        samples=[sample(t) for t in (5, 20, 0)],
+        real_tokens=[5, 16, 1],
+        bare=(x, 6),
+        bad={
+            "rank": (ValueError, torch.randn(2, 6)),
+            "channels": (ValueError, torch.randn(2, 6, 3)),
+            "nonfinite": (ValueError, nan_at_first(x)),
+            "nonfinite_time": (ValueError, {"x": x, "times": nan_at_first(torch.rand(2, 6))}),
+            "dtype": (TypeError, torch.ones(2, 6, 2, dtype=torch.int64)),
+        },
+        bad_collate=[
+            (ValueError, [np.zeros((5, 2), np.float32)]),
+            (ValueError, [{"values": np.zeros((5, 2)), "observed": np.ones((5, 2), bool), "times": np.zeros(4)}]),
+        ],
+        variants=[({"channels": 2, "max_len": 4, "time_bands": 3}, [4, 4, 1])],
+    )
+
+
+def tabular(rng: np.random.Generator) -> Example:
+    def sample() -> dict[str, np.ndarray]:
+        observed = rng.random(3) < 0.7
+        return {
+            "numeric": np.where(observed, rng.standard_normal(3), np.nan).astype(np.float32),
+            "numeric_observed": observed,
+            "categorical": np.array([rng.integers(-1, 4), rng.integers(-1, 2)], dtype=np.int64),
+        }
+
+    samples = [sample() for _ in range(3)]
+    samples[0]["numeric_observed"][:] = False  # one row with every numeric value missing
+    cat = torch.tensor([[0, 1], [3, -1]])
+    return Example(
+        options={"num_numeric": 3, "categorical_cardinalities": [4, 2]},
+        samples=samples,
+        real_tokens=[5, 5, 5],
+        bare=(torch.randn(2, 3), 3),
+        bare_options={"num_numeric": 3},
+        bad={
+            "rank": (ValueError, torch.randn(2, 3, 1)),
+            "channels": (ValueError, torch.randn(2, 4)),
+            "nonfinite": (ValueError, {"x": nan_at_first(torch.randn(2, 3)), "categorical": cat}),
+            "dtype": (TypeError, {"x": torch.ones(2, 3, dtype=torch.int64), "categorical": cat}),
+            "category_range": (ValueError, {"x": torch.randn(2, 3), "categorical": torch.tensor([[0, 2], [4, -1]])}),
+            "category_dtype": (TypeError, {"x": torch.randn(2, 3), "categorical": cat.float()}),
+            "category_missing": (ValueError, {"x": torch.randn(2, 3)}),
+        },
+        bad_collate=[
+            (ValueError, [np.zeros(3, np.float32)]),
+            (ValueError, [{"numeric": np.zeros(3, np.float32), "categorical": np.zeros(2, np.int64)},
+                          {"numeric": np.zeros(4, np.float32), "categorical": np.zeros(2, np.int64)}]),
+        ],
+    )
+
+
+def text(rng: np.random.Generator) -> Example:
+    return Example(
+        options={"max_len": 16},
+        samples=["hello", "héllo wörld ✓, longer than sixteen bytes", ""],
+        real_tokens=[5, 16, 1],
+        bare=(torch.randint(0, 256, (2, 10)), 10),
+        bad={
+            "rank": (ValueError, torch.randint(0, 256, (2, 10, 1))),
+            "ids": (ValueError, torch.full((2, 10), 300)),
+            "dtype": (TypeError, torch.rand(2, 10)),
+        },
+        bad_collate=[(TypeError, ["ok", 3])],
+    )
+
+
+def pose(rng: np.random.Generator) -> Example:
+    frames = [5, 9, 2]
+    return Example(
+        options={"joints": 4, "coords": 3, "max_frames": 6},
+        samples=[rng.standard_normal((t, 4, 3)).astype(np.float32) for t in frames],
+        real_tokens=[5, 6, 2],
+        bare=(torch.randn(2, 5, 4, 3), 5),
+        bad={
+            "rank": (ValueError, torch.randn(2, 5, 12)),
+            "channels": (ValueError, torch.randn(2, 5, 5, 3)),
+            "coords": (ValueError, torch.randn(2, 5, 4, 2)),
+            "nonfinite": (ValueError, nan_at_first(torch.randn(2, 5, 4, 3))),
+            "dtype": (TypeError, torch.ones(2, 5, 4, 3, dtype=torch.int64)),
+        },
+        bad_collate=[
+            (ValueError, [np.zeros((5, 12), np.float32)]),
+            (ValueError, [np.zeros((5, 4, 3)), np.zeros((5, 5, 3))]),
+        ],
+        variants=[({"joints": 4, "coords": 3, "max_frames": 6, "tokens": "joint"}, [20, 24, 8])],
+    )
+
+
+def set_(rng: np.random.Generator) -> Example:
+    sizes = [4, 1, 6]
+    return Example(
+        options={"channels": 2},
+        samples=[rng.standard_normal((n, 2)).astype(np.float32) for n in sizes],
+        real_tokens=sizes,
+        bare=(torch.randn(2, 5, 2), 5),
+        bad={
+            "rank": (ValueError, torch.randn(2, 5)),
+            "channels": (ValueError, torch.randn(2, 5, 3)),
+            "nonfinite": (ValueError, nan_at_first(torch.randn(2, 5, 2))),
+            "dtype": (TypeError, torch.ones(2, 5, 2, dtype=torch.int64)),
+        },
+        bad_collate=[(ValueError, [np.zeros((4, 2)), np.zeros((4, 3))])],
+    )
+
+
+EXAMPLES: dict[str, Callable[[np.random.Generator], Example]] = {
+    "image": image,
+    "video": video,
+    "audio": audio,
+    "timeseries": timeseries,
+    "irregular_timeseries": irregular_timeseries,
+    "tabular": tabular,
+    "text": text,
+    "pose": pose,
+    "set": set_,
+}
+KIND_NAMES = EMBEDDERS.names()
+
+
+def example(kind: str) -> Example:
+    torch.manual_seed(0)
+    return EXAMPLES[kind](np.random.default_rng(0))
+
+
+def build(kind: str, options: dict[str, Any]) -> Embedder:
+    torch.manual_seed(0)
+    options = json.loads(json.dumps(options))  # options arrive from JSON task specs
+    return EMBEDDERS.get(kind)(name=NAME, dim=DIM, **options)
+
+
+def configurations(kind: str) -> list[tuple[dict[str, Any], list[int]]]:
+    ex = example(kind)
+    return [(ex.options, ex.real_tokens), *ex.variants]
+
+
+CONFIGS = [(k, i) for k in KIND_NAMES for i in range(len(configurations(k)))]
+
+
+def test_every_kind_is_registered_and_has_an_example() -> None:
+    assert sorted(KINDS) == KIND_NAMES
+    assert sorted(EXAMPLES) == KIND_NAMES
+    for kind in KIND_NAMES:
+        cls = EMBEDDERS.get(kind)
+        assert issubclass(cls, Embedder) and cls.kind == kind
+        assert cls.__module__.startswith("modalities.") and cls.__doc__
+
+
+@pytest.mark.parametrize("kind,config", CONFIGS)
+def test_shapes_masks_and_padding_invariance(kind: str, config: int) -> None:
+    """Batched tokens of each sample equal the tokens of that sample alone; padding is masked and zero."""
+    ex = example(kind)
+    options, real = configurations(kind)[config]
+    emb = build(kind, options)
+    batch = EMBEDDERS.get(kind).collate(ex.samples)
+    assert batch["mask"].dtype == torch.bool
+    with torch.no_grad():
+        tokens, mask = emb(batch)
+    b = len(ex.samples)
+    assert tokens.dim() == 3 and tokens.shape[0] == b and tokens.shape[2] == DIM
+    assert mask.shape == tokens.shape[:2] and mask.dtype == torch.bool
+    assert torch.isfinite(tokens).all()
+    assert mask.sum(dim=1).tolist() == real
+    assert (tokens[~mask] == 0).all()
+    for i, sample in enumerate(ex.samples):
+        with torch.no_grad():
+            alone, alone_mask = emb(EMBEDDERS.get(kind).collate([sample]))
+        assert int(alone_mask.sum()) == real[i]
+        torch.testing.assert_close(tokens[i][mask[i]], alone[0][alone_mask[0]], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind,config", CONFIGS)
+def test_every_parameter_gets_a_gradient(kind: str, config: int) -> None:
+    ex = example(kind)
+    emb = build(kind, configurations(kind)[config][0])
+    tokens, mask = emb(EMBEDDERS.get(kind).collate(ex.samples))
+    weights = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(1))
+    (tokens * weights)[mask].sum().backward()
+    params = dict(emb.named_parameters())
+    assert params
+    for pname, p in params.items():
+        assert p.grad is not None, f"{kind}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{kind}: {pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{kind}: {pname} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_collate_options_give_the_same_tokens(kind: str) -> None:
+    """Loaders may pass the modality options to collate (which then resamples/truncates early)."""
+    ex = example(kind)
+    emb = build(kind, ex.options)
+    cls = EMBEDDERS.get(kind)
+    with torch.no_grad():
+        plain, plain_mask = emb(cls.collate(ex.samples))
+        early, early_mask = emb(cls.collate(ex.samples, **ex.options))
+    assert plain_mask.sum(1).tolist() == early_mask.sum(1).tolist()
+    for i in range(len(ex.samples)):
+        torch.testing.assert_close(plain[i][plain_mask[i]], early[i][early_mask[i]], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_bare_tensor(kind: str) -> None:
+    ex = example(kind)
+    x, n = ex.bare
+    tokens, mask = build(kind, ex.bare_options or ex.options)(x)
+    assert tokens.shape == (x.shape[0], n, DIM)
+    assert mask.all() and torch.isfinite(tokens).all()
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_bfloat16_weights(kind: str) -> None:
+    """A bf16 model (inputs cast like the model casts them) gives bf16 finite tokens."""
+    ex = example(kind)
+    emb = build(kind, ex.options).to(torch.bfloat16)
+    batch = {
+        k: v.to(torch.bfloat16) if v.is_floating_point() else v
+        for k, v in EMBEDDERS.get(kind).collate(ex.samples).items()
+    }
+    with torch.no_grad():
+        tokens, mask = emb(batch)
+    assert tokens.dtype == torch.bfloat16 and torch.isfinite(tokens).all()
+    assert mask.sum(1).tolist() == ex.real_tokens
+
+
+BAD = [(k, case) for k in KIND_NAMES for case in example(k).bad] + [(k, "empty") for k in KIND_NAMES]
+
+
+@pytest.mark.parametrize("kind,case", BAD)
+def test_bad_inputs_raise_naming_the_modality(kind: str, case: str) -> None:
+    ex = example(kind)
+    emb = build(kind, ex.options)
+    if case == "empty":
+        error, bad = ValueError, ex.bare[0][:0]
+    else:
+        error, bad = ex.bad[case]
+    with pytest.raises(error, match=f"{NAME}.*{kind}"):
+        emb(bad)
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_bad_inputs_cover_rank_and_dtype(kind: str) -> None:
+    assert {"rank", "dtype"} <= set(example(kind).bad)
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_collate_rejects_bad_samples_naming_the_kind(kind: str) -> None:
+    cls = EMBEDDERS.get(kind)
+    with pytest.raises(ValueError, match=kind):
+        cls.collate([])
+    for error, samples in example(kind).bad_collate:
+        with pytest.raises(error, match=kind):
+            cls.collate(samples)
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_collate_checks_option_counts(kind: str) -> None:
+    """Options handed to collate that disagree with the samples are an error, not silently ignored."""
+    ex = example(kind)
+    wrong = {"channels": 99, "joints": 99, "num_numeric": 99}
+    keys = [k for k in wrong if k in ex.options]
+    if not keys:
+        pytest.skip(f"{kind} has no count option that collate can check")
+    with pytest.raises(ValueError, match=kind):
+        EMBEDDERS.get(kind).collate(ex.samples, **{**ex.options, keys[0]: wrong[keys[0]]})
+
+
+@pytest.mark.parametrize("kind", KIND_NAMES)
+def test_constructor_rejects_bad_options(kind: str) -> None:
+    ex = example(kind)
+    key = next(k for k, v in ex.options.items() if isinstance(v, int) and not isinstance(v, bool))
+    with pytest.raises(ValueError, match=key):
+        build(kind, {**ex.options, key: -1})
+
+
+def test_mask_with_no_real_token_keeps_the_first() -> None:
+    emb = build("timeseries", {"channels": 1})
+    tokens, mask = emb({"x": torch.randn(2, 4, 1), "mask": torch.tensor([[True, True, False, False], [False] * 4])})
+    assert mask.tolist() == [[True, True, False, False], [True, False, False, False]]
+    assert (tokens[1, 1:] == 0).all() and (tokens[0, 2:] == 0).all()
+
+
+def test_set_is_permutation_equivariant() -> None:
+    emb = build("set", {"channels": 3})
+    x = torch.randn(2, 7, 3)
+    mask = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
+    perm = torch.tensor([3, 0, 4, 1, 2, 5, 6])  # permutes the real elements of both samples
+    with torch.no_grad():
+        tokens, m = emb({"x": x, "mask": mask})
+        tokens_p, m_p = emb({"x": x[:, perm], "mask": mask[:, perm]})
+    torch.testing.assert_close(tokens_p, tokens[:, perm])
+    assert torch.equal(m_p, m[:, perm])
+
+    def pooled(t: torch.Tensor, mk: torch.Tensor) -> torch.Tensor:
+        return (t * mk[..., None]).sum(1) / mk.sum(1, keepdim=True)
+
+    torch.testing.assert_close(pooled(tokens_p, m_p), pooled(tokens, m))
+
+
+def test_text_round_trip_and_byte_ids() -> None:
+    from modalities.text import PAD_ID, decode, encode
+
+    s = "naïve café — 日本語 🎉 Ωμέγα"
+    assert decode(encode(s)) == s
+    batch = EMBEDDERS.get("text").collate([s, "a"])
+    ids = list(s.encode("utf-8"))
+    assert batch["x"][0].tolist() == ids
+    assert batch["x"][1].tolist() == [97] + [PAD_ID] * (len(ids) - 1)
+    assert batch["mask"].sum(1).tolist() == [len(ids), 1]
+    assert decode(batch["x"][1].tolist()) == "a"
+
+
+def test_default_token_budgets() -> None:
+    """Defaults keep real data within a few hundred tokens per sample."""
+    counts = {}
+    with torch.no_grad():
+        counts["mnist"] = build("image", {})(torch.rand(1, 28, 28, 1))[0].shape[1]
+        counts["omniglot"] = build("image", {})(torch.rand(1, 105, 105, 1))[0].shape[1]
+        depth = torch.randint(0, 256, (1, 60, 120, 160, 1), dtype=torch.uint8)
+        counts["depth_video"] = build("video", {})(depth)[0].shape[1]
+        counts["audio_1s"] = build("audio", {})(0.1 * torch.randn(1, 8000))[0].shape[1]
+        counts["imu"] = build("timeseries", {"channels": 6})(torch.randn(1, 1000, 6))[0].shape[1]
+        counts["skeleton"] = build("pose", {})(torch.randn(1, 100, 20, 3))[0].shape[1]
+    assert counts == {"mnist": 49, "omniglot": 256, "depth_video": 480, "audio_1s": 25, "imu": 256, "skeleton": 64}
+
+
+def test_image_resize_keeps_mask_of_smaller_images() -> None:
+    emb = build("image", {"patch_size": 4, "max_size": 16})
+    batch = EMBEDDERS.get("image").collate([np.zeros((32, 32, 1), np.uint8), np.zeros((16, 16, 1), np.uint8)])
+    tokens, mask = emb(batch)
+    assert tokens.shape == (2, 16, DIM) and mask.sum(1).tolist() == [16, 4]
+
+
+def test_irregular_times_and_observed_matter() -> None:
+    emb = build("irregular_timeseries", {"channels": 2})
+    x = torch.randn(1, 3, 2)
+    base = {"x": x, "observed": torch.ones(1, 3, 2, dtype=torch.bool), "times": torch.tensor([[0.0, 1.0, 2.0]])}
+    with torch.no_grad():
+        t0, _ = emb(base)
+        t_shift, _ = emb({**base, "times": base["times"] + 5.0})
+        hidden = {**base, "observed": torch.zeros(1, 3, 2, dtype=torch.bool), "x": torch.full((1, 3, 2), float("nan"))}
+        t_hidden, _ = emb(hidden)
+    assert not torch.allclose(t0, t_shift)
+    assert torch.isfinite(t_hidden).all()
+    # unobserved values do not leak: any value there gives the same tokens
+    with torch.no_grad():
+        t_zero, _ = emb({**hidden, "x": torch.zeros(1, 3, 2)})
+    torch.testing.assert_close(t_hidden, t_zero)
+
+
+def test_tabular_missing_values_use_the_missing_embedding() -> None:
+    emb = build("tabular", {"num_numeric": 2, "categorical_cardinalities": [3]})
+    batch = EMBEDDERS.get("tabular").collate([
+        {"numeric": np.array([np.nan, 1.0], np.float32), "numeric_observed": np.array([False, True]),
+         "categorical": np.array([-1])},
+        {"numeric": np.array([7.0, 1.0], np.float32), "numeric_observed": np.array([False, True]),
+         "categorical": np.array([2])},
+    ])
+    with torch.no_grad():
+        tokens, mask = emb(batch)
+    assert tokens.shape == (2, 3, DIM) and mask.all()
+    torch.testing.assert_close(tokens[0, :2], tokens[1, :2])  # missing numeric: value ignored
+    assert not torch.allclose(tokens[0, 2], tokens[1, 2])  # missing vs category 2

@@ -1,0 +1,174 @@
+"""train.py / evaluate.py end to end on the synthetic tasks, resume, schedules, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import evaluate
+import train
+from highmmt import HighMMT
+from highmmt.strategies import make_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN = "synthetic_pair,synthetic_single"
+
+
+def run_train(tmp_path: Path, name: str, *extra: str) -> Path:
+    out = tmp_path / name
+    train.main(["--preset", "tiny", "--tasks", SYN, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
+                "--quiet", "--set", "train.steps_per_epoch=4", "--set", "train.epochs=3", *extra])
+    return out
+
+
+def test_two_epoch_smoke_writes_the_run_folder(tmp_path):
+    out = run_train(tmp_path, "run")
+    for f in ("config.json", "model.safetensors", "metrics.jsonl", "curves.png", "DONE", "trainer_state/state.pt"):
+        assert (out / f).exists(), f
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"synthetic_pair", "synthetic_single"}
+    assert {r["split"] for r in rows} == {"train", "validation"}
+    assert max(r["epoch"] for r in rows) == 3
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["steps_per_epoch"] == 4 and set(cfg["tasks"]) == {"synthetic_pair", "synthetic_single"}
+    model = HighMMT.from_pretrained(out)
+    assert set(model.config.tasks) == {"synthetic_pair", "synthetic_single"}
+
+
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch):
+    full = run_train(tmp_path, "full")
+
+    real_save = train.save_trainer_state
+
+    def save_then_die(out, model, optimizer, scheduler, state):
+        real_save(out, model, optimizer, scheduler, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(train, "save_trainer_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path, "killed")
+    monkeypatch.setattr(train, "save_trainer_state", real_save)
+    assert not (tmp_path / "killed" / "DONE").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_train(tmp_path, "killed")
+    run_train(tmp_path, "killed", "--resume")
+
+    def last_weights(out):
+        st = torch.load(out / "trainer_state" / "state.pt", weights_only=False)
+        return load_file(str(out / "trainer_state" / st["weights"]))
+
+    a, b = last_weights(full), last_weights(tmp_path / "killed")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    rows_a = (full / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows_a) == len(rows_b)
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path):
+    a = load_file(str(run_train(tmp_path, "a") / "model.safetensors"))
+    b = load_file(str(run_train(tmp_path, "b") / "model.safetensors"))
+    c = load_file(str(run_train(tmp_path, "c", "--seed", "1") / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_evaluate_writes_metrics_robustness_and_efficiency(tmp_path):
+    out = run_train(tmp_path, "run")
+    metrics = evaluate.main(["--checkpoint", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--noise-levels", "0.5,1,2,4,8"])
+    saved = json.loads((out / "eval" / "metrics.json").read_text())
+    assert saved.keys() == metrics.keys()
+    pair = saved["synthetic_pair"]
+    assert 0.0 <= pair["accuracy"] <= 1.0 and "f1" in pair
+    assert pair["latency_ms_per_sample"] > 0 and pair["throughput_samples_per_s"] > 0
+    rob = json.loads((out / "eval" / "robustness.json").read_text())
+    assert set(rob["synthetic_pair"]["drop"]) == {"syn_a", "syn_b"}
+    assert len(rob["synthetic_pair"]["noise"]["syn_a"]) == 5
+    assert (out / "eval" / "results.md").read_text().startswith("## Results")
+    with pytest.raises(ValueError, match="not in checkpoint"):
+        evaluate.main(["--checkpoint", str(out), "--tasks", "nope", "--quiet"])
+
+
+def test_schedules():
+    sizes = {"big": 6, "mid": 3, "small": 1}
+    s = make_schedule("highmmt", sizes, 6)
+    assert s.steps[0] == ["big"] and s.steps[-1] == ["big", "mid", "small"]
+    assert s.batches_per_task() == {"big": 6, "mid": 3, "small": 1}
+    floor = make_schedule("highmmt", sizes, 6, min_fraction=0.5)
+    assert floor.batches_per_task() == {"big": 6, "mid": 3, "small": 3} and floor.steps[2] == ["big"]
+    rr = make_schedule("round_robin", sizes, 6)
+    assert [t for (t,) in rr.steps] == ["big", "mid", "small"] * 2
+    sp = make_schedule("size_proportional", sizes, 3000, seed=0)
+    share = sp.batches_per_task()["big"] / 3000
+    assert abs(share - 0.6) < 0.05
+    hot = make_schedule("temperature", sizes, 3000, temperature=100.0).batches_per_task()
+    assert abs(hot["small"] / 3000 - 1 / 3) < 0.05
+    assert make_schedule("temperature", sizes, 50, seed=3).steps == make_schedule("temperature", sizes, 50, seed=3).steps
+    with pytest.raises(ValueError, match="unknown multitask strategy 'mixed'"):
+        make_schedule("mixed", sizes, 5)
+    with pytest.raises(ValueError, match="needs at least one"):
+        make_schedule("highmmt", {"a": 0}, 5)
+
+
+@pytest.mark.parametrize(
+    "argv, error, match",
+    [
+        (["--preset", "huge"], ValueError, "unknown preset 'huge'"),
+        (["--set", "train.lrr=1"], ValueError, "unknown key"),
+        (["--set", "train.epochs=many"], TypeError, "expected an integer"),
+        (["--set", "train.precision=fp8"], ValueError, "precision must be one of"),
+        (["--tasks", "nope"], ValueError, "unknown task 'nope'"),
+        (["--set", 'train.loss_weights={"other": 2}'], ValueError, "names task 'other'"),
+        (["--resume"], FileNotFoundError, "trainer_state"),
+    ],
+)
+def test_bad_command_lines_are_clear_errors(tmp_path, argv, error, match):
+    base = ["--preset", "tiny", "--tasks", SYN, "--output-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    with pytest.raises(error, match=match):
+        train.main(base + argv)
+
+
+def test_bring_your_own_task_trains(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        y = rng.integers(0, 2, n)
+        acc = [(rng.standard_normal((8, 3)) + y_i).astype(np.float32) for y_i in y]
+        return datasets.Dataset.from_dict({"acc": acc, "label": y.tolist()})
+
+    datasets.DatasetDict({"train": split(40), "test": split(12)}).save_to_disk(tmp_path / "hf")
+    spec = tmp_path / "my_task.yaml"
+    spec.write_text(
+        "name: my_task\npath: hf\nmodalities:\n  acc: timeseries\ntarget: label\ntask_type: classification\n"
+        "num_classes: 2\nmetric: accuracy\nmodality_options:\n  acc: {channels: 3}\n"
+    )
+    out = tmp_path / "run"
+    train.main(["--preset", "tiny", "--tasks", f"{spec},synthetic_single", "--output-dir", str(out),
+                "--cache-dir", str(tmp_path / "cache"), "--quiet", "--set", "train.steps_per_epoch=3"])
+    metrics = evaluate.main(["--checkpoint", str(out), "--no-robustness", "--quiet"])
+    assert 0.0 <= metrics["my_task"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_agree(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo): both ranks end with identical weights."""
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(ROOT / "train.py"),
+           "--preset", "tiny", "--tasks", SYN, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet",
+           "--set", "train.steps_per_epoch=4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=600)
+    ranks = json.loads((out / "ranks.json").read_text())
+    assert ranks["world_size"] == 2
+    assert len(set(ranks["checksums"])) == 1
