@@ -1,0 +1,547 @@
+"""The data layer: find the data root, build a task once, cache it, hand out canonical samples.
+
+``load_task`` turns a task name (a registered :class:`~tasks.base.BuiltinTask`) or the path of a
+bring-your-own spec file into a :class:`LoadedTask`: the spec plus a ``datasets.DatasetDict`` with
+splits ``train`` / ``validation`` / ``test``.
+
+Built-in tasks are parsed once from their source files and written with ``save_to_disk`` under
+``<cache_dir>/<task>-<key>``; later runs memory-map that folder in seconds. The key hashes the task
+name, the task module's ``CODE_VERSION``, the options (defaults merged with the user's) and the
+relative path, size and modification time of every source file, so editing a file, changing an
+option or bumping ``CODE_VERSION`` builds a new cache. The cache is written to a temporary folder
+beside the final one and renamed into place, so a crash never leaves a half-written cache behind.
+
+Built-in data sets are not downloaded: several of them are documented derivatives or repackagings
+of the publishers' files (see each data folder's README), and the machines this runs on are
+offline. A missing file is a ``FileNotFoundError`` saying which file to place where.
+
+``rows_to_samples`` is what a data loader calls: one Arrow gather for a batch of row indices, then
+per-modality lists of samples in their kind's canonical format (see ``tasks/base.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+from datasets.table import InMemoryTable
+
+from highmmt.registry import TASKS
+from tasks.base import BuiltinTask, TaskSpec
+
+SPLITS = ("train", "validation", "test")
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+# Bump when the cache folder layout or the key recipe changes.
+CACHE_FORMAT = 1
+# A temporary build folder older than this is a leftover of a killed process.
+STALE_TMP_SECONDS = 6 * 3600
+
+
+@dataclass
+class LoadedTask:
+    """A task ready to train on.
+
+    Args:
+        spec: the task spec.
+        splits: ``train`` / ``validation`` / ``test``.
+        source: ``"built"`` (parsed now and cached), ``"cache"`` (read from the cache) or
+            ``"spec"`` (a bring-your-own data set, read in place).
+        path: the cache folder, or the bring-your-own data folder.
+        options: the preprocessing options used (defaults merged with the user's).
+    """
+
+    spec: TaskSpec
+    splits: datasets.DatasetDict
+    source: str
+    path: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
+    """The data root: the argument, else ``$HIGHMMT_DATA``, else ``./data``."""
+    if data_root is not None and str(data_root) != "":
+        return Path(data_root).expanduser()
+    env = os.environ.get("HIGHMMT_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path("data")
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache folder: the argument, else ``$HIGHMMT_CACHE``, else ``~/.cache/highmmt``."""
+    if cache_dir is not None and str(cache_dir) != "":
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("HIGHMMT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "highmmt"
+
+
+def is_spec_path(task: str | os.PathLike[str]) -> bool:
+    """Whether ``task`` names a bring-your-own spec file rather than a registered task."""
+    if isinstance(task, os.PathLike):
+        return True
+    return str(task).lower().endswith(SPEC_SUFFIXES) or os.sep in str(task)
+
+
+def load_task(
+    task: str | os.PathLike[str],
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    quiet: bool = False,
+) -> LoadedTask:
+    """Load a built-in task (through the cache) or a bring-your-own spec file.
+
+    Args:
+        task: a registered task name (``"utd_mhad"``) or the path of a ``.yaml``/``.yml``/``.json`` spec.
+        data_root: where built-in tasks' files live (see :func:`resolve_data_root`).
+        cache_dir: where parsed built-in tasks are cached (see :func:`resolve_cache_dir`).
+        options: preprocessing options of a built-in task, merged over its defaults.
+        quiet: no progress bars.
+    """
+    if is_spec_path(task):
+        from tasks.byo import load_byo_spec
+
+        if options:
+            raise ValueError(f"task spec {str(task)!r}: options {sorted(options)} are only for built-in tasks")
+        with progress_bars(not quiet):
+            spec, splits, path = load_byo_spec(task, return_path=True)
+        return LoadedTask(spec=spec, splits=splits, source="spec", path=path)
+    builtin: BuiltinTask = TASKS.get(str(task))
+    return _load_builtin(builtin, data_root=resolve_data_root(data_root), cache_dir=resolve_cache_dir(cache_dir),
+                         options=options or {}, quiet=quiet)
+
+
+# ----------------------------------------------------------------------------------------------
+# built-in tasks: options, missing files, cache key, atomic cache writes
+
+
+def merge_options(builtin: BuiltinTask, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's default options with the user's on top; an unknown key is an error."""
+    unknown = sorted(set(options) - set(builtin.options))
+    if unknown:
+        known = ", ".join(sorted(builtin.options)) or "(none)"
+        raise ValueError(f"task {builtin.spec.name!r}: unknown option(s) {unknown}; known: {known}")
+    return {**builtin.options, **options}
+
+
+def check_source_files(builtin: BuiltinTask, data_root: Path) -> None:
+    """Raise ``FileNotFoundError`` naming every missing file, where it should be and how to get it."""
+    missing = builtin.missing_files(data_root)
+    if not missing:
+        return
+    listed = "\n".join(f"  {p}" for p in missing)
+    raise FileNotFoundError(
+        f"task {builtin.spec.name!r}: {len(missing)} source file(s) missing under the data root "
+        f"{str(data_root)!r} (searched: --data-root, else $HIGHMMT_DATA, else ./data):\n{listed}\n"
+        f"{builtin.how_to_get}".rstrip()
+    )
+
+
+def _source_stats(builtin: BuiltinTask, data_root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every source file; folders are walked recursively."""
+    stats = []
+    for rel in builtin.source_files:
+        top = data_root / rel
+        paths = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
+        for p in paths:
+            st = p.stat()
+            stats.append((p.relative_to(data_root).as_posix(), st.st_size, st.st_mtime_ns))
+    return stats
+
+
+def code_version(builtin: BuiltinTask) -> str:
+    """The ``CODE_VERSION`` constant of the module that defines the task's ``build``."""
+    module = sys.modules.get(getattr(builtin.build, "__module__", ""), None)
+    return str(getattr(module, "CODE_VERSION", "0"))
+
+
+def cache_key(builtin: BuiltinTask, data_root: Path, options: Mapping[str, Any]) -> str:
+    """A 16-hex-digit key over the task name, code version, options and source file stats."""
+    payload = {
+        "format": CACHE_FORMAT,
+        "task": builtin.spec.name,
+        "code_version": code_version(builtin),
+        "options": options,
+        "files": _source_stats(builtin, data_root),
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _load_builtin(
+    builtin: BuiltinTask, *, data_root: Path, cache_dir: Path, options: Mapping[str, Any], quiet: bool
+) -> LoadedTask:
+    spec = builtin.spec
+    merged = merge_options(builtin, options)
+    check_source_files(builtin, data_root)
+    key = cache_key(builtin, data_root, merged)
+    final = cache_dir / f"{spec.name}-{key}"
+    with progress_bars(not quiet):
+        if final.exists():
+            try:
+                splits = datasets.load_from_disk(str(final))
+                check_splits(spec, splits, where=f"cache {str(final)!r}")
+                return LoadedTask(spec=spec, splits=splits, source="cache", path=final, options=merged)
+            except Exception as e:  # noqa: BLE001 - any unreadable cache is rebuilt
+                warnings.warn(f"task {spec.name!r}: cache {str(final)!r} is unreadable ({e}); rebuilding it", stacklevel=2)
+                shutil.rmtree(final, ignore_errors=True)
+        _build_into(builtin, data_root=data_root, final=final, options=merged, quiet=quiet)
+        splits = datasets.load_from_disk(str(final))
+    return LoadedTask(spec=spec, splits=splits, source="built", path=final, options=merged)
+
+
+def _build_into(builtin: BuiltinTask, *, data_root: Path, final: Path, options: Mapping[str, Any], quiet: bool) -> None:
+    """Build the task and move its saved splits to ``final`` in one rename."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(final.parent, builtin.spec.name)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    kwargs = dict(options)
+    if "quiet" in inspect.signature(builtin.build).parameters:
+        kwargs["quiet"] = quiet
+    try:
+        splits = builtin.build(data_root, **kwargs)
+        check_splits(builtin.spec, splits, where=f"task {builtin.spec.name!r} build()")
+        splits.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.exists():  # a real failure, not a concurrent build that finished first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_tmp(parent: Path, name: str) -> None:
+    now = time.time()
+    for p in parent.glob(f".{name}-*.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > STALE_TMP_SECONDS:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def check_splits(spec: TaskSpec, splits: Any, *, where: str) -> None:
+    """Check splits are exactly train/validation/test and hold every modality column and the target."""
+    if not isinstance(splits, datasets.DatasetDict):
+        raise TypeError(f"{where}: expected a datasets.DatasetDict, got {type(splits).__name__}")
+    if set(splits) != set(SPLITS):
+        raise ValueError(f"{where}: expected splits {list(SPLITS)}, got {sorted(splits)}")
+    for split, ds in splits.items():
+        missing = [c for c in (*spec.modalities, spec.target) if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"{where}: split {split!r} lacks column(s) {missing}; it has {ds.column_names}")
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Enable or disable ``datasets``' progress bars for the duration, then restore them."""
+    before = datasets.is_progress_bar_enabled()
+    if enabled:
+        datasets.enable_progress_bars()
+    else:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if before:
+            datasets.enable_progress_bars()
+        else:
+            datasets.disable_progress_bars()
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers for task builders
+
+
+def stratified_holdout(labels: Sequence[int] | np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (kept, held-out) positions: a seeded ``fraction`` held out, stratified by label.
+
+    Falls back to an unstratified split when a class has a single member or there are fewer
+    held-out rows than classes (``train_test_split`` cannot stratify those).
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(labels)
+    idx = np.arange(len(y))
+    _, counts = np.unique(y, return_counts=True)
+    n_held = int(np.ceil(fraction * len(y)))
+    smallest = counts.min() if len(counts) else 0
+    stratify = y if (smallest >= 2 and n_held >= len(counts) and len(y) - n_held >= len(counts)) else None
+    kept, held = train_test_split(idx, test_size=fraction, stratify=stratify, random_state=seed)
+    return np.sort(kept), np.sort(held)
+
+
+def array_feature(inner_shape: Sequence[int], dtype: str) -> datasets.List:
+    """Feature for arrays [t, *inner_shape] with a variable first axis.
+
+    Stored as a list of nested fixed-size lists: one offset per sample rather than one per
+    innermost row (``datasets.Array3D`` and friends store variable lists at every level, which
+    for [t, 48, 64, 1] uint8 video is 5x larger and much slower to read).
+    """
+    feature: Any = datasets.Value(dtype)
+    for size in reversed(tuple(inner_shape)):
+        feature = datasets.List(feature, length=int(size))
+    return datasets.List(feature)
+
+
+def samples_to_dataset(examples: Sequence[Mapping[str, Any]], features: datasets.Features) -> datasets.Dataset:
+    """An in-memory ``datasets.Dataset`` from example dicts, building the Arrow arrays directly.
+
+    Columns of :func:`array_feature` type are packed with one ``np.concatenate`` per column
+    (``Dataset.from_list`` walks nested lists in Python: ~10x slower on video). Other columns go
+    through ``pyarrow.array``.
+    """
+    schema = features.arrow_schema
+    arrays = [_column_to_arrow([ex[name] for ex in examples], feature, schema.field(name).type, name)
+              for name, feature in features.items()]
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features))
+
+
+def _array_feature_layout(feature: Any) -> tuple[tuple[int, ...], str] | None:
+    """(inner shape, dtype) when ``feature`` is a variable list of nested fixed-size lists of a Value."""
+    if not isinstance(feature, datasets.List) or feature.length != -1:
+        return None
+    inner, shape = feature.feature, []
+    while isinstance(inner, datasets.List) and inner.length > 0:
+        shape.append(inner.length)
+        inner = inner.feature
+    if not isinstance(inner, datasets.Value):
+        return None
+    return tuple(shape), inner.dtype
+
+
+def _column_to_arrow(values: list[Any], feature: Any, pa_type: pa.DataType, name: str) -> pa.Array:
+    layout = _array_feature_layout(feature)
+    if layout is not None:
+        inner, dtype = layout
+        arrays = [np.asarray(v) for v in values]
+        for i, a in enumerate(arrays):
+            if a.shape[1:] != inner:
+                raise ValueError(f"column {name!r}, example {i}: expected shape [t, {', '.join(map(str, inner))}], got {a.shape}")
+        flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+        arr: pa.Array = pa.array(flat.astype(np.dtype(dtype), copy=False))
+        for size in reversed(inner):
+            arr = pa.FixedSizeListArray.from_arrays(arr, size)
+        offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), arr).cast(pa_type)
+    if isinstance(feature, dict):
+        children = [_column_to_arrow([v[k] for v in values], f, pa_type.field(k).type, f"{name}.{k}")
+                    for k, f in feature.items()]
+        return pa.StructArray.from_arrays(children, fields=list(pa_type))
+    return pa.array(values, type=pa_type)
+
+
+# ----------------------------------------------------------------------------------------------
+# rows -> canonical samples
+
+# dataset -> (its with_format("arrow") view, its features)
+_ARROW_VIEWS: weakref.WeakKeyDictionary[datasets.Dataset, tuple[datasets.Dataset, datasets.Features]] = (
+    weakref.WeakKeyDictionary()
+)
+_FLOAT_KINDS = ("audio", "timeseries", "pose", "set")
+# kind -> sample rank (after canonical_sample adds a missing channel axis)
+_RANKS = {"image": 3, "video": 4, "audio": 1, "timeseries": 2, "pose": 3, "set": 2}
+
+
+def rows_to_samples(
+    dataset: datasets.Dataset, indices: Sequence[int] | np.ndarray, spec: TaskSpec
+) -> tuple[dict[str, list[Any]], np.ndarray]:
+    """Fetch rows in one Arrow gather and convert them to canonical per-modality samples.
+
+    Args:
+        dataset: one split of a loaded task.
+        indices: row positions, length b.
+        spec: the task spec (modality kinds and target column).
+
+    Returns:
+        ``({modality: [sample] * b}, labels)``: samples in their kind's canonical format
+        (``tasks/base.py``), writable numpy arrays (or ``str`` for text, dicts of arrays for
+        ``tabular`` / ``irregular_timeseries``); labels int64 [b] (classification), float32 [b, c]
+        (multilabel) or float32 [b] / [b, c] (regression).
+    """
+    idx = [int(i) for i in indices]
+    cached = _ARROW_VIEWS.get(dataset)
+    if cached is None:  # with_format and .features deep-copy the features: once per dataset, not per batch
+        cached = _ARROW_VIEWS[dataset] = (dataset.with_format("arrow"), dataset.features)
+    view, features = cached
+    table = view[idx] if idx else view[0:0]
+    samples: dict[str, list[Any]] = {}
+    for mod, kind in spec.modalities.items():
+        image = isinstance(features.get(mod), datasets.Image)
+        raw = column_to_values(table.column(mod), name=f"modality {mod!r}", image=image)
+        samples[mod] = [canonical_sample(kind, x, name=f"modality {mod!r}", row=r) for r, x in zip(idx, raw)]
+    labels = _labels(table.column(spec.target), spec)
+    return samples, labels
+
+
+def _labels(col: pa.ChunkedArray, spec: TaskSpec) -> np.ndarray:
+    values = column_to_values(col, name=f"target {spec.target!r}")
+    if spec.task_type == "classification":
+        return np.asarray(values, dtype=np.int64).reshape(-1)
+    arr = np.stack([np.asarray(v, dtype=np.float32) for v in values]) if len(values) else np.zeros((0,), np.float32)
+    return arr
+
+
+def column_to_values(col: pa.ChunkedArray | pa.Array, *, name: str, image: bool = False) -> list[Any]:
+    """One Python/numpy value per row: nested lists -> numpy arrays, structs -> dicts, strings -> str."""
+    if isinstance(col, pa.ChunkedArray):
+        # A gather yields about one chunk per row; converting one array is far cheaper than 64.
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    return _array_to_values(col, name=name, image=image)
+
+
+def _array_to_values(arr: pa.Array, *, name: str, image: bool = False) -> list[Any]:
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    if arr.null_count:
+        rows = np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[:5].tolist()
+        raise ValueError(f"{name}: {arr.null_count} missing (null) value(s), e.g. at batch positions {rows}")
+    t = arr.type
+    if image:
+        return [_decode_image(v, name=name) for v in arr.to_pylist()]
+    if pa.types.is_struct(t):
+        children = arr.flatten()
+        per_field = {t.field(i).name: _array_to_values(c, name=f"{name}.{t.field(i).name}") for i, c in enumerate(children)}
+        return [{k: v[r] for k, v in per_field.items()} for r in range(len(arr))]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _lists_to_arrays(arr, name=name)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return arr.to_pylist()
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t):
+        return list(np.array(arr.to_numpy(zero_copy_only=False)))
+    raise TypeError(f"{name}: cannot turn Arrow type {t} into samples")
+
+
+def _lists_to_arrays(arr: pa.Array, *, name: str) -> list[np.ndarray]:
+    """Nested (fixed-size) list array -> one numpy array per row, vectorised over the batch.
+
+    Walks down the nesting; at each level the lengths of the elements of one row must agree
+    (rectangular samples). The leaf values are copied once, so the returned arrays are writable
+    views into one buffer.
+    """
+    n = len(arr)
+    lo, hi = np.arange(n), np.arange(1, n + 1)  # each row's span of elements at the current level
+    dims: list[np.ndarray] = []
+    cur: pa.Array = arr
+    while True:
+        if isinstance(cur, pa.ExtensionArray):
+            cur = cur.storage
+        t = cur.type
+        if pa.types.is_fixed_size_list(t):  # no per-element work: every element has list_size items
+            w = t.list_size
+            dims.append(np.full(n, w, dtype=np.int64))
+            lo, hi = lo * w, hi * w
+            cur = cur.flatten()
+            continue
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            offs = cur.offsets.to_numpy().astype(np.int64)
+            offs = offs - offs[0]
+        else:
+            break
+        lengths = np.diff(offs)
+        count = hi - lo
+        if not dims:
+            d = lengths
+        else:
+            first = lengths[np.minimum(lo, len(lengths) - 1)] if len(lengths) else np.zeros(n, np.int64)
+            d = np.where(count > 0, first, 0)
+            if not np.array_equal(np.repeat(d, count), lengths):
+                bad = int(np.flatnonzero(np.repeat(d, count) != lengths)[0])
+                row = int(np.searchsorted(np.cumsum(count), bad, side="right"))
+                raise ValueError(f"{name}: row at batch position {row} is ragged at nesting level {len(dims)} "
+                                 f"(its sub-lists have different lengths); samples must be rectangular arrays")
+        dims.append(d)
+        lo, hi = offs[lo], offs[hi]
+        cur = cur.flatten()
+    if pa.types.is_boolean(cur.type) or pa.types.is_integer(cur.type) or pa.types.is_floating(cur.type):
+        leaf = np.array(cur.to_numpy(zero_copy_only=False))
+    else:
+        raise TypeError(f"{name}: nested lists of {cur.type} are not numeric arrays")
+    shape = np.stack(dims, axis=1) if dims else np.zeros((n, 0), np.int64)
+    return [leaf[a:b].reshape(tuple(s)) for a, b, s in zip(lo.tolist(), hi.tolist(), shape.tolist())]
+
+
+def _decode_image(value: Any, *, name: str) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return np.array(Image.open(io.BytesIO(value["bytes"])))
+    if isinstance(value, dict) and value.get("path"):
+        return np.array(Image.open(value["path"]))
+    raise ValueError(f"{name}: image cell has neither bytes nor a path")
+
+
+def canonical_sample(kind: str, x: Any, *, name: str, row: int) -> Any:
+    """One converted value -> the canonical sample of ``kind`` (dtype casts, a missing channel axis)."""
+    where = f"{name} (kind {kind!r}), row {row}"
+    if kind == "text":
+        if not isinstance(x, str):
+            raise TypeError(f"{where}: expected a string, got {type(x).__name__}")
+        return x
+    if kind == "tabular":
+        return _canonical_tabular(x, where)
+    if kind == "irregular_timeseries":
+        return _canonical_irregular(x, where)
+    if isinstance(x, dict):
+        raise TypeError(f"{where}: expected an array, got a struct with fields {sorted(x)}")
+    x = np.asarray(x)
+    if kind in ("image", "video") and x.ndim == _RANKS[kind] - 1:
+        x = x[..., None]  # grayscale: add the channel axis
+    elif kind in ("timeseries", "set") and x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != _RANKS[kind]:
+        raise ValueError(f"{where}: expected a rank-{_RANKS[kind]} array, got shape {tuple(x.shape)}")
+    if kind in _FLOAT_KINDS or x.dtype != np.uint8:
+        x = x.astype(np.float32, copy=False)
+    return x
+
+
+def _canonical_tabular(x: Any, where: str) -> dict[str, np.ndarray]:
+    if not isinstance(x, dict):
+        x = {"numeric": np.asarray(x)}
+    unknown = set(x) - {"numeric", "numeric_observed", "categorical"}
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; expected numeric, numeric_observed, categorical")
+    numeric = np.asarray(x.get("numeric", np.zeros(0)), dtype=np.float32).reshape(-1)
+    observed = np.isfinite(numeric)
+    if x.get("numeric_observed") is not None:
+        observed &= np.asarray(x["numeric_observed"], dtype=bool).reshape(-1)
+    categorical = np.asarray(x.get("categorical", np.zeros(0)), dtype=np.int64).reshape(-1)
+    return {"numeric": np.where(observed, numeric, 0).astype(np.float32), "numeric_observed": observed,
+            "categorical": categorical}
+
+
+def _canonical_irregular(x: Any, where: str) -> dict[str, np.ndarray]:
+    if not isinstance(x, dict) or "values" not in x or "times" not in x:
+        got = sorted(x) if isinstance(x, dict) else type(x).__name__
+        raise TypeError(f"{where}: expected a struct with values, times (and observed), got {got}")
+    values = np.asarray(x["values"], dtype=np.float32)
+    if values.ndim == 1:
+        values = values[:, None]
+    times = np.asarray(x["times"], dtype=np.float32).reshape(-1)
+    if values.ndim != 2 or len(times) != len(values):
+        raise ValueError(f"{where}: values must be [t, c] with t = len(times); got {values.shape} and {times.shape}")
+    observed = np.isfinite(values)
+    if x.get("observed") is not None:
+        observed &= np.asarray(x["observed"], dtype=bool).reshape(values.shape)
+    return {"values": np.where(observed, values, 0).astype(np.float32), "observed": observed, "times": times}
