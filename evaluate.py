@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
@@ -34,6 +33,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
+from highmmt.plotting import pyplot, save_figure
 from tasks.base import TaskSpec
 from tasks.cache import load_task
 from tasks.loader import collate_rows, move_to, predict, score
@@ -194,11 +194,7 @@ def results_markdown(metrics: Mapping[str, Any], robust: Mapping[str, Any], coun
 
 
 def plot_robustness(robust: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(robust)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
@@ -212,11 +208,7 @@ def plot_robustness(robust: Mapping[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=90)
 
 
 if __name__ == "__main__":

@@ -222,3 +222,13 @@ def test_typed_overrides():
     with pytest.raises(ValueError, match="fusion.kind must be one of"):
         apply_overrides(cfg, ["fusion.kind=concat"])
     assert HighMMTConfig.from_dict(json.loads(cfg.to_json())) == cfg
+
+
+def test_bf16_autocast_forward_and_backward_are_finite():
+    torch.manual_seed(0)
+    model = HighMMT(make_config())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(inputs(), "three")
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
