@@ -56,6 +56,14 @@ MNIST_FILES = {
     "test_labels": "mnist/t10k-labels-idx1-ubyte.gz",
 }
 FSDD_ZIP = "fsdd/fsdd_recordings.zip"
+# The official files, from the mirror torchvision's MNIST downloads from; digests from mnist/README.md.
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_SHA256 = {
+    "train_images": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train_labels": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "test_images": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "test_labels": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
 TRAIN_SPEAKERS = ("jackson", "nicolas", "theo", "yweweler")
 TEST_SPEAKERS = ("george", "lucas")
 NUM_VALIDATION = 5_000
@@ -209,7 +217,11 @@ TASK = register_task(BuiltinTask(
     build=build,
     options={"degrade": True, "energy": 0.25, "seed": 0, "audio_dtype": "float16", "num_validation": NUM_VALIDATION},
     how_to_get=(
-        "put the four official MNIST files (train/t10k *-idx?-ubyte.gz) in <data root>/mnist/ and the Free "
-        "Spoken Digit Dataset v1.0.10 recordings zipped as recordings/*.wav in <data root>/fsdd/fsdd_recordings.zip"
+        "put the four official MNIST files (train/t10k *-idx?-ubyte.gz) in <data root>/mnist/ (downloaded "
+        "automatically when they are the only missing files) and the Free Spoken Digit Dataset v1.0.10 recordings "
+        "zipped as recordings/*.wav in <data root>/fsdd/fsdd_recordings.zip (never downloaded: the publisher "
+        "ships no such zip; build it from the recordings/ folder of github.com/Jakobovski/free-spoken-digit-dataset "
+        "at tag v1.0.10, see fsdd/README.md)"
     ),
+    downloads={path: (MNIST_URL + path.split("/")[-1], MNIST_SHA256[key]) for key, path in MNIST_FILES.items()},
 ))

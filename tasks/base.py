@@ -128,6 +128,9 @@ class BuiltinTask:
             train / validation / test. Must be deterministic for given files and options.
         options: default preprocessing options (part of the cache key), overridable by the user.
         how_to_get: a sentence telling the user where to get the files if missing.
+        downloads: source file (relative path) -> ``(url, sha256)`` of its official public copy, for
+            the files that may be downloaded when missing (see ``tasks/download.py``); files not
+            listed must be placed by hand.
     """
 
     spec: TaskSpec
@@ -135,6 +138,17 @@ class BuiltinTask:
     build: Callable[..., Any]
     options: Mapping[str, Any] = field(default_factory=dict)
     how_to_get: str = ""
+    downloads: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rel, (url, sha256) in self.downloads.items():
+            where = f"task {self.spec.name!r}: downloads[{rel!r}]"
+            if rel not in self.source_files:
+                raise ValueError(f"{where} is not one of the source files {list(self.source_files)}")
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"{where}: expected an http(s) URL, got {url!r}")
+            if len(sha256) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in sha256):
+                raise ValueError(f"{where}: expected a 64-hex-digit sha256, got {sha256!r}")
 
     def missing_files(self, data_root: Path) -> list[Path]:
         return [data_root / f for f in self.source_files if not (data_root / f).exists()]

@@ -11,9 +11,12 @@ relative path, size and modification time of every source file, so editing a fil
 option or bumping ``CODE_VERSION`` builds a new cache. The cache is written to a temporary folder
 beside the final one and renamed into place, so a crash never leaves a half-written cache behind.
 
-Built-in data sets are not downloaded: several of them are documented derivatives or repackagings
-of the publishers' files (see each data folder's README), and the machines this runs on are
-offline. A missing file is a ``FileNotFoundError`` saying which file to place where.
+A missing source file is downloaded into the data root only when the task names an official public
+copy of it (``BuiltinTask.downloads``: URL and SHA-256) and every other missing file has one too;
+most shipped files are documented derivatives or repackagings of the publishers' files (see each
+data folder's README) and must be placed by hand. ``download=False`` or ``$HIGHMMT_OFFLINE=1``
+turns downloads off. Otherwise, or when a download fails, the error is a ``FileNotFoundError``
+saying which file to place where (and why the download failed).
 
 ``rows_to_samples`` is what a data loader calls: one Arrow gather for a batch of row indices, then
 per-modality lists of samples in their kind's canonical format (see ``tasks/base.py``).
@@ -108,6 +111,7 @@ def load_task(
     cache_dir: str | os.PathLike[str] | None = None,
     options: Mapping[str, Any] | None = None,
     quiet: bool = False,
+    download: bool = True,
 ) -> LoadedTask:
     """Load a built-in task (through the cache) or a bring-your-own spec file.
 
@@ -117,6 +121,8 @@ def load_task(
         cache_dir: where parsed built-in tasks are cached (see :func:`resolve_cache_dir`).
         options: preprocessing options of a built-in task, merged over its defaults.
         quiet: no progress bars.
+        download: fetch missing source files that the task can download (see the module docstring);
+            ``$HIGHMMT_OFFLINE=1`` turns this off whatever the argument says.
     """
     if is_spec_path(task):
         from tasks.byo import load_byo_spec
@@ -128,7 +134,12 @@ def load_task(
         return LoadedTask(spec=spec, splits=splits, source="spec", path=path)
     builtin: BuiltinTask = TASKS.get(str(task))
     return _load_builtin(builtin, data_root=resolve_data_root(data_root), cache_dir=resolve_cache_dir(cache_dir),
-                         options=options or {}, quiet=quiet)
+                         options=options or {}, quiet=quiet, download=download and not is_offline())
+
+
+def is_offline() -> bool:
+    """Whether ``$HIGHMMT_OFFLINE`` is set to a true value (``1``, ``true``, ``yes``, ``on``)."""
+    return os.environ.get("HIGHMMT_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,17 +155,51 @@ def merge_options(builtin: BuiltinTask, options: Mapping[str, Any]) -> dict[str,
     return {**builtin.options, **options}
 
 
-def check_source_files(builtin: BuiltinTask, data_root: Path) -> None:
-    """Raise ``FileNotFoundError`` naming every missing file, where it should be and how to get it."""
-    missing = builtin.missing_files(data_root)
+def check_source_files(builtin: BuiltinTask, data_root: Path, *, download_note: str = "") -> None:
+    """Raise ``FileNotFoundError`` naming every missing file, where it should be and how to get it.
+
+    A missing file the task can download is listed with its URL; ``download_note`` (why nothing
+    was downloaded) ends the message.
+    """
+    missing = [rel for rel in builtin.source_files if not (data_root / rel).exists()]
     if not missing:
         return
-    listed = "\n".join(f"  {p}" for p in missing)
+    listed = "\n".join(
+        f"  {data_root / rel}" + (f"  (official copy: {builtin.downloads[rel][0]})" if rel in builtin.downloads else "")
+        for rel in missing
+    )
     raise FileNotFoundError(
         f"task {builtin.spec.name!r}: {len(missing)} source file(s) missing under the data root "
         f"{str(data_root)!r} (searched: --data-root, else $HIGHMMT_DATA, else ./data):\n{listed}\n"
-        f"{builtin.how_to_get}".rstrip()
+        f"{builtin.how_to_get}\n{download_note}".rstrip()
     )
+
+
+def download_missing_files(builtin: BuiltinTask, data_root: Path, *, enabled: bool, quiet: bool) -> str:
+    """Download the task's missing source files when it can download all of them.
+
+    Returns ``""`` when nothing is missing or everything was downloaded, else a sentence saying
+    why the missing files are still missing (for :func:`check_source_files`).
+    """
+    missing = [rel for rel in builtin.source_files if not (data_root / rel).exists()]
+    if not missing or not builtin.downloads:
+        return ""
+    if not enabled:
+        return ("Automatic download is off (download=False or $HIGHMMT_OFFLINE=1): fetch each file from the URL "
+                "listed beside it to the path shown, or allow downloads.")
+    manual = [rel for rel in missing if rel not in builtin.downloads]
+    if manual:
+        return (f"Not downloading anything: {len(manual)} of the missing files ({', '.join(manual)}) have no official "
+                f"single-file copy and must be placed by hand; the others are downloaded once those are in place.")
+    from tasks.download import download
+
+    for rel in missing:
+        url, sha256 = builtin.downloads[rel]
+        try:
+            download(url, data_root / rel, sha256, quiet=quiet)
+        except (OSError, ValueError) as e:  # no network, HTTP error, bad checksum, unwritable data root
+            return f"Automatic download failed: {e}"
+    return ""
 
 
 def _source_stats(builtin: BuiltinTask, data_root: Path) -> list[tuple[str, int, int]]:
@@ -189,11 +234,13 @@ def cache_key(builtin: BuiltinTask, data_root: Path, options: Mapping[str, Any])
 
 
 def _load_builtin(
-    builtin: BuiltinTask, *, data_root: Path, cache_dir: Path, options: Mapping[str, Any], quiet: bool
+    builtin: BuiltinTask, *, data_root: Path, cache_dir: Path, options: Mapping[str, Any], quiet: bool,
+    download: bool = True,
 ) -> LoadedTask:
     spec = builtin.spec
     merged = merge_options(builtin, options)
-    check_source_files(builtin, data_root)
+    note = download_missing_files(builtin, data_root, enabled=download, quiet=quiet)
+    check_source_files(builtin, data_root, download_note=note)
     key = cache_key(builtin, data_root, merged)
     final = cache_dir / f"{spec.name}-{key}"
     with progress_bars(not quiet):

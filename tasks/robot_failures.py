@@ -169,7 +169,9 @@ TASKS = {
         build=make_build(lp),
         options={"transform": "signed_log"},
         how_to_get=(
-            "put the UCI 'Robot Execution Failures' files lp1.data ... lp5.data in <data root>/robot_failures/"
+            "put the UCI 'Robot Execution Failures' files lp1.data ... lp5.data in <data root>/robot_failures/ "
+            "(from https://archive.ics.uci.edu/dataset/138/robot+execution+failures; not downloaded automatically: "
+            "UCI serves them inside a zip whose copies are not verified against robot_failures/README.md's checksums)"
         ),
     ))
     for lp, problem in PROBLEMS.items()
