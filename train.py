@@ -17,7 +17,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -38,6 +37,7 @@ from highmmt.checkpoint import atomic_save_safetensors, atomic_write_bytes, atom
 from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
 from highmmt.metrics import HIGHER_IS_BETTER
+from highmmt.plotting import pyplot, save_figure
 from highmmt.strategies import make_schedule
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, load_task, stratified_holdout
@@ -294,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             for t, batch in zip(step_tasks, step_batches):
                 batch = move_to(batch, accelerator.device)
+                if tc.augment_noise > 0:
+                    augment_inputs(batch["inputs"], tc.augment_noise)
                 with accelerator.autocast():
                     outputs = model(batch["inputs"], t)
                 loss = task_loss(outputs, batch["target"], loaded[t].spec.task_type)
@@ -357,6 +359,33 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return out
 
 
+def augment_inputs(inputs: dict[str, Any], strength: float) -> None:
+    """Train-time augmentation of float inputs, in place (``train.augment_noise`` = ``strength``).
+
+    Each float ``x`` gets Gaussian jitter of ``strength`` x its std over real entries, then a random
+    per-sample amplitude factor ``1 + strength * N(0, 1)`` (clamped to [0.5, 1.5]). Real entries are
+    those the batch marks observed (``observed`` / ``numeric_observed``) or real (``mask``, broadcast
+    over x's trailing axes); padding and unobserved entries stay zero. Integer inputs (text ids,
+    uint8 video) are left alone.
+    """
+    for batch in inputs.values():
+        x = batch.get("x") if isinstance(batch, dict) else None
+        if x is None or not torch.is_floating_point(x):
+            continue
+        real = torch.ones_like(x, dtype=torch.bool)
+        for key in ("observed", "numeric_observed", "mask"):
+            m = batch.get(key)
+            if m is not None and m.shape == x.shape[: m.ndim]:
+                real = m.reshape(*m.shape, *([1] * (x.ndim - m.ndim))).expand_as(x)
+                break
+        if not bool(real.any()):
+            continue
+        std = x[real].float().std() if int(real.sum()) > 1 else x.new_tensor(0.0)
+        scale = (1 + strength * torch.randn(x.shape[0], *([1] * (x.ndim - 1)), device=x.device)).clamp(0.5, 1.5)
+        noisy = (x + strength * std * torch.randn_like(x)) * scale
+        batch["x"] = torch.where(real, noisy, x).to(x.dtype)
+
+
 def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
     """Average gradients over processes in one flat buffer (works with tasks that skip parameters)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -380,11 +409,7 @@ def _tensorboard(out: Path) -> Any:
 
 def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Training loss and validation metrics per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     task_names = sorted({r["task"] for r in history})
     if not task_names:
         return
@@ -404,11 +429,7 @@ def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

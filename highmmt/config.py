@@ -149,8 +149,11 @@ class TrainConfig:
     prefetch_workers: int = 1
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_fraction: float = 1.0
+    augment_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.augment_noise < 0.0:
+            raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:

@@ -64,15 +64,25 @@ def test_utd_mhad_shapes_splits_labels(tmp_path):
     assert set(list(sp["train"]["subject"]) + list(sp["validation"]["subject"])) == {1, 3, 5, 7}
     assert set(list(sp["test"]["subject"])) == {2, 4, 6, 8}
     assert not set(list(sp["train"]["id"])) & set(list(sp["validation"]["id"]))
-    # validation = the seeded stratified 20% of the train pool in sequences.csv order
-    pool = [f"a{a}_s{s}_t1" for a in (1, 2, 3) for s in (1, 3, 5, 7)]
-    _, held = stratified_holdout([int(p[1]) - 1 for p in pool], 0.2, seed=0)
-    assert list(sp["validation"]["id"]) == [pool[i] for i in held]
+    # validation = every sequence of the held-out training subject 7 (subject-held-out, default)
+    assert list(sp["validation"]["id"]) == [f"a{a}_s7_t1" for a in (1, 2, 3)]
+    assert set(list(sp["train"]["subject"])) == {1, 3, 5} and set(list(sp["validation"]["subject"])) == {7}
     assert sorted(sp["validation"]["label"]) == [0, 1, 2]  # one per action
     for split in sp.values():
         for sid, label in zip(list(split["id"]), list(split["label"])):
             assert label == int(sid.split("_")[0][1:]) - 1
     assert lt.spec.num_classes == 27 and lt.spec.class_names[0] == "right arm swipe to the left"
+
+    # validation_subject=None: the seeded stratified 20% of the train pool in sequences.csv order
+    old = load_task("utd_mhad", data_root=root, cache_dir=tmp_path / "cache",
+                    options={**SMALL_UTD, "validation_subject": None}, quiet=True).splits
+    pool = [f"a{a}_s{s}_t1" for a in (1, 2, 3) for s in (1, 3, 5, 7)]
+    _, held = stratified_holdout([int(p[1]) - 1 for p in pool], 0.2, seed=0)
+    assert list(old["validation"]["id"]) == [pool[i] for i in held]
+    assert set(list(old["validation"]["subject"])) != {7}
+    with pytest.raises(ValueError, match="validation_subject"):
+        load_task("utd_mhad", data_root=root, cache_dir=tmp_path / "cache",
+                  options={**SMALL_UTD, "validation_subject": 2}, quiet=True)
     assert sp["train"].features["label"].names[26] == "squat (two arms stretch out)"
 
     samples, labels = rows_to_samples(sp["test"], [0, 5], lt.spec)
@@ -268,7 +278,8 @@ def test_real_utd_mhad(real_cache):
     lt = load_task("utd_mhad", data_root=REAL_DATA, cache_dir=real_cache, quiet=True)
     sp = lt.splits
     assert len(sp["train"]) + len(sp["validation"]) == 431 and len(sp["test"]) == 430
-    assert (len(sp["train"]), len(sp["validation"])) == (344, 87)
+    assert (len(sp["train"]), len(sp["validation"])) == (323, 108)  # subject 7 held out
+    assert set(list(sp["validation"]["subject"])) == {7}
     labels = list(sp["train"]["label"]) + list(sp["validation"]["label"]) + list(sp["test"]["label"])
     assert len(labels) == 861 and sorted(set(labels)) == list(range(27))
     assert set(list(sp["test"]["subject"])) == {2, 4, 6, 8}

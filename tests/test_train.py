@@ -172,3 +172,17 @@ def test_two_cpu_processes_agree(tmp_path):
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["world_size"] == 2
     assert len(set(ranks["checksums"])) == 1
+
+
+def test_augmentation_changes_real_float_values_only():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 2)
+    mask = torch.tensor([[1, 1, 1, 0, 0]] * 3, dtype=torch.bool)
+    x[~mask] = 0.0
+    ids = torch.randint(0, 255, (3, 7))
+    inputs = {"ts": {"x": x.clone(), "mask": mask}, "text": {"x": ids.clone(), "mask": torch.ones(3, 7, dtype=torch.bool)}}
+    train.augment_inputs(inputs, 0.2)
+    out = inputs["ts"]["x"]
+    assert not torch.equal(out[mask], x[mask])
+    assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
+    assert torch.equal(inputs["text"]["x"], ids)
