@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import evaluate  # noqa: E402
 import train  # noqa: E402
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 
@@ -55,14 +57,21 @@ def goal(task: str) -> float | None:
     return max(values) if values else None
 
 
-def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[str], extra: list[str]) -> dict[str, Any]:
-    """Train (unless finished) and evaluate one run folder; return its metrics and timing."""
+def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[str], extra: list[str], threads: int) -> dict[str, Any]:
+    """Train (unless finished) and evaluate one run folder in subprocesses; return metrics and timing."""
     started = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
+    py = [sys.executable]
     if not (out / "DONE").exists():
         resume = ["--resume"] if (out / "trainer_state" / "state.pt").exists() else ["--overwrite"]
-        train.main(["--preset", preset, "--tasks", ",".join(tasks), "--output-dir", str(out), *resume, *common, *extra])
+        cmd = [*py, str(ROOT / "train.py"), "--preset", preset, "--tasks", ",".join(tasks), "--output-dir", str(out), *resume, *common, *extra]
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out.parent / f"{out.name}.log", "a") as log:
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     trained = time.time() - started
-    metrics = evaluate.main(["--checkpoint", str(out), "--no-robustness", "--quiet", *[a for a in common if a != "--quiet"]])
+    subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet",
+                    *[a for a in common if a != "--quiet"]], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     done = (out / "DONE").read_text().strip()
     return {"kind": kind, "tasks": list(tasks), "metrics": metrics, "wall_s_this_call": trained, "train_log": done,
@@ -76,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--output-dir", default="results/suite")
     p.add_argument("--runs", default="multitask,single,late_fusion", help="which run kinds to do")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores/jobs threads)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
@@ -84,15 +94,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     common = ["--quiet"] + (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
     extra = [a for o in args.overrides for a in ("--set", o)]
     kinds = args.runs.split(",")
-    results: dict[str, Any] = {"preset": args.preset, "tasks": tasks, "runs": {}}
+    results: dict[str, Any] = {"preset": args.preset, "overrides": args.overrides, "tasks": tasks, "runs": {}}
+    jobs: list[tuple[str, str, Path, list[str], list[str]]] = []
     if "multitask" in kinds:
-        results["runs"]["multitask"] = run("multitask", out / "multitask", tasks, args.preset, common, extra)
+        jobs.append(("multitask", "multitask", out / "multitask", tasks, extra))
+    lf = extra + ["--set", "model.sharing.encoder=none", "--set", "model.fusion.kind=none"]
     for t in tasks:
         if "single" in kinds:
-            results["runs"][f"single/{t}"] = run("single", out / "single" / t, [t], args.preset, common, extra)
+            jobs.append((f"single/{t}", "single", out / "single" / t, [t], extra))
         if "late_fusion" in kinds:
-            lf = extra + ["--set", "model.sharing.encoder=none", "--set", "model.fusion.kind=none"]
-            results["runs"][f"late_fusion/{t}"] = run("late_fusion", out / "late_fusion" / t, [t], args.preset, common, lf)
+            jobs.append((f"late_fusion/{t}", "late_fusion", out / "late_fusion" / t, [t], lf))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
+    started = time.time()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {key: pool.submit(run, kind, folder, ts, args.preset, common, ex, threads) for key, kind, folder, ts, ex in jobs}
+        for key, fut in futures.items():
+            results["runs"][key] = fut.result()
+            print(f"[{time.time() - started:.0f}s] {key} done", flush=True)
+    results["wall_s"] = time.time() - started
     results["hardware"] = {"machine": platform.processor() or platform.machine(), "python": platform.python_version()}
     try:
         import torch
