@@ -1,17 +1,28 @@
-"""Text embedder with a byte-level tokenizer (no vocabulary file, nothing to download).
+"""Text embedder with two download-free tokenizers: UTF-8 bytes (default) or hashed words.
 
-One sample: ``str``. ``encode`` maps it to its UTF-8 bytes, ids 0..255; ``PAD_ID`` = 256 pads.
-``decode(encode(s)) == s`` for any string.
+One sample: ``str``. Batch (from ``collate``): ``x`` [b, n] int64 ids, ``mask`` [b, n] bool (True = real token).
+``collate`` must be given the embedder's options (the task loader passes them) so it tokenises the same
+way as the embedder: ``tokenizer`` picks the ids, ``max_len`` truncates early.
 
-Batch (from ``collate``): ``x`` [b, n] int64 ids, ``mask`` [b, n] bool (True = real byte).
+``tokenizer: "bytes"`` (default, what older configs mean): ``encode`` maps a text to its UTF-8 bytes, ids
+0..255; ``PAD_ID`` = 256 pads; ``decode(encode(s)) == s`` for any string. Table ``Embedding(VOCAB_SIZE, d)``.
 
-Tokens: one per byte, ``Embedding(VOCAB_SIZE, d)`` + fixed sinusoidal position; texts longer than
-``max_len`` bytes keep their first ``max_len`` (``collate`` truncates too when given ``max_len``).
-An empty string gives one (padding) token, kept real so attention has something to read.
+``tokenizer: "words"``: ``words`` splits the lower-cased text into regex tokens ``\\w+|[^\\w\\s]`` (words and
+single punctuation marks); ``encode_words`` interleaves them with the bigrams of adjacent tokens,
+``w0, w0 w1, w1, w1 w2, w2, ...`` (k tokens give 2k - 1 ids, so truncation keeps a prefix of the text), and
+hashes each string with ``hash_token``: CRC-32 of its UTF-8 bytes mod (``buckets`` - 1), plus 1. The hash is
+stable across processes and machines (never Python's salted ``hash``); id 0 (``WORD_PAD_ID``) pads.
+Table ``Embedding(buckets, d, padding_idx=0)``; ``buckets`` defaults to 2**15.
+
+Tokens (both tokenizers): table row + fixed sinusoidal position of the token's index; texts longer than
+``max_len`` tokens keep their first ``max_len``. An empty string gives one (padding) token, kept real so
+attention has something to read.
 """
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,6 +36,10 @@ from modalities._common import batch_mask, finish, nonempty, pad_stack, positive
 
 PAD_ID = 256
 VOCAB_SIZE = 257
+TOKENIZERS = ("bytes", "words")
+DEFAULT_BUCKETS = 2**15
+WORD_PAD_ID = 0
+WORD_PATTERN = re.compile(r"\w+|[^\w\s]")
 
 
 def encode(text: str) -> list[int]:
@@ -37,52 +52,109 @@ def decode(ids: Iterable[int]) -> str:
     return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
 
+def words(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens: ``"Not bad!"`` -> ``["not", "bad", "!"]``."""
+    return WORD_PATTERN.findall(text.lower())
+
+
+def hash_token(token: str, buckets: int) -> int:
+    """A token (or ``"a b"`` bigram) -> id in 1..buckets-1, the same in every process."""
+    return zlib.crc32(token.encode("utf-8")) % (buckets - 1) + 1
+
+
+def encode_words(text: str, buckets: int = DEFAULT_BUCKETS) -> list[int]:
+    """str -> hashed ids of its tokens interleaved with their bigrams: w0, w0 w1, w1, w1 w2, w2, ..."""
+    toks = words(text)
+    ids = []
+    for i, tok in enumerate(toks):
+        if i > 0:
+            ids.append(hash_token(f"{toks[i - 1]} {tok}", buckets))  # tokens hold no spaces: no clash
+        ids.append(hash_token(tok, buckets))
+    return ids
+
+
+def tokenizer_option(value: Any) -> str:
+    if value not in TOKENIZERS:
+        raise ValueError(f"text embedder: option 'tokenizer' must be one of {list(TOKENIZERS)}, got {value!r}")
+    return value
+
+
+def buckets_option(value: Any) -> int:
+    buckets = positive_int("text", "buckets", value)
+    if buckets < 2:
+        raise ValueError(f"text embedder: option 'buckets' must be at least 2 (id 0 pads), got {value!r}")
+    return buckets
+
+
 @EMBEDDERS.register("text")
 class TextEmbedder(Embedder):
-    """Byte embedding of strings.
+    """Byte or hashed-word embedding of strings.
 
     Args:
         name: the modality's name.
         dim: token width d.
-        max_len: bytes kept per text.
+        max_len: tokens kept per text.
+        tokenizer: ``"bytes"`` (UTF-8 bytes) or ``"words"`` (hashed words and bigrams).
+        buckets: hash buckets (table rows) of the ``"words"`` tokenizer, id 0 included; unused for bytes.
     """
 
     kind = "text"
 
-    def __init__(self, *, name: str, dim: int, max_len: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        dim: int,
+        max_len: int = 256,
+        tokenizer: str = "bytes",
+        buckets: int = DEFAULT_BUCKETS,
+    ) -> None:
         super().__init__(name=name, dim=dim)
         self.max_len = positive_int(self.kind, "max_len", max_len)
-        self.token_embed = nn.Embedding(VOCAB_SIZE, dim)
+        self.tokenizer = tokenizer_option(tokenizer)
+        self.buckets = buckets_option(buckets)
+        if self.tokenizer == "bytes":
+            self.vocab_size, self.pad_id = VOCAB_SIZE, PAD_ID
+            self.token_embed = nn.Embedding(VOCAB_SIZE, dim)
+        else:
+            self.vocab_size, self.pad_id = self.buckets, WORD_PAD_ID
+            self.token_embed = nn.Embedding(self.buckets, dim, padding_idx=WORD_PAD_ID)
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
-        """samples: strings -> ``x`` [b, n] int64 byte ids (``PAD_ID`` after the end), ``mask`` [b, n].
+        """samples: strings -> ``x`` [b, n] int64 ids (the tokenizer's pad id after the end), ``mask`` [b, n].
 
-        ``options`` are the embedder's options: ``max_len`` truncates here.
+        ``options`` are the embedder's options: ``tokenizer`` (default ``"bytes"``) and ``buckets`` pick
+        the ids, ``max_len`` truncates here.
         """
         nonempty(cls.kind, samples)
         max_len = options.get("max_len")
         max_len = None if max_len is None else positive_int(cls.kind, "max_len", max_len)
+        tokenizer = tokenizer_option(options.get("tokenizer", "bytes"))
+        buckets = buckets_option(options.get("buckets", DEFAULT_BUCKETS))
         ids = []
         for i, s in enumerate(samples):
             if not isinstance(s, str):
                 raise TypeError(f"{cls.kind} sample {i}: expected a str, got {type(s).__name__}")
-            ids.append(np.asarray(encode(s)[:max_len], dtype=np.int64))
-        x, mask = pad_stack(cls.kind, ids, dtype=np.int64, pad_value=PAD_ID)
+            row = encode(s) if tokenizer == "bytes" else encode_words(s, buckets)
+            ids.append(np.asarray(row[:max_len], dtype=np.int64))
+        pad = PAD_ID if tokenizer == "bytes" else WORD_PAD_ID
+        x, mask = pad_stack(cls.kind, ids, dtype=np.int64, pad_value=pad)
         return {"x": x, "mask": mask}
 
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``x`` [b, n] int ids (+ ``mask`` [b, n]) -> tokens [b, n, d], mask [b, n] (n <= max_len)."""
         x = batch["x"]
-        self.check_rank(x, 2, "[b, n] (byte ids)")
+        self.check_rank(x, 2, f"[b, n] ({self.tokenizer} ids)")
         if torch.is_floating_point(x) or torch.is_complex(x) or x.dtype == torch.bool:
-            raise TypeError(f"{who(self)}: expected integer byte ids, got {x.dtype}")
+            raise TypeError(f"{who(self)}: expected integer {self.tokenizer} ids, got {x.dtype}")
         b, n = x.shape
         mask = batch_mask(self, batch, (b, n))
-        x = torch.where(mask, x, torch.full_like(x, PAD_ID))
-        if bool(((x < 0) | (x >= VOCAB_SIZE)).any()):
+        x = torch.where(mask, x, torch.full_like(x, self.pad_id))
+        if bool(((x < 0) | (x >= self.vocab_size)).any()):
             raise ValueError(
-                f"{who(self)}: ids must lie in 0..{VOCAB_SIZE - 1}, got min {int(x.min())} max {int(x.max())}"
+                f"{who(self)}: {self.tokenizer} ids must lie in 0..{self.vocab_size - 1}, "
+                f"got min {int(x.min())} max {int(x.max())}"
             )
         x, mask = x[:, : self.max_len], mask[:, : self.max_len]
         tokens = self.token_embed(x.long())

@@ -99,6 +99,7 @@ TASKS = {
         spec=TaskSpec(
             name=task,
             modalities={"text": "text"},
+            modality_options={"text": {"tokenizer": "words", "max_len": 128}},
             task_type="classification",
             num_classes=2,
             metric="accuracy",

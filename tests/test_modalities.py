@@ -7,8 +7,10 @@ number of real tokens each should give, a bare tensor, and bad inputs with the e
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -451,6 +453,88 @@ def test_text_round_trip_and_byte_ids() -> None:
     assert batch["x"][1].tolist() == [97] + [PAD_ID] * (len(ids) - 1)
     assert batch["mask"].sum(1).tolist() == [len(ids), 1]
     assert decode(batch["x"][1].tolist()) == "a"
+
+
+
+WORDS = {"tokenizer": "words", "buckets": 64, "max_len": 16}
+
+
+def test_text_word_hash_is_fixed_across_processes() -> None:
+    """CRC-32 ids, not Python's salted hash(): the same in this and any other process, on any machine."""
+    import subprocess
+    import sys
+
+    from modalities.text import encode_words, hash_token, words
+
+    assert words("Not bad, héllo-World!") == ["not", "bad", ",", "héllo", "-", "world", "!"]
+    assert hash_token("good", 2**15) == 10141 and hash_token("not bad", 2**15) == 14638
+    assert encode_words("Not bad!") == [3458, 14638, 15956, 30025, 15534]  # not, "not bad", bad, "bad !", !
+    code = "from modalities.text import encode_words; print(encode_words('Not bad!'))"
+    for seed in ("1", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed}, cwd=Path(__file__).resolve().parents[1],
+        )
+        assert out.stdout.strip() == "[3458, 14638, 15956, 30025, 15534]"
+
+
+def test_text_words_shapes_masks_and_padding_invariance() -> None:
+    samples = ["A good film.", "not bad at all , really not bad !", ""]
+    cls = EMBEDDERS.get("text")
+    batch = cls.collate(samples, **WORDS)
+    assert batch["x"].dtype == torch.int64 and batch["mask"].dtype == torch.bool
+    assert batch["mask"].sum(1).tolist() == [7, 16, 0]  # k tokens -> 2k - 1 ids, capped at max_len
+    assert batch["x"].shape == (3, 16) and (batch["x"][~batch["mask"]] == 0).all()
+    assert ((batch["x"] >= 1) & (batch["x"] < 64))[batch["mask"]].all()
+    emb = build("text", WORDS)
+    assert emb.token_embed.num_embeddings == 64 and emb.token_embed.padding_idx == 0
+    with torch.no_grad():
+        tokens, mask = emb(batch)
+    assert tokens.shape == (3, 16, DIM) and mask.sum(1).tolist() == [7, 16, 1]
+    assert torch.isfinite(tokens).all() and (tokens[~mask] == 0).all()
+    for i, sample in enumerate(samples):
+        with torch.no_grad():
+            alone, alone_mask = emb(cls.collate([sample], **WORDS))
+        torch.testing.assert_close(tokens[i][mask[i]], alone[0][alone_mask[0]])
+    long = emb(cls.collate(["a b c d e f g h i j k l m n o p"], tokenizer="words", buckets=64))[1]
+    assert long.shape == (1, 16)  # collate without max_len: the embedder truncates (31 ids -> 16)
+
+
+def test_text_words_gradient_flows_to_used_rows_only() -> None:
+    emb = build("text", WORDS)
+    batch = EMBEDDERS.get("text").collate(["good film", "bad"], **WORDS)
+    tokens, mask = emb(batch)
+    (tokens * torch.randn(tokens.shape, generator=torch.Generator().manual_seed(1)))[mask].sum().backward()
+    grad = emb.token_embed.weight.grad
+    used = batch["x"][batch["mask"]].unique()
+    assert torch.isfinite(grad).all() and (grad[used].abs().sum(1) > 0).all()
+    assert (grad[0] == 0).all()  # the padding row never learns
+
+
+def test_text_words_rejects_out_of_range_ids_and_bad_options() -> None:
+    emb = build("text", WORDS)
+    for bad in (64, -1):
+        with pytest.raises(ValueError, match=f"{NAME}.*text.*0..63"):
+            emb({"x": torch.tensor([[1, bad]]), "mask": torch.tensor([[True, True]])})
+    emb({"x": torch.tensor([[1, 999]]), "mask": torch.tensor([[True, False]])})  # padding is not checked
+    with pytest.raises(ValueError, match="tokenizer"):
+        build("text", {"tokenizer": "sentencepiece"})
+    with pytest.raises(ValueError, match="tokenizer"):
+        EMBEDDERS.get("text").collate(["a"], tokenizer="chars")
+    with pytest.raises(ValueError, match="buckets"):
+        build("text", {"tokenizer": "words", "buckets": 1})
+    assert build("text", {}).tokenizer == "bytes"  # saved configs without the option keep bytes
+
+
+def test_text_collate_follows_the_tokenizer_option() -> None:
+    from modalities.text import encode_words
+
+    cls = EMBEDDERS.get("text")
+    by_default = cls.collate(["Hi there"], max_len=16)
+    assert by_default["x"][0].tolist() == list(b"Hi there")
+    hashed = cls.collate(["Hi there", "x"], **{**WORDS, "unknown_option": 1})
+    assert hashed["x"][0].tolist() == encode_words("Hi there", 64)
+    assert hashed["x"][1].tolist() == encode_words("x", 64) + [0, 0]
 
 
 def test_default_token_budgets() -> None:
