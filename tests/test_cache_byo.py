@@ -375,3 +375,22 @@ def test_cache_module_has_no_warnings_on_clean_load(fake_root, tmp_path):
         load_task(task.spec.name, data_root=fake_root, cache_dir=tmp_path / "c", quiet=True)
         load_task(task.spec.name, data_root=fake_root, cache_dir=tmp_path / "c", quiet=True)
     assert cache.CACHE_FORMAT >= 1
+
+
+def test_rows_to_samples_fast_path_matches_index_mapped_path(tmp_path):
+    import datasets as hf
+
+    from tasks.base import TaskSpec
+    from tasks.cache import rows_to_samples
+
+    rows = {"ts": [np.full((i + 1, 2), i, np.float32) for i in range(6)], "label": [0, 1, 0, 1, 0, 1]}
+    ds = hf.Dataset.from_dict(rows)
+    spec = TaskSpec(name="t", modalities={"ts": "timeseries"}, task_type="classification", num_classes=2, metric="accuracy")
+    fast, y_fast = rows_to_samples(ds, [4, 1], spec)
+    picked = ds.select([1, 4])  # a non-contiguous selection has an index mapping
+    mapped, y_mapped = rows_to_samples(picked, [1, 0], spec)
+    assert ds._indices is None and picked._indices is not None
+    assert np.array_equal(y_fast, y_mapped) and list(y_fast) == [0, 1]
+    for a, b in zip(fast["ts"], mapped["ts"]):
+        assert np.array_equal(a, b)
+    assert fast["ts"][0].shape == (5, 2)
