@@ -147,6 +147,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_eval_samples: int = 2000
     prefetch_workers: int = 1
+    threads: int = 0
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_fraction: float = 1.0
     augment_noise: float = 0.0
