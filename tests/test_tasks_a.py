@@ -467,7 +467,6 @@ def real_build(task: str, expected_sizes: dict[str, int]):
     return dd
 
 
-@pytest.mark.slow
 def test_real_avmnist():
     dd = real_build("avmnist", {"train": 55_000, "validation": 5_000, "test": 10_000})
     test_clips = dd["test"]["clip"]
@@ -484,7 +483,6 @@ def test_real_avmnist():
     assert k == 4 and abs(kept - 0.284) < 0.001
 
 
-@pytest.mark.slow
 def test_real_fsdd_has_3000_clips_of_6_speakers():
     if not (REAL_DATA / avmnist.FSDD_ZIP).exists():
         pytest.skip(f"{REAL_DATA / avmnist.FSDD_ZIP} not found (set HIGHMMT_DATA)")
@@ -492,14 +490,12 @@ def test_real_fsdd_has_3000_clips_of_6_speakers():
     assert len(clips) == 3000 and len({k[0] for k in clips}) == 6
 
 
-@pytest.mark.slow
 def test_real_omniglot():
     dd = real_build("omniglot", {"train": 2904, "validation": 968, "test": 968})
     assert len(set(dd["train"]["label"])) == 242
     assert np.bincount(dd["test"]["alphabet"]).tolist() == [96, 88, 96, 188, 160, 104, 168, 68]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task,sizes,test_counts", [
     ("sentiment", {"train": 8529, "validation": 1066, "test": 1067}, [534, 533]),
     ("subjectivity", {"train": 8000, "validation": 1000, "test": 1000}, [500, 500]),
@@ -509,7 +505,6 @@ def test_real_text(task, sizes, test_counts):
     assert np.bincount(dd["test"]["label"]).tolist() == test_counts
 
 
-@pytest.mark.slow
 def test_real_robot_failures():
     totals = {}
     for lp, name in enumerate(robot_failures.ROBOT_TASKS, start=1):

@@ -259,7 +259,7 @@ def test_physionet_bad_record_names_member(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# real data (slow)
+# real data (skipped when the data root is absent)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +272,6 @@ def _need(rel: str) -> None:
         pytest.skip(f"real data {rel!r} not found under {REAL_DATA} (set HIGHMMT_DATA)")
 
 
-@pytest.mark.slow
 def test_real_utd_mhad(real_cache):
     _need("utd_mhad/sequences.csv")
     lt = load_task("utd_mhad", data_root=REAL_DATA, cache_dir=real_cache, quiet=True)
@@ -290,7 +289,6 @@ def test_real_utd_mhad(real_cache):
     assert again.source == "cache" and again.path == lt.path
 
 
-@pytest.mark.slow
 def test_real_physionet(real_cache):
     _need("physionet2012/set-b.tar.gz")
     lt = load_task("physionet_mortality", data_root=REAL_DATA, cache_dir=real_cache, quiet=True)
