@@ -219,3 +219,28 @@ def pad_axis(x: Tensor, axis: int, multiple: int) -> Tensor:
     shape = list(x.shape)
     shape[axis] = extra
     return torch.cat([x, x.new_zeros(shape)], dim=axis)
+
+
+def collate_float_sequences(
+    kind: str,
+    samples: Sequence[Any],
+    *,
+    rank: int,
+    layout: str,
+    axes: dict[int, tuple[str, Any]],
+    cap: tuple[str, Any] | None = None,
+) -> dict[str, Tensor]:
+    """Shared collate of float arrays with a variable first axis (timeseries, pose, set).
+
+    Checks each sample's rank and the fixed ``axes`` ({axis: (option name, expected)}), resamples
+    the first axis down to ``cap = (option name, length)`` when given, pads, and returns
+    ``{"x": float32 [b, t, ...], "mask": bool [b, t]}``.
+    """
+    nonempty(kind, samples)
+    arrays = [sample_array(kind, i, s, rank=rank, layout=layout) for i, s in enumerate(samples)]
+    check_axes(kind, arrays, axes, layout)
+    if cap is not None and cap[1] is not None:
+        n = positive_int(kind, cap[0], cap[1])
+        arrays = [a[uniform_indices(a.shape[0], n)] for a in arrays]
+    x, mask = pad_stack(kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
+    return {"x": x, "mask": mask}

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
@@ -24,15 +23,11 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    collate_float_sequences,
     batch_mask,
-    check_axes,
     finish,
-    nonempty,
-    pad_stack,
     positive_int,
     resample,
-    sample_array,
-    uniform_indices,
     zero_invalid,
 )
 
@@ -84,15 +79,10 @@ class PoseEmbedder(Embedder):
 
         ``options`` are the embedder's options: ``max_frames`` resamples here, ``joints``/``coords`` are checked.
         """
-        nonempty(cls.kind, samples)
-        arrays = [sample_array(cls.kind, i, s, rank=3, layout=LAYOUT) for i, s in enumerate(samples)]
         axes = {1: ("joints", options.get("joints")), 2: ("coords", options.get("coords"))}
-        check_axes(cls.kind, arrays, axes, LAYOUT)
-        max_frames = options.get("max_frames")
-        if max_frames is not None:
-            arrays = [a[uniform_indices(a.shape[0], positive_int(cls.kind, "max_frames", max_frames))] for a in arrays]
-        x, mask = pad_stack(cls.kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
-        return {"x": x, "mask": mask}
+        return collate_float_sequences(
+            cls.kind, samples, rank=3, layout=LAYOUT, axes=axes, cap=("max_frames", options.get("max_frames"))
+        )
 
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``x`` [b, t, j, c] (+ ``mask`` [b, t]) -> tokens [b, t, d] or [b, t * j, d], mask to match."""

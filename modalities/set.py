@@ -13,19 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from torch import Tensor, nn
 
 from highmmt.embedder import Batch, Embedder
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    collate_float_sequences,
     batch_mask,
-    check_axes,
     finish,
-    nonempty,
-    pad_stack,
     positive_int,
-    sample_array,
     zero_invalid,
 )
 
@@ -52,11 +48,9 @@ class SetEmbedder(Embedder):
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
         """samples: arrays [n_i, c] -> ``x`` [b, n, c] float32, ``mask`` [b, n]."""
-        nonempty(cls.kind, samples)
-        arrays = [sample_array(cls.kind, i, s, rank=2, layout=LAYOUT) for i, s in enumerate(samples)]
-        check_axes(cls.kind, arrays, {1: ("channels", options.get("channels"))}, LAYOUT)
-        x, mask = pad_stack(cls.kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
-        return {"x": x, "mask": mask}
+        return collate_float_sequences(
+            cls.kind, samples, rank=2, layout=LAYOUT, axes={1: ("channels", options.get("channels"))}
+        )
 
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``x`` [b, n, c] (+ ``mask`` [b, n]) -> tokens [b, n, d], mask [b, n]."""

@@ -15,23 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from einops import rearrange
 from torch import Tensor, nn
 
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    collate_float_sequences,
     batch_mask,
-    check_axes,
     finish,
-    nonempty,
     pad_axis,
-    pad_stack,
     positive_int,
     resample,
-    sample_array,
-    uniform_indices,
     zero_invalid,
 )
 
@@ -65,14 +60,10 @@ class TimeseriesEmbedder(Embedder):
 
         ``options`` are the embedder's options: ``max_len`` resamples here, ``channels`` is checked.
         """
-        nonempty(cls.kind, samples)
-        arrays = [sample_array(cls.kind, i, s, rank=2, layout=LAYOUT) for i, s in enumerate(samples)]
-        check_axes(cls.kind, arrays, {1: ("channels", options.get("channels"))}, LAYOUT)
-        max_len = options.get("max_len")
-        if max_len is not None:
-            arrays = [a[uniform_indices(a.shape[0], positive_int(cls.kind, "max_len", max_len))] for a in arrays]
-        x, mask = pad_stack(cls.kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
-        return {"x": x, "mask": mask}
+        return collate_float_sequences(
+            cls.kind, samples, rank=2, layout=LAYOUT, axes={1: ("channels", options.get("channels"))},
+            cap=("max_len", options.get("max_len")),
+        )
 
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``x`` [b, t, c] (+ ``mask`` [b, t]) -> tokens [b, n, d], mask [b, n]."""
