@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if writer is not None:
             writer.close()
         log(f"done: {out} (best validation selection score {best:.4f})")
-    accelerator.end_training() if hasattr(accelerator, "end_training") else None
+    accelerator.end_training()
     return out
 
 
