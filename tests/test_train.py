@@ -186,3 +186,20 @@ def test_augmentation_changes_real_float_values_only():
     assert not torch.equal(out[mask], x[mask])
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
     assert torch.equal(inputs["text"]["x"], ids)
+
+
+def test_noise_corrupts_each_input_type_and_only_the_named_modality():
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "img": {"x": torch.randint(0, 256, (2, 8, 8, 1), dtype=torch.uint8, generator=g), "mask": torch.ones(2, 8, 8, dtype=torch.bool)},
+        "ids": {"x": torch.randint(0, 256, (2, 20), generator=g), "mask": torch.ones(2, 20, dtype=torch.bool)},
+        "tab": {"x": torch.zeros(2, 1), "numeric": torch.randn(2, 4, generator=g), "numeric_observed": torch.ones(2, 4, dtype=torch.bool)},
+    }
+    for m in inputs:
+        out = evaluate.add_noise(inputs, m, 1.0, seed=0)
+        key = "numeric" if m == "tab" else "x"
+        assert out[m][key].dtype == inputs[m][key].dtype
+        assert not torch.equal(out[m][key], inputs[m][key])
+        for other in set(inputs) - {m}:
+            assert out[other] is inputs[other]
+    assert torch.equal(evaluate.add_noise(inputs, "ids", 0.0, seed=0)["ids"]["x"], inputs["ids"]["x"])
