@@ -324,9 +324,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             for t, lt in loaded.items():
                 o, y = predict(model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
                                limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
-                for m, v in score(lt.spec, o, y).items():
+                scores = score(lt.spec, o, y)
+                for m, v in scores.items():
                     rows.append({"step": global_step, "epoch": epoch + 1, "task": t, "split": "validation", "metric": m, "value": v})
-                primary = score(lt.spec, o, y)[lt.spec.metric]
+                primary = scores[lt.spec.metric]
                 sign = 1.0 if HIGHER_IS_BETTER[lt.spec.metric] else -1.0
                 selection += tc.eval_weights.get(t, 1.0) * sign * (0.0 if math.isnan(primary) else primary)
             selection /= sum(tc.eval_weights.get(t, 1.0) for t in loaded)
