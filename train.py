@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -36,6 +37,7 @@ from highmmt import HighMMT
 from highmmt.checkpoint import atomic_save_safetensors, atomic_write_bytes, atomic_save_torch, atomic_write_json, load_weights
 from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
+from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from highmmt.strategies import make_schedule
@@ -123,6 +125,17 @@ def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTas
     splits = dict(loaded.splits)
     splits["train"] = train.select(sorted(int(i) for i in keep))
     return dataclasses.replace(loaded, splits=splits)
+
+
+def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no weight decay on biases, norms, latents and tokens."""
+    named = [(n, p) for n, p in [*model.named_parameters(), *extra.named_parameters(prefix="extra")] if p.requires_grad]
+    is_decayed = lambda n, p: p.ndim >= 2 and "latents" not in n and "tokens" not in n  # noqa: E731
+    groups = [
+        {"params": [p for n, p in named if is_decayed(n, p)], "weight_decay": tc.weight_decay},
+        {"params": [p for n, p in named if not is_decayed(n, p)], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=tc.lr)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -217,11 +230,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if world > 1:  # identical start on every rank
         for p in model.parameters():
             torch.distributed.broadcast(p.data, src=0)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "latents" not in n and "tokens" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "latents" not in n and "tokens" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
-    )
+    # Hooks (training methods: semi-supervised, co-learning, ...) may reshape the training data first.
+    ctx = TrainContext(model=model, loaded=loaded, run=run, device=accelerator.device, seed=args.seed, out=out,
+                       log=log, autocast=accelerator.autocast)
+    hooks = build_hooks(run)
+    st = load_trainer_state(out) if args.resume else None
+    for h in hooks:
+        h.setup(ctx, (st or {}).get("hooks", {}).get(h.name))
+    extra = nn.ModuleDict({h.name: nn.ModuleDict(h.modules()) for h in hooks if h.modules()}).to(accelerator.device)
+    optimizer = build_optimizer(model, tc, extra)
     total_steps = tc.epochs * tc.steps_per_epoch
 
     def lr_lambda(step: int) -> float:
@@ -240,10 +257,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # State: fresh or resumed.
     start_epoch, global_step, best = 0, 0, -math.inf
     history: list[dict[str, Any]] = []
-    if args.resume:
-        st = load_trainer_state(out)
-        assert st is not None
+    if st is not None:
         model.load_state_dict(load_weights(out / "trainer_state" / st["weights"]))
+        if "extra" in st:
+            extra.load_state_dict(st["extra"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
         random.setstate(st["rng"]["python"])
@@ -277,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             for r in rows:
                 writer.add_scalar(f"{r['task']}/{r['split']}/{r['metric']}", r["value"], r["step"])
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     prefetch = Prefetcher(tc.prefetch_workers)
     fetch = lambda t, idx: collate_rows(loaded[t].splits["train"], idx, loaded[t].spec)  # noqa: E731
     model.train()
@@ -301,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 with accelerator.autocast():
                     outputs = model(batch["inputs"], t)
                 loss = task_loss(outputs, batch["target"], loaded[t].spec.task_type)
+                for h in hooks:
+                    aux = h.extra_loss(ctx, t, batch, outputs)
+                    if aux is not None:
+                        loss = loss + aux
                 accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
                 sums[t].append(loss.item())
             if world > 1:
@@ -313,6 +334,19 @@ def main(argv: Sequence[str] | None = None) -> Path:
             if show:
                 bar.set_postfix({t[:12]: f"{np.mean(v[-10:]):.3f}" for t, v in sums.items() if v})
         bar.close()
+        for h in hooks:
+            hook_rows = h.end_epoch(ctx, epoch)
+            if main_process:
+                record(hook_rows)
+        for t, lt in loaded.items():  # a hook changed a training split: restart its stream
+            if len(lt.splits["train"]) != streams[t].size:
+                streams[t] = TaskStream(len(lt.splits["train"]), streams[t].batch_size, seed=streams[t].seed,
+                                        rank=rank, world_size=world)
+                batches[t] = streams[t].batches_per_pass()
+        eval_models = [m for m in (h.eval_model(ctx) for h in hooks) if m is not model]
+        if len(eval_models) > 1:
+            raise ValueError(f"two training hooks replace the validation model: {[h.name for h in hooks]}")
+        eval_model = eval_models[0] if eval_models else model
 
         # Evaluate on validation (main process), select on the weighted mean of primary metrics.
         rows = [
@@ -322,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         selection = 0.0
         if main_process:
             for t, lt in loaded.items():
-                o, y = predict(model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
+                o, y = predict(eval_model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
                                limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
                 scores = score(lt.spec, o, y)
                 for m, v in scores.items():
@@ -342,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             save_trainer_state(
                 out, model, optimizer, scheduler,
                 {"epoch": epoch + 1, "global_step": global_step, "best": best,
-                 "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()}},
+                 "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()},
+                 "hooks": {h.name: h.state_dict() for h in hooks}, "extra": extra.state_dict()},
             )
         accelerator.wait_for_everyone()
     prefetch.close()

@@ -203,3 +203,50 @@ def test_noise_corrupts_each_input_type_and_only_the_named_modality():
         for other in set(inputs) - {m}:
             assert out[other] is inputs[other]
     assert torch.equal(evaluate.add_noise(inputs, "ids", 0.0, seed=0)["ids"]["x"], inputs["ids"]["x"])
+
+
+def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, monkeypatch):
+    from highmmt import hooks as hooks_mod
+
+    calls = {"loss": 0, "epochs": []}
+
+    class Probe(hooks_mod.TrainHook):
+        name = "probe"
+
+        def __init__(self) -> None:
+            self.scale = torch.nn.Linear(1, 1)
+            calls["initial"] = self.scale.weight.detach().clone()
+
+        def setup(self, ctx, state):
+            calls["setup_state"] = state
+            lt = ctx.loaded["synthetic_single"]  # keep half the training rows: the stream must follow
+            splits = dict(lt.splits, train=lt.splits["train"].select(range(len(lt.splits["train"]) // 2)))
+            ctx.loaded["synthetic_single"] = type(lt)(**{**lt.__dict__, "splits": splits})
+
+        def modules(self):
+            return {"scale": self.scale}
+
+        def extra_loss(self, ctx, task, batch, outputs):
+            calls["loss"] += 1
+            return self.scale(outputs.new_ones(1, 1)).pow(2).sum()
+
+        def end_epoch(self, ctx, epoch):
+            calls["epochs"].append(epoch)
+            return [{"step": 0, "epoch": epoch + 1, "task": "synthetic_single", "split": "train", "metric": "probe", "value": 1.0}]
+
+        def state_dict(self):
+            return {"epochs_seen": len(calls["epochs"])}
+
+    monkeypatch.setattr(hooks_mod, "_FACTORIES", [lambda run: Probe()])
+    out = run_train(tmp_path, "hooked")
+    assert calls["loss"] > 0 and calls["epochs"] == [0, 1, 2] and calls["setup_state"] is None
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["metric"] == "probe" for r in rows) == 3
+    st = torch.load(out / "trainer_state" / "state.pt", weights_only=False)
+    assert st["hooks"] == {"probe": {"epochs_seen": 3}}
+    assert "probe.scale.weight" in st["extra"]
+    # The extra loss pulls the probe's output towards 0: its weight was trained.
+    assert not torch.equal(st["extra"]["probe.scale.weight"], calls["initial"])
+    with pytest.raises(ValueError, match="share a name"):
+        monkeypatch.setattr(hooks_mod, "_FACTORIES", [lambda run: Probe(), lambda run: Probe()])
+        hooks_mod.build_hooks(None)
