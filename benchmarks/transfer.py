@@ -1,0 +1,277 @@
+"""Transfer to new tasks: a learning curve of fine-tuning a multitask checkpoint vs training from scratch.
+
+    HIGHMMT_DATA=../shared/data python -m benchmarks.transfer                       # ~15 CPU-minutes, 1 thread
+    python -m benchmarks.transfer --fractions 0.01,0.05,0.1,0.5,1.0 --seeds 0,1,2 \\
+        --pretrain-set train.epochs=20 --finetune-set train.epochs=10                # bigger (GPU)
+
+1. Pre-train once on ``--pretrain-tasks`` (default: the suite without the targets), a normal
+   ``train.py`` run in ``OUT/pretrain``.
+2. For every target task, training fraction and seed: train from scratch (``scratch``), and
+   fine-tune the checkpoint with each of ``--policies`` (``train.py --init-from OUT/pretrain
+   --finetune POLICY --train-fraction F``), and with full fine-tuning under layer-wise lr decay
+   (``full_ld``, ``--layer-decay``; 1 leaves it out). Every run has the same preset, lr, epochs
+   and steps.
+3. Score each run's best-on-validation ``model.safetensors`` (loaded with ``HighMMT.from_pretrained``,
+   so LoRA runs are checked to load merged) on the target's test split.
+
+Writes ``OUT/transfer.json`` (every run: test metric, training rows, trainable parameters, wall
+time; the machine), ``OUT/transfer.md`` (one table per target: fraction x method, and the gain of the
+best transfer over scratch) and ``OUT/transfer.png`` (the learning curves). Finished runs are kept,
+so a killed study resumes. Runs go through ``train.main`` in this process (one import of torch for
+all of them); ``--threads`` sets ``train.threads``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script or as `python -m benchmarks.transfer`
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import train  # noqa: E402
+from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, write_json  # noqa: E402
+from highmmt import HighMMT  # noqa: E402
+from highmmt.checkpoint import atomic_write_bytes  # noqa: E402
+from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
+from highmmt.plotting import pyplot, save_figure  # noqa: E402
+from tasks.cache import load_task  # noqa: E402
+from tasks.loader import predict, score  # noqa: E402
+
+DEFAULT_TARGETS = "subjectivity,robot_failures_lp1"
+DEFAULT_FRACTIONS = "0.01,0.05,0.2,1.0"
+DEFAULT_POLICIES = "full,head,lora"
+DEFAULT_SEEDS = "0,1"
+# Small defaults: the whole study fits ~15 minutes of one CPU thread (see the README for measurements).
+PRETRAIN_SET = ["train.epochs=6", "train.steps_per_epoch=100", "train.warmup_steps=50", "train.max_eval_samples=300"]
+FINETUNE_SET = ["train.epochs=5", "train.steps_per_epoch=40", "train.warmup_steps=20", "train.max_eval_samples=500"]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target-tasks", default=DEFAULT_TARGETS, help=f"tasks left out of pre-training and fine-tuned (default {DEFAULT_TARGETS})")
+    p.add_argument("--pretrain-tasks", default=None, help="tasks to pre-train on (default: the suite without the targets)")
+    p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help=f"training fractions of each target (default {DEFAULT_FRACTIONS})")
+    p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"fine-tuning policies to compare with scratch (default {DEFAULT_POLICIES})")
+    p.add_argument("--layer-decay", type=float, default=0.5, help="also fine-tune fully with this train.layer_decay (method full_ld; 1 = leave it out)")
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"seeds of the fine-tuning runs, comma-separated (default {DEFAULT_SEEDS})")
+    p.add_argument("--preset", default="default", help="model size and training preset of every run (default: default)")
+    p.add_argument("--init-from", default=None, help="fine-tune this checkpoint instead of pre-training one (its tasks must not include the targets)")
+    p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE", help="override for the pre-training run (after the small defaults)")
+    p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE", help="override for every fine-tuning and scratch run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; 0 = torch's default)")
+    p.add_argument("--output-dir", default="benchmarks/results/transfer")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    return p.parse_args(argv)
+
+
+def floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"--{what}: expected comma-separated numbers, got {text!r}") from e
+    if not values or any(not 0.0 < v <= 1.0 for v in values):
+        raise ValueError(f"--{what}: every fraction must be in (0, 1], got {text!r}")
+    return sorted(set(values))
+
+
+def run_train(out: Path, argv: list[str], log_name: str) -> float:
+    """``train.main`` into ``out`` unless it finished before; its log goes to ``out.log``. Returns seconds."""
+    if (out / "DONE").exists():
+        return 0.0
+    resume = ["--resume"] if (out / "trainer_state" / "state.pt").exists() else ["--overwrite"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    with open(out.parent / f"{log_name}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        train.main([*argv, "--output-dir", str(out), *resume])
+    return time.time() - started
+
+
+def test_score(out: Path, task: str, args: argparse.Namespace) -> dict[str, float]:
+    """Test-split metrics of a run's saved best model."""
+    lt = load_task(task, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    model = HighMMT.from_pretrained(out, map_location=device).eval()
+    outputs, targets = predict(model, lt.splits["test"], lt.spec, batch_size=256, device=device)
+    return score(lt.spec, outputs, targets)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    targets = train.expand_tasks(args.target_tasks.split(","))
+    pretrain = train.expand_tasks(args.pretrain_tasks.split(",")) if args.pretrain_tasks else [t for t in train.SUITE if t not in targets]
+    overlap = sorted(set(targets) & set(pretrain))
+    if overlap:
+        raise ValueError(f"--target-tasks and --pretrain-tasks overlap: {overlap}; targets must be new to the checkpoint")
+    fractions = floats(args.fractions, "fractions")
+    policies = [p for p in args.policies.split(",") if p]
+    from highmmt.config import FINETUNE_POLICIES
+
+    unknown = [p for p in policies if p not in FINETUNE_POLICIES]
+    if unknown or not policies:
+        raise ValueError(f"--policies: unknown {unknown or policies}; known: {list(FINETUNE_POLICIES)}")
+    if not 0.0 < args.layer_decay <= 1.0:
+        raise ValueError(f"--layer-decay must be in (0, 1] (1 = no full_ld runs), got {args.layer_decay}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    # Method -> extra train.py arguments (scratch: none; transfer: --init-from and a policy).
+    methods: dict[str, list[str]] = {"scratch": []}
+    for policy in policies:
+        methods[policy] = ["--finetune", policy]
+    if args.layer_decay < 1.0:
+        methods["full_ld"] = ["--finetune", "full", "--set", f"train.layer_decay={args.layer_decay}"]
+    out = Path(args.output_dir)
+    common = ["--preset", args.preset, "--quiet", "--set", f"train.threads={args.threads}"]
+    common += (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    common += ["--cpu"] if args.cpu else []
+    every = [a for o in args.overrides for a in ("--set", o)]
+    machine = machine_info(torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu"))
+    machine["torch_threads"] = args.threads or torch.get_num_threads()
+    started = time.time()
+
+    if args.init_from:
+        pre_dir, pre_wall = Path(args.init_from), 0.0
+        pretrain = sorted(json.loads((pre_dir / "config.json").read_text())["model"]["tasks"])
+        if set(pretrain) & set(targets):
+            raise ValueError(f"--init-from {pre_dir} was trained on target task(s) {sorted(set(pretrain) & set(targets))}")
+    else:
+        pre_dir = out / "pretrain"
+        pre_argv = [*common, "--tasks", ",".join(pretrain), *[a for o in PRETRAIN_SET + args.pretrain_set for a in ("--set", o)], *every]
+        pre_wall = run_train(pre_dir, pre_argv, "pretrain")
+    print(f"[{time.time() - started:.0f}s] pre-trained on {len(pretrain)} tasks -> {pre_dir}", flush=True)
+
+    ft_sets = [a for o in FINETUNE_SET + args.finetune_set for a in ("--set", o)]
+    runs: list[dict[str, Any]] = []
+    for task in targets:
+        lt = load_task(task, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+        metric = lt.spec.metric
+        for fraction in fractions:
+            for seed in seeds:
+                for method, method_args in methods.items():
+                    name = f"{task}/f{fraction:g}-s{seed}-{method}"
+                    run_dir = out / "runs" / task / f"f{fraction:g}-s{seed}-{method}"
+                    argv_ = [*common, "--tasks", task, "--seed", str(seed), "--train-fraction", str(fraction), *ft_sets, *every]
+                    if method != "scratch":
+                        argv_ += ["--init-from", str(pre_dir), *method_args]
+                    wall = run_train(run_dir, argv_, run_dir.name)
+                    cfg = json.loads((run_dir / "config.json").read_text())
+                    scores = test_score(run_dir, task, args)
+                    runs.append({
+                        "task": task, "fraction": fraction, "seed": seed, "method": method, "metric": metric,
+                        "test": scores[metric], "test_metrics": scores,
+                        "train_rows": len(train.subsample_train(lt, fraction, seed).splits["train"]),
+                        "trainable_parameters": cfg.get("trainable_parameters", {}).get("trainable"),
+                        "total_parameters": cfg.get("trainable_parameters", {}).get("total"),
+                        "wall_s": wall, "train_loop_s": loop_seconds(run_dir), "run": str(run_dir),
+                    })
+                    print(f"[{time.time() - started:.0f}s] {name}: test {metric} {scores[metric]:.3f}", flush=True)
+
+    machine["load_average_end"] = load_average()
+    results = {
+        "benchmark": "transfer", "machine": machine, "preset": args.preset, "targets": targets, "pretrain_tasks": pretrain,
+        "fractions": fractions, "policies": policies, "layer_decay": args.layer_decay, "methods": list(methods), "seeds": seeds,
+        "pretrain_overrides": PRETRAIN_SET + args.pretrain_set, "finetune_overrides": FINETUNE_SET + args.finetune_set,
+        "overrides": args.overrides, "pretrain_wall_s": pre_wall, "pretrain_loop_s": loop_seconds(pre_dir),
+        "wall_s": time.time() - started, "runs": runs,
+    }
+    write_json(out / "transfer.json", results)
+    text = markdown(results)
+    atomic_write_bytes(out / "transfer.md", text.encode())
+    plot(results, out / "transfer.png")
+    print(text)
+    return results
+
+
+def loop_seconds(run_dir: Path) -> float:
+    """The training loop's seconds from a finished run's DONE file ("... steps in 123s")."""
+    match = re.search(r" in (\d+(?:\.\d+)?)s", (run_dir / "DONE").read_text()) if (run_dir / "DONE").exists() else None
+    return float(match.group(1)) if match else float("nan")
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def summarize(results: dict[str, Any]) -> dict[str, dict[float, dict[str, dict[str, float]]]]:
+    """task -> fraction -> method -> {mean, std, n} over seeds."""
+    out: dict[str, dict[float, dict[str, dict[str, float]]]] = {}
+    for r in results["runs"]:
+        cell = out.setdefault(r["task"], {}).setdefault(r["fraction"], {}).setdefault(r["method"], {"values": []})
+        cell["values"].append(r["test"])
+    for per_task in out.values():
+        for per_fraction in per_task.values():
+            for cell in per_fraction.values():
+                v = cell.pop("values")
+                cell.update(mean=_mean(v), std=statistics.pstdev(v) if len(v) > 1 else 0.0, n=len(v))
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    methods = results["methods"]
+    summary = summarize(results)
+    rows_by = {(r["task"], r["fraction"]): r for r in results["runs"] if r["method"] == "scratch"}
+    lines = [
+        f"Transfer from a multitask checkpoint pre-trained on {len(results['pretrain_tasks'])} tasks "
+        f"({', '.join(results['pretrain_tasks'])}) vs training from scratch; preset `{results['preset']}`, "
+        f"fine-tuning {' '.join(results['finetune_overrides'])}; test split, mean ± std over seeds {results['seeds']}."
+        + (f" `full_ld`: full fine-tuning with layer-wise lr decay {results['layer_decay']:g}." if "full_ld" in results["methods"] else ""),
+        f"Hardware: {hardware_line(results['machine'])}. This call: {results['wall_s'] / 60:.1f} min wall "
+        f"(runs finished by an earlier call are reused). Training loops, as each run's DONE file says: pre-training "
+        f"{results['pretrain_loop_s'] / 60:.1f} min, {len(results['runs'])} fine-tuning / scratch runs "
+        f"{sum(r['train_loop_s'] for r in results['runs']) / 60:.1f} min in total.",
+        "",
+    ]
+    for task, per_task in summary.items():
+        metric = next(r["metric"] for r in results["runs"] if r["task"] == task)
+        sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+        headers = ["fraction", "train rows", *[f"{m}" for m in methods], "best transfer - scratch"]
+        table = []
+        for fraction, cells in sorted(per_task.items()):
+            scratch = cells.get("scratch", {}).get("mean", float("nan"))
+            transfer = [cells[m]["mean"] for m in methods[1:] if m in cells]
+            best = max(transfer, key=lambda v: sign * v) if transfer else float("nan")
+            fmt = lambda c: "-" if c is None else (f"{c['mean']:.3f}" + (f" ± {c['std']:.3f}" if c["n"] > 1 else ""))  # noqa: E731
+            rows = rows_by.get((task, fraction), {}).get("train_rows")
+            table.append([f"{fraction:g}", "-" if rows is None else rows, *[fmt(cells.get(m)) for m in methods], f"{sign * (best - scratch):+.3f}"])
+        lines += [f"**{task}** (test {metric})", "", markdown_table(headers, table), ""]
+    params = {r["method"]: (r["trainable_parameters"], r["total_parameters"]) for r in results["runs"]}
+    lines.append("Trainable parameters: " + "; ".join(
+        f"{m} {t:,} of {n:,}" for m, (t, n) in params.items() if t is not None and n is not None) + " (last target).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    summary = summarize(results)
+    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.8), squeeze=False)
+    for ax, (task, per_task) in zip(axes[0], summary.items()):
+        fractions = sorted(per_task)
+        for method in results["methods"]:
+            ys = [per_task[f].get(method, {}).get("mean", float("nan")) for f in fractions]
+            ax.plot(fractions, ys, marker="o", label=method if method == "scratch" else f"transfer ({method})",
+                    linestyle="--" if method == "scratch" else "-")
+        metric = next(r["metric"] for r in results["runs"] if r["task"] == task)
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of the training split")
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()

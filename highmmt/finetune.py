@@ -1,0 +1,461 @@
+"""Transfer to new tasks: load a trained model into a new one, freeze by policy, LoRA, layer-wise lr decay.
+
+``train.py --init-from RUN --tasks NEW`` calls, in order:
+
+1. :func:`load_pretrained`: every tensor whose name and shape match is loaded. An encoder or fusion
+   *group* that the checkpoint does not have (changed ``sharing``) is copied from the checkpoint
+   group its modalities (pairs, tasks) used there, or from the checkpoint's only group (HighMMT's
+   "homogeneous pre-training, then copy into groups"). A modality the checkpoint never saw keeps a
+   freshly initialised embedder; a new task keeps a fresh head. The :class:`TransferReport` says
+   what was loaded, copied, left new, mismatched in shape and left unused.
+2. :func:`apply_policy`: ``requires_grad`` by the freezing policy (``train.finetune``):
+
+   ==================  ===========================================================================
+   ``full``            every parameter trains
+   ``head``            only the task heads train
+   ``embedders_head``  modality embedders (and modality-type embeddings) and heads train
+   ``prefix``          the same parts as ``embedders_head``, named for prefix tuning (Frozen,
+                       Tsimpoukelli et al. 2021): the frozen shared transformer reads the tokens a
+                       learned (new) modality embedder makes; see highmmt/pretrained.py
+   ``lora``            heads train, plus rank-r LoRA adapters (peft) on every pre-trained linear
+                       layer of the shared encoders and the fusion; all base weights stay frozen
+   ==================  ===========================================================================
+
+   Parameters that were *not* loaded from the checkpoint (a new modality's embedder, a new fusion
+   group, a head whose shape changed) always train: freezing a random initialisation would only
+   remove capacity. Without ``--init-from`` the policy applies to every parameter as written.
+   A parameter its module marks ``highmmt_frozen`` (a ``freeze=true`` pretrained backbone) never trains.
+3. :func:`layer_lr_scales`: layer-wise learning-rate decay over the depth order
+   embedders -> encoder layers -> fusion layers -> heads; the heads get ``lr``, a part k steps
+   earlier ``lr * decay**k``.
+4. :func:`export_state_dict`: the weights to save as ``model.safetensors``, LoRA merged into the
+   base weights, so :meth:`HighMMT.from_pretrained` and ``evaluate.py`` load them unchanged.
+
+:func:`stratified_subset` keeps a seeded, stratified fraction of a training split
+(``--train-fraction``) in which every class keeps at least one example.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from highmmt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
+from highmmt.config import FINETUNE_POLICIES, HighMMTConfig
+from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
+
+PARTS = ("embedders", "encoders", "fusion", "heads", "other")  # other: any module added to HighMMT later
+TRAINABLE_PARTS: dict[str, frozenset[str]] = {
+    "full": frozenset(PARTS),
+    "head": frozenset({"heads"}),
+    "embedders_head": frozenset({"embedders", "heads"}),
+    "prefix": frozenset({"embedders", "heads"}),
+    "lora": frozenset({"heads"}),
+}
+# Top-level attribute of HighMMT -> part (modality-type embeddings belong to their embedder).
+# Representation tuning (MAG, between encoder and fusion) counts as fusion: it mixes modalities.
+_TOP_LEVEL = {"embedders": "embedders", "modality_embedding": "embedders", "encoders": "encoders", "fusion": "fusion", "heads": "heads",
+              "representation_tuning": "fusion"}
+LORA_PARTS = ("encoders", "fusion")
+
+
+def _base_name(name: str) -> str:
+    """A parameter's name without peft's ``base_layer`` wrapper (the name it has in a saved model)."""
+    return name.replace(".base_layer.", ".")
+
+
+def is_lora_name(name: str) -> bool:
+    return ".lora_" in name
+
+
+def part_of(name: str) -> str:
+    """The part (embedders, encoders, fusion, heads; else other) a HighMMT parameter name belongs to.
+
+    ``other`` trains under ``full`` only (unless new to the checkpoint).
+    """
+    return _TOP_LEVEL.get(name.split(".", 1)[0], "other")
+
+
+def _module_of(name: str) -> str:
+    """Short module name for reports: ``embedders.text``, ``heads.subjectivity``, ``encoders.shared``."""
+    parts = name.split(".")
+    if parts[0] == "fusion" and len(parts) > 2:
+        return ".".join(parts[:3])
+    return ".".join(parts[:2])
+
+
+# ---- 1. loading a checkpoint into a new model ---------------------------------------------------
+@dataclass
+class TransferReport:
+    """What :func:`load_pretrained` did. Names are state-dict keys of the new model unless noted."""
+
+    checkpoint: str
+    loaded: list[str] = field(default_factory=list)
+    copied: dict[str, str] = field(default_factory=dict)  # new-model group prefix <- checkpoint group prefix
+    new: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # same name, other shape (left new)
+    unused: list[str] = field(default_factory=list)  # checkpoint keys nothing was loaded from
+    total: int = 0
+
+    def summary(self) -> str:
+        group = lambda names: sorted({_module_of(n) for n in names})  # noqa: E731
+        parts = [f"init-from {self.checkpoint}: loaded {len(self.loaded)}/{self.total} tensors"]
+        if self.copied:
+            parts.append("copied groups " + ", ".join(f"{k} <- {v}" for k, v in sorted(self.copied.items())))
+        parts.append(f"new: {group(self.new) or 'nothing'}")
+        if self.mismatched:
+            parts.append(f"shape changed (left new): {sorted(self.mismatched)}")
+        if self.unused:
+            parts.append(f"unused from the checkpoint: {group(self.unused)}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["new_modules"] = sorted({_module_of(n) for n in self.new})
+        d["unused_modules"] = sorted({_module_of(n) for n in self.unused})
+        return d
+
+
+def check_checkpoint(checkpoint: str | Path) -> Path:
+    """The checkpoint's weights file; a clear error when the folder or the file is missing."""
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--init-from: checkpoint folder {directory} does not exist")
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(
+            f"--init-from: {directory} holds no {WEIGHTS_NAME}; expected a finished train.py run folder "
+            f"or a save_pretrained folder (found: {sorted(p.name for p in directory.iterdir())[:10]})"
+        )
+    return weights
+
+
+def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Tensor], HighMMTConfig | None]:
+    """The weights and (when present) the model config of a run folder or ``save_pretrained`` folder."""
+    weights = check_checkpoint(checkpoint)
+    directory = weights.parent
+    config = None
+    cfg_path = directory / CONFIG_NAME
+    if cfg_path.is_file():
+        raw = json.loads(cfg_path.read_text())
+        config = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
+    return load_weights(weights), config
+
+
+def _bottleneck_groups(cfg: HighMMTConfig) -> dict[str, str]:
+    """Task -> bottleneck group, as HighMMT builds it."""
+    if cfg.sharing.fusion == "all":
+        return {t: "shared" for t in cfg.tasks}
+    return {t: t.replace(".", "_") for t in cfg.tasks}
+
+
+def _member_groups(cfg: HighMMTConfig) -> list[tuple[str, dict[str, str]]]:
+    """(key prefix, member -> group) for every kind of shared group of a model config.
+
+    Members are modalities (encoders), unordered pairs ``a|b`` (pairwise fusion) or tasks
+    (bottleneck fusion); a group's weights live under ``prefix + group``.
+    """
+    out = [("encoders.", encoder_groups(cfg.sharing.encoder, list(cfg.modalities)))]
+    if cfg.fusion.kind == "pairwise":
+        pairs = task_pairs(t.modalities for t in cfg.tasks.values())
+        out.append(("fusion.blocks.", fusion_groups(cfg.sharing.fusion, pairs)))
+    elif cfg.fusion.kind == "bottleneck" and isinstance(cfg.sharing.fusion, str):
+        groups = _bottleneck_groups(cfg)
+        out += [("fusion.layers.", groups), ("fusion.tokens.", groups)]
+    return out
+
+
+def group_sources(new: HighMMTConfig, old: HighMMTConfig) -> dict[str, str]:
+    """New-model group prefix -> checkpoint group prefix, for groups the checkpoint lacks by name.
+
+    The source is the checkpoint group that most of the new group's members (modalities, pairs or
+    tasks) belonged to; failing that (all members are new), the checkpoint's only group, if it has
+    just one. Groups with no source stay freshly initialised.
+    """
+    old_kinds = dict(_member_groups(old))
+    sources: dict[str, str] = {}
+    for prefix, members in _member_groups(new):
+        before = old_kinds.get(prefix)
+        if before is None:  # the checkpoint has another fusion kind
+            continue
+        old_names = sorted(set(before.values()))
+        for group in sorted(set(members.values())):
+            if group in old_names:
+                continue
+            votes = Counter(before[m] for m, g in members.items() if g == group and m in before)
+            if votes:
+                src = max(sorted(votes), key=lambda g: votes[g])
+            elif len(old_names) == 1:
+                src = old_names[0]
+            else:
+                continue
+            sources[prefix + group] = prefix + src
+    return sources
+
+
+def _rename(key: str, sources: Mapping[str, str]) -> str | None:
+    for target, source in sources.items():
+        if key == target or key.startswith(target + "."):
+            return source + key[len(target):]
+    return None
+
+
+def load_pretrained(model: nn.Module, checkpoint: str | Path) -> TransferReport:
+    """Load every matching tensor of ``checkpoint`` into ``model`` (a :class:`~highmmt.HighMMT`).
+
+    Matching: same name and shape; or, for a shared group the checkpoint lacks, the same tensor of
+    the group :func:`group_sources` picks. Everything else keeps its initialisation.
+
+    Raises:
+        FileNotFoundError: the folder does not exist or holds no ``model.safetensors``.
+    """
+    state, old_cfg = read_checkpoint(checkpoint)
+    own = model.state_dict()
+    sources = group_sources(model.config, old_cfg) if old_cfg is not None else {}
+    report = TransferReport(checkpoint=str(checkpoint), total=len(own))
+    to_load: dict[str, Tensor] = {}
+    used: set[str] = set()
+    for key, value in own.items():
+        if key in state:
+            if state[key].shape == value.shape:
+                to_load[key] = state[key]
+                used.add(key)
+                report.loaded.append(key)
+            else:
+                report.mismatched.append(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(value.shape)}")
+                report.new.append(key)
+            continue
+        src = _rename(key, sources)
+        if src is not None and src in state and state[src].shape == value.shape:
+            to_load[key] = state[src]
+            used.add(src)
+            report.loaded.append(key)
+            target = next(t for t in sources if key == t or key.startswith(t + "."))
+            report.copied[target] = sources[target]
+        else:
+            report.new.append(key)
+    report.unused = sorted(set(state) - used)
+    model.load_state_dict(to_load, strict=False)
+    return report
+
+
+# ---- 2. freezing policies and LoRA --------------------------------------------------------------
+def lora_targets(model: nn.Module, skip: Collection[str] = ()) -> list[str]:
+    """Names of the ``nn.Linear`` layers of the shared encoders and the fusion, except those whose
+    weight is in ``skip`` (new layers train in full and need no adapter)."""
+    return [
+        n for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and n.split(".", 1)[0] in LORA_PARTS and f"{n}.weight" not in skip
+    ]
+
+
+def add_lora(model: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0, skip: Collection[str] = ()) -> nn.Module:
+    """Wrap the shared encoders' and fusion's linear layers with LoRA adapters (in place, peft).
+
+    Layers whose weight is named in ``skip`` are left alone; with nothing left to adapt the model
+    is returned unchanged.
+    """
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as e:  # pragma: no cover - peft is a dependency
+        raise ImportError("train.finetune=lora needs peft (pip install 'peft>=0.10')") from e
+    if not lora_targets(model):
+        raise ValueError("train.finetune=lora: the model has no linear layer in its encoders or fusion to adapt")
+    targets = lora_targets(model, skip)
+    if not targets:
+        return model
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    return inject_adapter_in_model(config, model)
+
+
+def apply_policy(
+    model: nn.Module,
+    policy: str,
+    *,
+    new: Collection[str] = (),
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+) -> dict[str, int]:
+    """Set ``requires_grad`` by ``policy`` (adding LoRA adapters for ``lora``); return trainable counts.
+
+    Args:
+        model: a :class:`~highmmt.HighMMT`.
+        policy: one of ``full``, ``head``, ``embedders_head``, ``prefix``, ``lora``.
+        new: parameter names that were not loaded from a checkpoint; they always train.
+        lora_rank, lora_alpha: LoRA's rank r and scale alpha (the update is ``alpha / r * B @ A``).
+
+    Returns:
+        trainable parameter counts per part (plus ``lora``), ``trainable`` and ``total``.
+    """
+    if policy not in FINETUNE_POLICIES:
+        raise ValueError(f"unknown fine-tuning policy {policy!r}; known: {list(FINETUNE_POLICIES)}")
+    new = set(new)
+    if policy == "lora":
+        add_lora(model, rank=lora_rank, alpha=lora_alpha, skip=new)
+    trainable = TRAINABLE_PARTS[policy]
+    for name, p in model.named_parameters():
+        wanted = is_lora_name(name) or _base_name(name) in new or part_of(name) in trainable
+        p.requires_grad_(wanted and not getattr(p, "highmmt_frozen", False))
+    return trainable_counts(model)
+
+
+def trainable_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters per part (LoRA adapters counted apart), trainable and total."""
+    counts = {p: 0 for p in (*PARTS, "lora")}
+    total = 0
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if p.requires_grad:
+            counts["lora" if is_lora_name(name) else part_of(name)] += p.numel()
+    counts["trainable"] = sum(counts[p] for p in (*PARTS, "lora"))
+    counts["total"] = total
+    return counts
+
+
+def describe_counts(policy: str, counts: Mapping[str, int]) -> str:
+    """One log line: how many parameters train, and in which parts."""
+    parts = ", ".join(f"{p} {counts[p]:,}" for p in (*PARTS, "lora") if counts[p])
+    share = counts["trainable"] / max(counts["total"], 1)
+    return f"fine-tuning policy {policy!r}: {counts['trainable']:,} of {counts['total']:,} parameters trainable ({share:.1%}; {parts})"
+
+
+# ---- 3. layer-wise learning-rate decay ------------------------------------------------------------
+def layer_depths(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> depth: 0 embedders, then one per encoder layer, one per fusion layer, heads last.
+
+    The encoder's latents go with its first layer and its final norm with its last; bottleneck
+    fusion tokens and the representation-tuning gate go with the first fusion layer. A module in
+    no part (``other``) is an error: the depth order would not know where it sits.
+    """
+    cfg = model.config
+    enc = cfg.encoder.depth
+    fus = cfg.fusion.depth if cfg.fusion.kind != "none" else 0
+    depths: dict[str, int] = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        part = part_of(name)
+        if part == "embedders":
+            d = 0
+        elif part == "encoders":
+            d = 1 + int(parts[3]) if parts[2] == "layers" else (1 if parts[2] == "latents" else enc)
+        elif part == "fusion":
+            d = enc + 1 + (int(parts[3]) if parts[1] in ("blocks", "layers") else 0)
+        elif part == "heads":
+            d = enc + fus + 1
+        else:
+            raise ValueError(f"train.layer_decay: parameter {name!r} is in no part of the depth order "
+                             "embedders -> encoders -> fusion -> heads")
+        depths[name] = d
+    return depths
+
+
+def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Parameter name -> lr multiplier ``decay ** (head depth - depth)`` (1.0 everywhere when decay = 1)."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"train.layer_decay must be in (0, 1] (1.0 = off), got {decay}")
+    depths = layer_depths(model)
+    top = max(depths.values(), default=0)
+    return {n: decay ** (top - d) for n, d in depths.items()}
+
+
+# ---- 4. saving -------------------------------------------------------------------------------------
+def export_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with every LoRA adapter merged into its base weight.
+
+    The keys are those of the plain model (no ``base_layer`` / ``lora_`` entries), so the result loads
+    into :class:`~highmmt.HighMMT` built from the same config. A model without LoRA is returned as is.
+    """
+    from_lora: dict[str, Tensor] = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            delta = None
+            if not getattr(module, "merged", False):
+                for adapter in module.active_adapters:
+                    d = module.get_delta_weight(adapter)
+                    delta = d if delta is None else delta + d
+            if delta is not None:
+                from_lora[f"{name}.weight"] = delta
+    state = model.state_dict()
+    if not from_lora:
+        return state
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if is_lora_name(key):
+            continue
+        key = _base_name(key)
+        out[key] = (value + from_lora[key].to(value.dtype)) if key in from_lora else value
+    return out
+
+
+# ---- low-resource training splits --------------------------------------------------------------------
+def stratified_subset(labels: Iterable[Any] | None, n: int, fraction: float, seed: int, *, what: str = "training split") -> np.ndarray:
+    """Sorted row positions of a seeded ``fraction`` of ``n`` rows, stratified by ``labels``.
+
+    Each class keeps ``round(fraction * count)`` rows by largest remainder, and at least one, so
+    no class disappears. With ``labels=None`` (regression, multilabel) the rows are drawn at random.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1], or nothing would be kept.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
+    if n == 0:
+        raise ValueError(f"the {what} is empty: nothing to subsample")
+    rng = np.random.default_rng(seed)
+    if fraction >= 1.0:
+        return np.arange(n)
+    if labels is None:
+        k = int(round(fraction * n))
+        if k < 1:
+            raise ValueError(
+                f"train_fraction={fraction} keeps none of the {n} rows of the {what}; use at least {1 / n:.3g}"
+            )
+        return np.sort(rng.choice(n, size=k, replace=False))
+    y = np.asarray(list(labels))
+    if len(y) != n:
+        raise ValueError(f"{what}: {len(y)} labels for {n} rows")
+    classes, inverse = np.unique(y, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(classes))
+    want = fraction * counts
+    keep = np.maximum(np.floor(want).astype(int), 1)
+    extra = int(round(fraction * n)) - int(keep.sum())
+    if extra > 0:  # hand the rounding remainder to the classes furthest below their share
+        deficit = np.where(keep < counts, want - keep, -np.inf)
+        for c in np.argsort(-deficit, kind="stable")[:extra]:
+            if np.isfinite(deficit[c]):
+                keep[c] += 1
+    chosen = [rng.permutation(np.flatnonzero(inverse == c))[: keep[c]] for c in range(len(classes))]
+    return np.sort(np.concatenate(chosen))
+
+
+def log_transfer(report: TransferReport | None, counts: Mapping[str, int], policy: str, log: Callable[[str], None]) -> None:
+    """One line for what was loaded (if anything) and one for what trains."""
+    if report is not None:
+        log(report.summary())
+    log(describe_counts(policy, counts))
+
+
+__all__ = [
+    "FINETUNE_POLICIES",
+    "TRAINABLE_PARTS",
+    "TransferReport",
+    "add_lora",
+    "apply_policy",
+    "check_checkpoint",
+    "export_state_dict",
+    "group_sources",
+    "layer_depths",
+    "layer_lr_scales",
+    "load_pretrained",
+    "part_of",
+    "read_checkpoint",
+    "stratified_subset",
+    "trainable_counts",
+]
