@@ -21,7 +21,9 @@ a folder of ``<split>.parquet`` files (``train.parquet``, ``test.parquet``, opti
 ``validation.parquet``) or whatever file names ``splits`` maps to. ``splits`` maps
 ``train`` / ``validation`` / ``test`` to the data's split names (or parquet file names). Without
 ``splits``, ``validation`` may also be called ``val``, ``valid`` or ``dev``. Without a validation
-split, a seeded (seed 0) 10% of train is held out, stratified by class for classification.
+split, a seeded (seed 0) 10% of train is held out, stratified by class for classification. An
+optional ``unlabeled`` split (``splits: {unlabeled: ...}``, or a split of that name) holds rows
+without labels for ``train.semi`` (highmmt/semisup.py): it needs the modality columns, not the target.
 
 Column types accepted per kind (nested lists are Arrow lists, ``datasets.List``/``Sequence`` or
 ``Array2D``..``Array5D``; numbers may be any int/float/bool; each sample must be rectangular):
@@ -60,14 +62,15 @@ import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 
 from tasks.base import KINDS, TASK_TYPES, TaskSpec
-from tasks.cache import SPLITS, check_splits, stratified_holdout
+from tasks.cache import OPTIONAL_SPLITS, SPLITS, check_splits, stratified_holdout
 
 FORMATS = ("huggingface_datasets_save_to_disk", "parquet")
 REQUIRED_KEYS = ("name", "path", "modalities", "target")
 OPTIONAL_KEYS = ("format", "splits", "task_type", "num_classes", "metric", "extra_metrics", "class_names",
                  "description", "modality_options")
 DEFAULT_METRIC = {"classification": "accuracy", "multilabel": "auroc", "regression": "mse"}
-SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",)}
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "val", "valid", "dev"), "test": ("test",),
+                 "unlabeled": ("unlabeled",)}
 VALIDATION_FRACTION = 0.1
 # kind -> allowed nesting depths of a list column
 _DEPTHS = {"image": (2, 3), "video": (3, 4), "audio": (1,), "timeseries": (1, 2), "pose": (3,), "set": (1, 2)}
@@ -119,7 +122,7 @@ def load_byo_spec(
                 raise SpecError(spec_file, f"modalities.{col}", f"split {split!r} has no column {col!r}; "
                                                                  f"columns: {ds.column_names}")
             _check_kind(spec_file, col, kind, ds.features[col])
-        if target not in ds.column_names:
+        if target not in ds.column_names and split not in OPTIONAL_SPLITS:
             raise SpecError(spec_file, "target", f"split {split!r} has no column {target!r}; columns: {ds.column_names}")
 
     target_feature = train_features[target]
@@ -135,7 +138,8 @@ def load_byo_spec(
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise SpecError(spec_file, "num_classes", f"expected a positive integer, got {num_classes!r}")
     for split, ds in splits.items():
-        _check_target(spec_file, split, ds, target, task_type, num_classes)
+        if split not in OPTIONAL_SPLITS:  # an unlabeled split's labels, if any, are never read
+            _check_target(spec_file, split, ds, target, task_type, num_classes)
 
     try:
         spec = TaskSpec(
@@ -155,7 +159,7 @@ def load_byo_spec(
 
     if "validation" not in splits:
         splits = _carve_validation(splits, spec)
-    out = datasets.DatasetDict({s: splits[s] for s in SPLITS})
+    out = datasets.DatasetDict({s: splits[s] for s in (*SPLITS, *OPTIONAL_SPLITS) if s in splits})
     check_splits(spec, out, where=f"task spec {str(spec_file)!r}")
     return (spec, out, data_path) if return_path else (spec, out)
 
@@ -191,9 +195,9 @@ def _read_splits(spec_file: Path, data_path: Path, fmt: str, mapping: Any) -> di
     if mapping is not None:
         if not isinstance(mapping, Mapping):
             raise SpecError(spec_file, "splits", f"expected a mapping like {{train: train, test: test}}, got {mapping!r}")
-        bad = sorted(set(mapping) - set(SPLITS))
+        bad = sorted(set(mapping) - set(SPLITS) - set(OPTIONAL_SPLITS))
         if bad:
-            raise SpecError(spec_file, f"splits.{bad[0]}", f"unknown split; expected keys among {list(SPLITS)}")
+            raise SpecError(spec_file, f"splits.{bad[0]}", f"unknown split; expected keys among {list(SPLITS + OPTIONAL_SPLITS)}")
     if fmt == "huggingface_datasets_save_to_disk":
         try:
             loaded = datasets.load_from_disk(str(data_path))
@@ -221,7 +225,7 @@ def _read_splits(spec_file: Path, data_path: Path, fmt: str, mapping: Any) -> di
             return datasets.Dataset(InMemoryTable(table))
 
     out = {}
-    for split in SPLITS:
+    for split in (*SPLITS, *OPTIONAL_SPLITS):
         if mapping is not None:
             source = mapping.get(split)
             if source is None:

@@ -50,6 +50,8 @@ from highmmt.registry import TASKS
 from tasks.base import BuiltinTask, TaskSpec
 
 SPLITS = ("train", "validation", "test")
+# A task may also carry rows without labels (semi-supervised learning, highmmt/semisup.py).
+OPTIONAL_SPLITS = ("unlabeled",)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 # Bump when the cache folder layout or the key recipe changes.
 CACHE_FORMAT = 1
@@ -287,13 +289,15 @@ def _remove_stale_tmp(parent: Path, name: str) -> None:
 
 
 def check_splits(spec: TaskSpec, splits: Any, *, where: str) -> None:
-    """Check splits are exactly train/validation/test and hold every modality column and the target."""
+    """Check splits are train/validation/test (+ optionally ``unlabeled``) and hold every modality
+    column and the target (the ``unlabeled`` split needs no target)."""
     if not isinstance(splits, datasets.DatasetDict):
         raise TypeError(f"{where}: expected a datasets.DatasetDict, got {type(splits).__name__}")
-    if set(splits) != set(SPLITS):
-        raise ValueError(f"{where}: expected splits {list(SPLITS)}, got {sorted(splits)}")
+    if not set(SPLITS) <= set(splits) <= set(SPLITS) | set(OPTIONAL_SPLITS):
+        raise ValueError(f"{where}: expected splits {list(SPLITS)} (and optionally {list(OPTIONAL_SPLITS)}), got {sorted(splits)}")
     for split, ds in splits.items():
-        missing = [c for c in (*spec.modalities, spec.target) if c not in ds.column_names]
+        needed = spec.modalities if split in OPTIONAL_SPLITS else (*spec.modalities, spec.target)
+        missing = [c for c in needed if c not in ds.column_names]
         if missing:
             raise ValueError(f"{where}: split {split!r} lacks column(s) {missing}; it has {ds.column_names}")
 
