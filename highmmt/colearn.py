@@ -1,0 +1,381 @@
+"""Co-learning: one modality helps another during training; at test time one may be missing.
+
+Two training hooks (``highmmt.hooks``), switched on by ``train.colearn`` (:class:`ColearnConfig`):
+
+- ``translation`` (Pham et al. 2019, MCTN): a :class:`Translator` maps the primary modality's latents
+  to the secondary's (normalised MSE against the secondary's latents, detached by default so the
+  two encoders cannot meet by collapsing), and with ``cyclic`` a second one maps the translation
+  back to the primary's latents. With ``missing_slot=translation`` the task head also learns to read
+  [primary, translated secondary], which is what it reads at test time when only the primary is given.
+- ``contrastive`` (CLIP / ALIGN): the two modalities' pooled latents are projected and aligned by a
+  symmetric InfoNCE loss at a fixed temperature (a coordinated representation). With
+  ``supervise_secondary=false`` the secondary never enters the supervised forward, so its labels
+  are never used; :func:`class_prototypes` + :func:`nearest_prototype` then classify the secondary
+  zero-shot through prototypes built from labeled primary examples (Socher et al. 2013).
+
+Letters: b batch, l latents, d width, p projection width, c classes, n examples.
+
+The hook reads the latents of the supervised forward (a forward pre-hook on ``model.fusion``), so
+co-learning adds no second encoding of a modality already encoded. Its modules (translators,
+projections) are trained with the model, saved in the trainer state and, beside the best
+``model.safetensors``, in ``hooks.safetensors``; :func:`load_predictor` rebuilds the primary-only
+predictor from a run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import repeat
+from torch import Tensor, nn
+
+from highmmt.config import ColearnConfig, HighMMTConfig, from_dict
+from highmmt.heads import task_loss
+from highmmt.hooks import TrainContext, TrainHook, register_hook_factory
+from highmmt.layers import CrossBlock
+from highmmt.model import HighMMT, _key
+
+HOOK_NAME = "colearn"
+HOOK_WEIGHTS = "hooks.safetensors"
+
+
+# ---- losses and zero-shot classification -------------------------------------------------------
+def normalized_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """MSE divided by the target's variance (detached): 1.0 for predicting the target's mean, scale-free."""
+    if pred.shape != target.shape:
+        raise ValueError(f"normalized_mse needs pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    return F.mse_loss(pred.float(), target.float()) / target.detach().float().var().clamp_min(eps)
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """CLIP's symmetric InfoNCE: row i of ``a`` [b, p] and row i of ``b`` [b, p] are the positive pair.
+
+    ``log(b)`` for unrelated features, towards 0 for aligned ones.
+    """
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"info_nce needs two [b, p] tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    logits = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def class_prototypes(embeddings: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """Unit-norm mean embedding per class: embeddings [n, p], labels [n] -> prototypes [c, p]."""
+    if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
+        raise ValueError(f"class_prototypes needs embeddings [n, p] and labels [n], got {tuple(embeddings.shape)} and {tuple(labels.shape)}")
+    labels = labels.long()
+    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+    if missing:
+        raise ValueError(f"class_prototypes: no example of class(es) {missing} among {len(labels)} labeled examples")
+    sums = torch.zeros(num_classes, embeddings.shape[1], dtype=torch.float32, device=embeddings.device)
+    sums.index_add_(0, labels, F.normalize(embeddings.float(), dim=-1))
+    return F.normalize(sums, dim=-1)
+
+
+def nearest_prototype(embeddings: Tensor, prototypes: Tensor) -> Tensor:
+    """Class of the most cosine-similar prototype: embeddings [n, p], prototypes [c, p] -> [n]."""
+    if embeddings.ndim != 2 or prototypes.ndim != 2 or embeddings.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"nearest_prototype needs [n, p] and [c, p], got {tuple(embeddings.shape)} and {tuple(prototypes.shape)}")
+    return (F.normalize(embeddings.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).T).argmax(dim=-1)
+
+
+# ---- modules -----------------------------------------------------------------------------------
+class Translator(nn.Module):
+    """Perceiver-style decoder: learned queries cross-attend to source latents.
+
+    Args:
+        dim: latent width d. num_latents: output latents l. depth: CrossBlocks. heads, dim_head, mlp_mult: block sizes.
+
+    Shapes: source [b, l_src, d] -> [b, l, d] (LayerNorm'd, like the encoder's latents, then a linear map).
+    """
+
+    def __init__(self, *, dim: int, num_latents: int, depth: int = 1, heads: int = 4, dim_head: int = 32, mlp_mult: int = 2) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_latents, dim) * 0.02)
+        self.blocks = nn.ModuleList(CrossBlock(dim=dim, heads=heads, dim_head=dim_head, mlp_mult=mlp_mult) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, source: Tensor) -> Tensor:
+        x = repeat(self.queries.to(source.dtype), "l d -> b l d", b=source.shape[0])
+        for block in self.blocks:
+            x = block(x, source)
+        return self.to_out(self.norm(x))
+
+
+def build_modules(cfg: ColearnConfig, model_cfg: HighMMTConfig) -> nn.ModuleDict:
+    """The trainable co-learning modules for ``cfg`` (empty when there is nothing to learn)."""
+    d, enc = model_cfg.dim, model_cfg.encoder
+    mods = nn.ModuleDict()
+    if cfg.method == "translation":
+        make = lambda: Translator(dim=d, num_latents=enc.num_latents, depth=cfg.decoder_depth, heads=enc.heads,  # noqa: E731
+                                  dim_head=enc.dim_head, mlp_mult=enc.mlp_mult)
+        if cfg.weight > 0 or resolved_slot(cfg) == "translation":
+            mods["to_secondary"] = make()
+        if cfg.cyclic and cfg.weight > 0:
+            mods["to_primary"] = make()
+    elif cfg.method == "contrastive":
+        p = cfg.proj_dim or d
+        mods["project"] = nn.ModuleDict({"primary": nn.Linear(d, p), "secondary": nn.Linear(d, p)})
+    return mods
+
+
+def resolved_slot(cfg: ColearnConfig) -> str:
+    """``missing_slot`` with ``auto`` resolved (translation for the translation method, else none)."""
+    if cfg.missing_slot != "auto":
+        return cfg.missing_slot
+    return "translation" if cfg.method == "translation" else "none"
+
+
+def target_tasks(cfg: ColearnConfig, model_cfg: HighMMTConfig) -> list[str]:
+    """Tasks co-learning applies to; a modality or task that does not fit is a clear error."""
+    known = sorted(model_cfg.modalities)
+    for role, m in (("primary", cfg.primary), ("secondary", cfg.secondary)):
+        if m not in model_cfg.modalities:
+            raise ValueError(f"train.colearn.{role}={m!r} is not a modality of the trained tasks; known: {known}")
+    if cfg.tasks:
+        for t in cfg.tasks:
+            if t not in model_cfg.tasks:
+                raise ValueError(f"train.colearn.tasks names task {t!r}, which is not being trained ({sorted(model_cfg.tasks)})")
+            mods = model_cfg.tasks[t].modalities
+            for role, m in (("primary", cfg.primary), ("secondary", cfg.secondary)):
+                if m not in mods:
+                    raise ValueError(f"train.colearn: task {t!r} does not read the {role} modality {m!r}; it reads {mods}")
+        return list(cfg.tasks)
+    found = [t for t, tc in model_cfg.tasks.items() if cfg.primary in tc.modalities and cfg.secondary in tc.modalities]
+    if not found:
+        raise ValueError(f"train.colearn: no trained task reads both {cfg.primary!r} and {cfg.secondary!r}; "
+                         f"tasks and their modalities: { {t: tc.modalities for t, tc in model_cfg.tasks.items()} }")
+    return found
+
+
+class ColearnPredictor(nn.Module):
+    """The test-time path without the secondary modality, as a drop-in model: ``forward(inputs, task)``.
+
+    For a co-learning task the secondary is dropped from ``inputs`` (if given) and its slot holds
+    the translation of the primary's latents (``missing_slot=translation``) or zeros; other tasks
+    go through the model unchanged.
+
+    Args:
+        model: the trained HighMMT. modules: :func:`build_modules`' output (trained). cfg: the co-learning config.
+    """
+
+    def __init__(self, model: HighMMT, modules: nn.ModuleDict, cfg: ColearnConfig, tasks: Iterable[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.colearn = modules
+        self.cfg = cfg
+        self.tasks = list(tasks)
+
+    def forward(self, inputs: Mapping[str, Any], task: str) -> Tensor:
+        """inputs {modality: tensor | batch dict} -> outputs [b, c]."""
+        if task not in self.tasks:
+            return self.model(inputs, task)
+        cfg, model = self.cfg, self.model
+        if cfg.primary not in inputs:
+            raise ValueError(f"task {task!r}: the co-learning predictor needs the primary modality {cfg.primary!r}; got {sorted(inputs)}")
+        order = model.config.tasks[task].modalities
+        latents = {m: model.encode_modality(m, inputs[m]) for m in order if m in inputs and m != cfg.secondary}
+        tuning = getattr(model, "representation_tuning", None)  # as in HighMMT.encode: the fusion reads tuned latents
+        if tuning is not None:
+            latents = tuning(latents)
+        if resolved_slot(cfg) == "translation":
+            latents[cfg.secondary] = self.colearn["to_secondary"](latents[cfg.primary])
+        return model.heads[_key(task)](model.fusion(latents, order, _key(task)))
+
+
+# ---- the training hook -------------------------------------------------------------------------
+class ColearnHook(TrainHook):
+    """Adds the co-learning loss to each step of the configured tasks (see the module docstring).
+
+    Args:
+        cfg: the run's ``train.colearn``.
+    """
+
+    name = HOOK_NAME
+
+    def __init__(self, cfg: ColearnConfig) -> None:
+        self.cfg = cfg
+        self.tasks: list[str] = []
+        self._modules = nn.ModuleDict()
+        self._open: dict[str, Any] | None = None  # the capture of the forward now running
+        self._records: list[dict[str, Any]] = []  # finished forwards: task, latents, outputs
+        self._busy = False
+        self._parts: dict[str, dict[str, list[float]]] = {}
+        self._handles: list[Any] = []
+
+    # -- protocol --
+    def setup(self, ctx: TrainContext, state: dict[str, Any] | None) -> None:
+        model: HighMMT = ctx.model
+        self.tasks = target_tasks(self.cfg, model.config)
+        if state is not None and state.get("config") != self._config_record():
+            raise ValueError(f"--resume: the run was trained with train.colearn={state.get('config')}, "
+                             f"now it is {self._config_record()}; resume with the same co-learning settings")
+        self._modules = build_modules(self.cfg, model.config)
+        self._handles = [
+            model.register_forward_pre_hook(self._start_capture, with_kwargs=True),
+            model.fusion.register_forward_pre_hook(self._capture_latents),
+            model.register_forward_hook(self._finish_capture),
+        ]
+        ctx.log(f"co-learning: {self.cfg.method} {self.cfg.primary} -> {self.cfg.secondary} on {self.tasks} "
+                f"({sum(p.numel() for p in self._modules.parameters()):,} extra parameters)")
+
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self._modules.items())
+
+    def extra_loss(self, ctx: TrainContext, task: str, batch: dict[str, Any], outputs: Tensor) -> Tensor | None:
+        records, self._records = self._records, []
+        if task not in self.tasks:
+            return None
+        model: HighMMT = ctx.model
+        # The latents of the forward that made ``outputs``; recomputed if another forward intervened.
+        found = next((r for r in records if r["outputs"] is outputs and r["latents"] is not None), None)
+        latents: dict[str, Tensor] = dict(found["latents"]) if found else {}
+        autocast = ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
+        self._busy = True
+        try:
+            with autocast:
+                for m in model.config.tasks[task].modalities:
+                    if m not in latents and m in batch["inputs"] and (found is None or m == self.cfg.secondary):
+                        latents[m] = model.encode_modality(m, batch["inputs"][m])
+                parts = self._losses(model, task, latents, batch["target"])
+        finally:
+            self._busy = False
+        total = sum(parts.values(), outputs.new_zeros((), dtype=torch.float32))
+        record = self._parts.setdefault(task, {})
+        for k, v in parts.items():
+            record.setdefault(k, []).append(float(v.detach()))
+        return total
+
+    def end_epoch(self, ctx: TrainContext, epoch: int) -> list[dict[str, Any]]:
+        step = (epoch + 1) * ctx.run.train.steps_per_epoch
+        rows = [
+            {"step": step, "epoch": epoch + 1, "task": t, "split": "train", "metric": f"colearn_{k}", "value": sum(v) / len(v)}
+            for t, parts in self._parts.items() for k, v in parts.items() if v
+        ]
+        self._parts = {}
+        return rows
+
+    def eval_model(self, ctx: TrainContext) -> nn.Module:
+        return ColearnPredictor(ctx.model, self._modules, self.cfg, self.tasks)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self._config_record(), "tasks": list(self.tasks)}
+
+    # -- internals --
+    def _config_record(self) -> dict[str, Any]:
+        c = self.cfg
+        return {"method": c.method, "primary": c.primary, "secondary": c.secondary, "cyclic": c.cyclic,
+                "missing_slot": resolved_slot(c), "supervise_secondary": c.supervise_secondary}
+
+    def _losses(self, model: HighMMT, task: str, latents: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+        """Latents {m: [b, l, d]} of this batch -> named loss parts (already weighted)."""
+        cfg = self.cfg
+        if cfg.primary not in latents or cfg.secondary not in latents:
+            raise ValueError(f"co-learning on task {task!r} needs both {cfg.primary!r} and {cfg.secondary!r} in every "
+                             f"training batch; this batch has {sorted(latents)}")
+        z_p, z_s = latents[cfg.primary], latents[cfg.secondary]
+        parts: dict[str, Tensor] = {}
+        translated = None
+        if cfg.method == "translation" and "to_secondary" in self._modules:
+            translated = self._modules["to_secondary"](z_p)
+            if cfg.weight > 0:
+                target_s = z_s.detach() if cfg.detach_target else z_s
+                parts["translation"] = cfg.weight * normalized_mse(translated, target_s)
+                if cfg.cyclic:
+                    parts["cycle"] = cfg.weight * normalized_mse(self._modules["to_primary"](translated), z_p.detach())
+        elif cfg.method == "contrastive" and cfg.weight > 0:
+            proj = self._modules["project"]
+            parts["contrastive"] = cfg.weight * info_nce(proj["primary"](z_p.mean(dim=1)), proj["secondary"](z_s.mean(dim=1)), cfg.temperature)
+        slot = resolved_slot(cfg)
+        if slot != "none":
+            order = model.config.tasks[task].modalities
+            kept = {m: z for m, z in latents.items() if m != cfg.secondary}
+            if slot == "translation":
+                kept[cfg.secondary] = translated
+            out = model.heads[_key(task)](model.fusion(kept, order, _key(task)))
+            parts["head_" + slot] = task_loss(out, target, model.config.tasks[task].task_type)
+        return parts
+
+    def _start_capture(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        """Model forward pre-hook (training only): open a capture; withhold the secondary if it may not be supervised."""
+        if not module.training or self._busy:
+            return None
+        inputs, task = (args[0] if args else kwargs["inputs"]), (args[1] if len(args) > 1 else kwargs.get("task"))
+        if task not in self.tasks:
+            return None
+        self._open = {"task": task, "latents": None}
+        if self.cfg.supervise_secondary or self.cfg.secondary not in inputs:
+            return None
+        kept = {m: v for m, v in inputs.items() if m != self.cfg.secondary}
+        if not kept:
+            return None
+        if args:
+            return (kept, *args[1:]), kwargs
+        return args, {**kwargs, "inputs": kept}
+
+    def _capture_latents(self, module: nn.Module, args: tuple) -> None:
+        if self._open is not None and self._open["latents"] is None and not self._busy:
+            self._open["latents"] = args[0]
+
+    def _finish_capture(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if self._open is not None and not self._busy:
+            self._records.append({**self._open, "outputs": output})
+            self._open = None
+
+
+@register_hook_factory
+def _factory(run: Any) -> ColearnHook | None:
+    cfg = getattr(getattr(run, "train", None), "colearn", None)
+    if cfg is None or cfg.method == "none":
+        return None
+    return ColearnHook(cfg)
+
+
+# ---- after training ------------------------------------------------------------------------------
+def load_predictor(run_dir: str | Path, map_location: str | torch.device = "cpu") -> ColearnPredictor:
+    """A finished co-learning run folder -> its primary-only predictor (best weights + their co-learning modules)."""
+    from highmmt.checkpoint import load_weights
+
+    run_dir = Path(run_dir)
+    raw = json.loads((run_dir / "config.json").read_text())
+    cfg = from_dict(ColearnConfig, raw.get("train", {}).get("colearn", {}), prefix="train.colearn.")
+    if cfg.method == "none":
+        raise ValueError(f"{run_dir} was trained without co-learning (train.colearn.method is none)")
+    model = HighMMT.from_pretrained(run_dir, map_location=map_location)
+    modules = build_modules(cfg, model.config)
+    if len(modules):
+        path = run_dir / HOOK_WEIGHTS
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir} has no {HOOK_WEIGHTS} (the co-learning modules saved with the best weights)")
+        prefix = HOOK_NAME + "."
+        state = {k[len(prefix):]: v for k, v in load_weights(path).items() if k.startswith(prefix)}
+        modules.load_state_dict(state)
+    return ColearnPredictor(model, modules.to(map_location), cfg, target_tasks(cfg, model.config)).eval()
+
+
+def trainable_parameters(predictor_or_model: nn.Module) -> int:
+    """Parameters that training updates (the model's and the co-learning modules')."""
+    return sum(p.numel() for p in predictor_or_model.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "ColearnHook",
+    "ColearnPredictor",
+    "Translator",
+    "build_modules",
+    "class_prototypes",
+    "info_nce",
+    "load_predictor",
+    "nearest_prototype",
+    "normalized_mse",
+    "target_tasks",
+    "trainable_parameters",
+]
+
