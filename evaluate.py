@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 from highmmt import HighMMT
+from highmmt import colearn
+from highmmt import semisup
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from highmmt.plotting import pyplot, save_figure
 from tasks.base import TaskSpec
@@ -126,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"task {n!r} is not in checkpoint {ckpt}; it has {sorted(run_cfg['tasks'])}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
+    predictor = semisup.prediction_model(model, run_cfg)  # co-training runs predict with their views' ensemble
+    # Co-learning runs: also score the path without the secondary modality (its slot translated or zero).
+    colearned = colearn.load_predictor(ckpt, map_location=device) if run_cfg.get("train", {}).get("colearn", {}).get("method", "none") != "none" else None
     levels = [float(v) for v in args.noise_levels.split(",") if v]
     out = Path(args.output_dir or ckpt / "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -137,9 +142,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lt = load_task(task_args.get(name, name), data_root=args.data_root, cache_dir=args.cache_dir,
                        options=train_options.get(name), quiet=args.quiet)
         spec, ds = lt.spec, lt.splits[args.split]
-        run = lambda **kw: score(spec, *predict(model, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
+        run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
         metrics[name] = dict(clean)
+        metrics[name].update(semisup.view_metrics(model, run_cfg, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device))
+        if colearned is not None and name in colearned.tasks:
+            kept = [m for m in spec.modalities if m != colearned.cfg.secondary]
+            without = score(spec, *predict(colearned, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, modalities=kept))
+            metrics[name][f"{spec.metric}_without_{colearned.cfg.secondary}"] = without[spec.metric]
         metrics[name]["num_samples"] = float(min(len(ds), args.limit) if args.limit else len(ds))
         if not args.no_robustness:
             primary = spec.metric
@@ -153,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             ratios = [v / clean[primary] for vs in noisy.values() for v in vs if clean[primary]]
             robust[name] = {"metric": primary, "clean": clean[primary], "drop": dropped, "noise_levels": levels, "noise": noisy}
             metrics[name]["relative_robustness"] = float(np.mean(ratios)) if ratios else float("nan")
-        metrics[name].update(efficiency(model, ds, spec, device, args.batch_size))
+        metrics[name].update(efficiency(predictor, ds, spec, device, args.batch_size))
     metrics["_model"] = {"parameters_total": float(counts["total"]), "parameters_shared": float(counts["shared"])}
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "robustness.json", robust)

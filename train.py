@@ -33,16 +33,20 @@ from tqdm.auto import tqdm
 
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+from modalities.pretrained import modality_config
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_save_safetensors, atomic_write_bytes, atomic_save_torch, atomic_write_json, load_weights
 from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
+from highmmt import finetune
+import highmmt.colearn  # noqa: F401  (registers the co-learning hook, train.colearn)
+from highmmt import semisup  # registers the learning-from-unlabeled-data hook, train.semi
 from highmmt.heads import task_loss
 from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from highmmt.strategies import make_schedule
 from tasks.base import TaskSpec
-from tasks.cache import LoadedTask, load_task, stratified_holdout
+from tasks.cache import LoadedTask, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -77,7 +81,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="parsed-data cache (else $HIGHMMT_CACHE, else ~/.cache/highmmt)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    p.add_argument("--finetune", default=None, help="freezing policy with --init-from: full|head|embedders_head|prefix|lora (= --set train.finetune=...)")
+    p.add_argument("--train-fraction", type=float, default=None, help="keep a stratified, seeded fraction of each training split (= --set train.train_fraction=...)")
+    p.add_argument("--labeled-fraction", type=float, default=None, help="keep labels for a stratified, seeded fraction of each training split; the rest is unlabeled data for train.semi.method (= --set train.semi.labeled_fraction=...)")
+    args = p.parse_args(argv)
+    # The shorthand flags are overrides like any other: typed and checked by the config.
+    if args.finetune is not None:
+        args.overrides.append(f"train.finetune={args.finetune}")
+    if args.train_fraction is not None:
+        args.overrides.append(f"train.train_fraction={args.train_fraction}")
+    if args.labeled_fraction is not None:
+        args.overrides.append(f"train.semi.labeled_fraction={args.labeled_fraction}")
+    return args
 
 
 def load_preset(name: str) -> tuple[RunConfig, list[str] | None]:
@@ -104,38 +119,58 @@ def model_config(sizes: HighMMTConfig, specs: Sequence[TaskSpec]) -> HighMMTConf
     mods: dict[str, ModalityConfig] = {}
     for spec in specs:
         for m, kind in spec.modalities.items():
-            opts = dict(spec.modality_options.get(m, {}))
-            if m in mods and (mods[m].kind != kind or mods[m].options != opts):
+            mc = modality_config(kind, spec.modality_options.get(m, {}))  # a ``backbone`` option: pretrained kind
+            if m in mods and mods[m] != mc:
                 raise ValueError(
                     f"modality {m!r} is declared differently by two tasks: {mods[m].kind} {mods[m].options} "
-                    f"vs {kind} {opts} (task {spec.name!r}); give them different modality names"
+                    f"vs {mc.kind} {mc.options} (task {spec.name!r}); give them different modality names"
                 )
-            mods[m] = ModalityConfig(kind, opts)
+            mods[m] = mc
     heads = {s.name: TaskConfig(list(s.modalities), s.task_type, s.num_classes) for s in specs}
     return dataclasses.replace(sizes, modalities=mods, tasks=heads)
 
 
+def with_modality_options(loaded: dict[str, LoadedTask], overrides: dict[str, dict[str, Any]]) -> dict[str, LoadedTask]:
+    """``train.modality_options`` (modality -> embedder options) merged over the task specs' options."""
+    known = {m for lt in loaded.values() for m in lt.spec.modalities}
+    if set(overrides) - known:
+        raise ValueError(f"train.modality_options names modality(ies) {sorted(set(overrides) - known)}, which no task "
+                         f"being trained reads; known: {sorted(known)}")
+    out = {}
+    for t, lt in loaded.items():
+        opts = {m: {**lt.spec.modality_options.get(m, {}), **overrides.get(m, {})} for m in lt.spec.modalities}
+        out[t] = dataclasses.replace(lt, spec=dataclasses.replace(lt.spec, modality_options=opts))
+    return out
+
+
 def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTask:
-    """Keep a stratified, seeded fraction of the training split (low-resource studies)."""
+    """Keep a stratified, seeded fraction of the training split (low-resource studies); every class keeps a row."""
     if fraction >= 1.0:
         return loaded
     train = loaded.splits["train"]
-    labels = np.asarray(train[loaded.spec.target]) if loaded.spec.task_type == "classification" else np.zeros(len(train))
-    _, keep = stratified_holdout(labels, fraction, seed=seed)
+    labels = train[loaded.spec.target] if loaded.spec.task_type == "classification" else None
+    keep = finetune.stratified_subset(labels, len(train), fraction, seed, what=f"training split of task {loaded.spec.name!r}")
     splits = dict(loaded.splits)
-    splits["train"] = train.select(sorted(int(i) for i in keep))
+    splits["train"] = train.select([int(i) for i in keep])
     return dataclasses.replace(loaded, splits=splits)
 
 
 def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; no weight decay on biases, norms, latents and tokens."""
+    """AdamW over the trainable parameters; no weight decay on biases, norms, latents and tokens.
+
+    With ``train.layer_decay`` < 1 each depth gets its own lr (heads ``lr``, each earlier layer one
+    more factor of the decay; see highmmt/finetune.py); hook modules get ``lr``.
+    """
     named = [(n, p) for n, p in [*model.named_parameters(), *extra.named_parameters(prefix="extra")] if p.requires_grad]
     is_decayed = lambda n, p: p.ndim >= 2 and "latents" not in n and "tokens" not in n  # noqa: E731
+    scales = finetune.layer_lr_scales(model, tc.layer_decay) if tc.layer_decay < 1.0 else {}
+    keys = sorted({(not is_decayed(n, p), -scales.get(n, 1.0)) for n, p in named})  # decayed first, then by lr
     groups = [
-        {"params": [p for n, p in named if is_decayed(n, p)], "weight_decay": tc.weight_decay},
-        {"params": [p for n, p in named if not is_decayed(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if (not is_decayed(n, p), -scales.get(n, 1.0)) == key],
+         "weight_decay": 0.0 if key[0] else tc.weight_decay, "lr": -key[1] * tc.lr}
+        for key in keys
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=tc.lr)
+    return torch.optim.AdamW(groups, lr=tc.lr)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -167,14 +202,12 @@ def load_trainer_state(out: Path) -> dict[str, Any] | None:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> None:
-    """Load every weight whose name and shape match (transfer); report what stayed new."""
-    state = load_weights(Path(checkpoint) / "model.safetensors")
-    own = model.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(matched, strict=False)
-    new = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in own if k not in matched})
-    log(f"init-from {checkpoint}: loaded {len(matched)}/{len(own)} tensors; new: {new}")
+def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.TransferReport:
+    """Load every weight whose name and shape match (transfer; new sharing groups are copied from
+    the checkpoint's); log what was loaded and what stayed new."""
+    report = finetune.load_pretrained(model, checkpoint)
+    log(report.summary())
+    return report
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -205,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
     elif (out / "config.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if args.init_from:  # fail before parsing any data
+        finetune.check_checkpoint(args.init_from)
 
     # Data: every task parsed once into the Arrow cache (main process first, the others then read it).
     loaded: dict[str, LoadedTask] = {}
@@ -216,16 +251,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 raise ValueError(f"two tasks are named {lt.spec.name!r} ({task_args[lt.spec.name]} and {name})")
             loaded[lt.spec.name] = subsample_train(lt, tc.train_fraction, args.seed)
             task_args[lt.spec.name] = str(Path(name).resolve()) if lt.source == "spec" else name
+    if tc.modality_options:
+        loaded = with_modality_options(loaded, tc.modality_options)
     specs = [lt.spec for lt in loaded.values()]
     for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
         if t not in loaded:
             raise ValueError(f"the train config names task {t!r}, which is not being trained ({sorted(loaded)})")
 
     # Model (+ transfer), optimizer, schedule.
-    cfg = model_config(run.model, specs)
+    cfg = semisup.add_view_heads(model_config(run.model, specs), tc.semi, specs)  # co-training: one head per view
     model = HighMMT(cfg)
-    if args.init_from:
-        init_from(model, args.init_from, log)
+    transfer = init_from(model, args.init_from, log) if args.init_from else None
+    # Freezing policy (+ LoRA adapters); parameters the checkpoint did not provide always train.
+    counts = finetune.apply_policy(model, tc.finetune, new=transfer.new if transfer else (),
+                                   lora_rank=tc.lora_rank, lora_alpha=tc.lora_alpha)
+    log(finetune.describe_counts(tc.finetune, counts))
     model.to(accelerator.device)
     if world > 1:  # identical start on every rank
         for p in model.parameters():
@@ -275,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         atomic_write_json(
             out / "config.json",
             {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
-             "task_args": task_args, "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision},
+             "task_args": task_args, "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision,
+             "init_from": transfer.to_dict() if transfer else None, "trainable_parameters": counts},
         )
         old = (out / "metrics.jsonl").read_text().splitlines() if args.resume and (out / "metrics.jsonl").exists() else []
         # Rows of an epoch that was logged but not checkpointed before a kill are dropped (it reruns).
@@ -371,7 +412,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             if selection > best:
                 best = selection
                 # config.json (written above) already holds the model config; from_pretrained reads it.
-                atomic_save_safetensors(out / "model.safetensors", model.state_dict(), metadata={"format": "pt"})
+                # LoRA adapters are merged into the base weights: the file loads into a plain HighMMT.
+                atomic_save_safetensors(out / "model.safetensors", finetune.export_state_dict(model), metadata={"format": "pt"})
+                if len(extra):  # hook modules (e.g. a translation decoder) that belong to these weights
+                    atomic_save_safetensors(out / "hooks.safetensors", extra.state_dict(), metadata={"format": "pt"})
                 atomic_write_json(out / "best.json", {"epoch": epoch + 1, "step": global_step, "selection": best})
             save_trainer_state(
                 out, model, optimizer, scheduler,
