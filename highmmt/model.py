@@ -34,6 +34,7 @@ from highmmt.embedder import Embedder
 from highmmt.encoder import PerceiverEncoder
 from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
 from highmmt.heads import TaskHead
+from highmmt.pretrained import RepresentationTuning, weights_from_checkpoint
 from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
 
@@ -71,6 +72,8 @@ class HighMMT(nn.Module):
             }
         )
         self.fusion = self._build_fusion()
+        # MAG between encoder and fusion (None unless config.representation_tuning.primary is set).
+        self.representation_tuning = RepresentationTuning.from_config(config)
         self.heads = nn.ModuleDict({_key(t): self._build_head(tc) for t, tc in config.tasks.items()})
 
     # ---- construction -------------------------------------------------------------------------
@@ -142,6 +145,8 @@ class HighMMT(nn.Module):
         sizes = {m: z.shape[0] for m, z in latents.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"task {task!r}: modalities disagree on batch size: {sizes}")
+        if self.representation_tuning is not None:
+            latents = self.representation_tuning(latents)
         return self.fusion(latents, tc.modalities, _key(task))
 
     def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
@@ -189,7 +194,8 @@ class HighMMT(nn.Module):
         raw = json.loads(cfg_path.read_text())
         # A training run's config.json nests the model config beside the training config.
         config = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
-        model = cls(config)
+        with weights_from_checkpoint():  # backbones skip their own weight files: the checkpoint holds them
+            model = cls(config)
         state = load_weights(directory / WEIGHTS_NAME)
         check_state_dict(model.state_dict(), state, where=str(directory))
         model.load_state_dict(state)

@@ -45,6 +45,7 @@ KINDS = (
     "text",
     "pose",
     "set",
+    "pretrained",  # a timm / nn.Module backbone over another kind's input (modalities/pretrained.py)
 )
 
 

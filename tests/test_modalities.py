@@ -250,6 +250,27 @@ def set_(rng: np.random.Generator) -> Example:
     )
 
 
+def pretrained(rng: np.random.Generator) -> Example:
+    """A patch convolution as the backbone (any nn.Module works; timm models: tests/test_pretrained.py)."""
+    sizes = [(8, 8), (12, 16), (4, 4)]
+    conv = {"in_channels": 1, "out_channels": 8, "kernel_size": 4, "stride": 4}
+    return Example(
+        options={"channels": 1, "backbone": "module:torch.nn:Conv2d", "backbone_options": conv, "feature_dim": 8},
+        samples=[rng.integers(0, 256, (h, w, 1), dtype=np.uint8) for h, w in sizes],
+        real_tokens=[4, 12, 1],
+        bare=(torch.rand(2, 8, 8, 1), 4),
+        bad={
+            "rank": (ValueError, torch.rand(2, 8, 8)),
+            "channels": (ValueError, torch.rand(2, 8, 8, 3)),
+            "nonfinite": (ValueError, nan_at_first(torch.rand(2, 8, 8, 1))),
+            "dtype": (TypeError, torch.ones(2, 8, 8, 1, dtype=torch.int64)),
+        },
+        bad_collate=[(ValueError, [np.zeros((8, 8, 1), np.uint8), np.zeros((8, 8, 2), np.uint8)])],
+        variants=[({"channels": 1, "backbone": "module:torch.nn:Conv2d", "backbone_options": conv, "feature_dim": 8,
+                    "tokens": "pooled"}, [1, 1, 1])],
+    )
+
+
 EXAMPLES: dict[str, Callable[[np.random.Generator], Example]] = {
     "image": image,
     "video": video,
@@ -260,6 +281,7 @@ EXAMPLES: dict[str, Callable[[np.random.Generator], Example]] = {
     "text": text,
     "pose": pose,
     "set": set_,
+    "pretrained": pretrained,
 }
 KIND_NAMES = EMBEDDERS.names()
 

@@ -1,0 +1,232 @@
+"""Pretrained encoders, prefix tuning and representation tuning (MAG) against plain training.
+
+    HIGHMMT_DATA=../shared/data python benchmarks/pretrained.py          # ~10 CPU-minutes, 1 thread per run
+    python benchmarks/pretrained.py --steps 3000 --source-steps 5000      # longer (a GPU)
+
+No pretrained weights can be downloaded here, so the "pretrained" image backbone is self-pretrained:
+a timm ``test_resnet`` (random init, 0.37 M parameters) is trained as the glyph embedder of a
+multitask run on Omniglot + robot failures LP1-5 (``source/``), and its weights are then read from
+that run's ``model.safetensors`` through the ``weights`` / ``weights_prefix`` options. The same run
+is the multitask checkpoint that prefix tuning starts from. Runs (``train.py`` run folders under
+``--output-dir``; finished ones are skipped, so the study resumes):
+
+    source/                       omniglot + robot_failures with a timm glyph backbone (the checkpoint)
+    avmnist/plain                 the default patch image embedder, trained from scratch
+    avmnist/timm_scratch          timm test_resnet image backbone, random init, trained
+    avmnist/timm_frozen_random    the same backbone with random weights, frozen (control)
+    avmnist/timm_frozen           the source's backbone, frozen (only its projection to d learns)
+    avmnist/timm_finetuned        the source's backbone, fine-tuned
+    avmnist/head                  --init-from avmnist/plain, only the head trains (frozen model)
+    avmnist/head_mag              the same + MAG: image latents shifted by the audio (gate + head train)
+    utd_mhad/scratch              plain training from random init (no checkpoint)
+    utd_mhad/full                 --init-from source, plain fine-tuning of everything
+    utd_mhad/prefix               --init-from source, prefix tuning: encoder + fusion frozen, new embedders + head
+    utd_mhad/prefix_mag           prefix tuning + MAG (skeleton latents shifted by inertial + depth)
+
+Each run gets the same number of optimizer steps (``--steps``); AV-MNIST runs train on a stratified
+``--avmnist-fraction`` of the training split (low-resource, where a pretrained encoder should help).
+Reported per run: trainable / total parameters, test accuracy of the best-validation checkpoint,
+training wall time (``train.py``'s own clock, evaluation excluded). Writes ``results.json`` and
+``results.md`` in ``--output-dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import modalities  # noqa: E402,F401  (registers the embedders)
+from benchmarks.common import hardware_line, machine_info  # noqa: E402
+from highmmt import HighMMT  # noqa: E402
+from highmmt.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tasks.cache import load_task  # noqa: E402
+from tasks.loader import predict, score  # noqa: E402
+
+BACKBONE = {"backbone": "timm:test_resnet", "image_size": 28}
+ROBOT = ["robot_failures_lp1", "robot_failures_lp2", "robot_failures_lp3", "robot_failures_lp4", "robot_failures_lp5"]
+
+
+def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The study: (name, tasks, train.py arguments, description) in dependency order."""
+    source = out / "source"
+    pretrained = {**BACKBONE, "weights": str(source / "model.safetensors"), "weights_prefix": "embedders.glyph.backbone."}
+    opts = lambda m, o: ["--set", "train.modality_options=" + json.dumps({m: o})]  # noqa: E731
+    avm = ["--train-fraction", str(args.avmnist_fraction)]
+    mag_avm = ["--set", "model.representation_tuning.primary=mnist_image", "--set", 'model.representation_tuning.context=["fsdd_audio"]']
+    mag_utd = ["--set", "model.representation_tuning.primary=skeleton", "--set", 'model.representation_tuning.context=["inertial","depth"]']
+    init = lambda run: ["--init-from", str(out / run)]  # noqa: E731
+    utd = [
+        ("utd_mhad/scratch", [], "plain training from random init"),
+        ("utd_mhad/full", init("source") + ["--finetune", "full"], "from source: plain fine-tuning (everything trains)"),
+        ("utd_mhad/prefix", init("source") + ["--finetune", "prefix"], "from source: prefix tuning (encoder + fusion frozen)"),
+        ("utd_mhad/prefix_mag", init("source") + ["--finetune", "prefix"] + mag_utd,
+         "from source: prefix tuning + MAG (skeleton <- inertial, depth)"),
+    ]
+    seeds = [int(v) for v in str(args.utd_seeds).split(",") if v != ""] or [args.seed]
+    return [
+        {"name": "source", "tasks": ["omniglot", *ROBOT], "steps": args.source_steps, "args": opts("glyph", BACKBONE),
+         "what": "multitask source: omniglot (timm glyph backbone, random init) + robot LP1-5"},
+        {"name": "avmnist/plain", "tasks": ["avmnist"], "args": avm, "what": "patch image embedder, from scratch"},
+        {"name": "avmnist/timm_scratch", "tasks": ["avmnist"], "args": avm + opts("mnist_image", BACKBONE),
+         "what": "timm test_resnet image backbone, random init"},
+        {"name": "avmnist/timm_frozen_random", "tasks": ["avmnist"], "args": avm + opts("mnist_image", {**BACKBONE, "freeze": True}),
+         "what": "timm test_resnet, random init, frozen (control for the next row)"},
+        {"name": "avmnist/timm_frozen", "tasks": ["avmnist"], "args": avm + opts("mnist_image", {**pretrained, "freeze": True}),
+         "what": "self-pretrained backbone (source glyph), frozen"},
+        {"name": "avmnist/timm_finetuned", "tasks": ["avmnist"], "args": avm + opts("mnist_image", pretrained),
+         "what": "self-pretrained backbone (source glyph), fine-tuned"},
+        {"name": "avmnist/head", "tasks": ["avmnist"], "steps": args.steps // 2, "args": avm + init("avmnist/plain") + ["--finetune", "head"],
+         "what": "from avmnist/plain: head only (frozen model)"},
+        {"name": "avmnist/head_mag", "tasks": ["avmnist"], "steps": args.steps // 2,
+         "args": avm + init("avmnist/plain") + ["--finetune", "head"] + mag_avm,
+         "what": "from avmnist/plain: head + MAG (image <- audio), rest frozen"},
+    ] + [
+        {"name": name if seed == seeds[0] else f"{name}-seed{seed}", "group": name, "seed": seed, "tasks": ["utd_mhad"],
+         "args": extra, "what": what}
+        for seed in seeds for name, extra, what in utd
+    ]
+
+
+def train_run(run: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
+    """``train.py`` in a subprocess (one torch thread), unless the run folder is finished."""
+    folder = out / run["name"]
+    if (folder / "DONE").exists():
+        return
+    steps = run.get("steps", args.steps)
+    epochs = max(1, min(args.epochs, steps // 50))
+    cmd = [sys.executable, str(ROOT / "train.py"), "--preset", args.preset, "--tasks", ",".join(run["tasks"]),
+           "--output-dir", str(folder), "--overwrite", "--quiet", "--seed", str(run.get("seed", args.seed)),
+           "--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps // epochs}",
+           "--set", f"train.warmup_steps={min(50, steps // 10)}", "--set", f"train.threads={args.threads}",
+           *(["--data-root", args.data_root] if args.data_root else []), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
+           *run["args"]]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    with open(folder.parent / f"{folder.name}.log", "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"run {run['name']} failed (exit {done.returncode}); see {folder.parent / (folder.name + '.log')}")
+
+
+def test_scores(folder: Path, tasks: Sequence[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Test-split metrics of a run's best-validation model."""
+    model = HighMMT.from_pretrained(folder).eval()
+    out = {}
+    for t in tasks:
+        lt = load_task(t, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+        with torch.inference_mode():
+            out[t] = score(lt.spec, *predict(model, lt.splits["test"], lt.spec, batch_size=256, limit=args.test_limit))
+    return out
+
+
+def summarize(run: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    folder = out / run["name"]
+    cfg = json.loads((folder / "config.json").read_text())
+    done = (folder / "DONE").read_text()
+    m = re.search(r"(\d+) steps in (\d+)s", done)
+    counts = cfg.get("trainable_parameters") or {}
+    eval_tasks = run["tasks"] if run["name"] != "source" else ["omniglot"]
+    with torch.inference_mode():
+        scores = test_scores(folder, eval_tasks, args)
+    emb = cfg["model"]["modalities"]
+    return {
+        "name": run["name"], "group": run.get("group", run["name"]), "seed": run.get("seed", args.seed),
+        "what": run["what"], "tasks": run["tasks"], "args": run["args"],
+        "steps": int(m.group(1)) if m else None, "train_s": float(m.group(2)) if m else None,
+        "trainable": counts.get("trainable"), "total": counts.get("total"), "trainable_parts": counts,
+        "test": scores, "best": json.loads((folder / "best.json").read_text()),
+        "embedders": {k: v["kind"] for k, v in emb.items()},
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """One row per run group: accuracy mean over seeds (each seed's value in brackets), mean training time."""
+    lines = [
+        f"Preset `{results['preset']}`, {results['steps']} optimizer steps per run (source: {results['source_steps']}; "
+        f"head-only runs: half), AV-MNIST on {results['avmnist_fraction']:.0%} of its training split; test split, "
+        f"best-validation checkpoint; {results['hardware']}.",
+        "",
+        "| run | what | seeds | trainable params | of total | test accuracy | training time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results["runs"]:
+        groups.setdefault(r["group"], []).append(r)
+    for name, rs in groups.items():
+        r = rs[0]
+        task = "omniglot" if name == "source" else r["tasks"][0]
+        accs = [x["test"][task]["accuracy"] for x in rs]
+        acc = f"{sum(accs) / len(accs):.3f}" + (f" ({' / '.join(f'{a:.3f}' for a in accs)})" if len(accs) > 1 else "")
+        share = r["trainable"] / r["total"] if r["trainable"] is not None and r["total"] else float("nan")
+        train_s = sum(x["train_s"] for x in rs) / len(rs)
+        lines.append(f"| {name} | {r['what']} | {','.join(str(x['seed']) for x in rs)} | {r['trainable']:,} | "
+                     f"{r['total']:,} ({share:.0%}) | {acc}{' (omniglot)' if name == 'source' else ''} | {train_s:.0f} |")
+    lines.append("")
+    lines.append(f"Whole study: {results['wall_s'] / 60:.1f} min wall, {results['cpu_s'] / 60:.1f} CPU-min "
+                 "(training, evaluation and start-up of every run).")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default")
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps of each study run (head-only runs: half)")
+    p.add_argument("--source-steps", type=int, default=800, help="steps of the multitask source run")
+    p.add_argument("--epochs", type=int, default=3, help="validation points per run (the best one is tested)")
+    p.add_argument("--avmnist-fraction", type=float, default=0.1, help="share of AV-MNIST's training split used")
+    p.add_argument("--only", default="", help="comma-separated run names (prefixes) to do; default all")
+    p.add_argument("--test-limit", type=int, default=0, help="test rows per task (0: all)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--utd-seeds", default="0,1,2", help="seeds of the UTD-MHAD runs (they share the source checkpoint)")
+    p.add_argument("--output-dir", default="benchmarks/results/pretrained")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    started = time.time()
+    results: dict[str, Any] = {"preset": args.preset, "steps": args.steps, "source_steps": args.source_steps, "seed": args.seed,
+                               "avmnist_fraction": args.avmnist_fraction, "runs": []}
+    wanted = [w for w in args.only.split(",") if w]
+    for run in runs(out, args):
+        if wanted and not any(run["name"].startswith(w) for w in wanted):
+            continue
+        t0 = time.time()
+        train_run(run, out, args)
+        results["runs"].append(summarize(run, out, args))
+        r = results["runs"][-1]
+        print(f"[{time.time() - started:.0f}s] {run['name']}: test {json.dumps(r['test'])} trainable {r['trainable']:,} "
+              f"train {r['train_s']}s (this call {time.time() - t0:.0f}s)", flush=True)
+    results["wall_s"] = time.time() - started
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    results["cpu_s"] = sum(u.ru_utime + u.ru_stime for u in usage)
+    info = machine_info(torch.device("cpu"))
+    results["machine"] = info
+    results["hardware"] = f"{hardware_line(info)}, fp32, one torch thread per run"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", results)
+    table = markdown(results)
+    atomic_write_bytes(out / "results.md", table.encode())
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()
