@@ -26,25 +26,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 from tqdm.auto import tqdm
 
+import highmmt.colearn  # noqa: F401  (registers the co-learning hook, train.colearn)
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
-from modalities.pretrained import modality_config
-from highmmt import HighMMT
-from highmmt.checkpoint import atomic_save_safetensors, atomic_write_bytes, atomic_save_torch, atomic_write_json, load_weights
+from highmmt import HighMMT, finetune, semisup  # semisup registers the unlabeled-data hook, train.semi
+from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
 from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
-from highmmt import finetune
-import highmmt.colearn  # noqa: F401  (registers the co-learning hook, train.colearn)
-from highmmt import semisup  # registers the learning-from-unlabeled-data hook, train.semi
 from highmmt.heads import task_loss
 from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from highmmt.strategies import make_schedule
+from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
