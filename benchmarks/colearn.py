@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from benchmarks.common import hardware_line, machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks.common import hardware_line, machine_info, markdown_table, run_cli, write_json  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.colearn import class_prototypes, load_predictor, nearest_prototype, trainable_parameters  # noqa: E402
 from tasks.cache import LoadedTask, load_task  # noqa: E402
@@ -291,4 +291,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -60,7 +60,7 @@ from torch import nn  # noqa: E402
 import modalities  # noqa: E402,F401  (registers the embedders)
 import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
 import train  # noqa: E402
-from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, run_cli, write_json  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, SharingConfig, TaskConfig, TrainConfig, apply_overrides  # noqa: E402
 from highmmt.heads import task_loss  # noqa: E402
@@ -636,8 +636,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import modalities  # noqa: E402,F401  (registers the embedders)
-from benchmarks.common import hardware_line, machine_info  # noqa: E402
+from benchmarks.common import hardware_line, machine_info, run_cli  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tasks.cache import load_task  # noqa: E402
@@ -229,4 +229,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

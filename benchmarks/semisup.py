@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware_line, machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks.common import hardware_line, machine_info, markdown_table, run_cli, write_json  # noqa: E402
 from highmmt.plotting import pyplot, save_figure  # noqa: E402
 
 METHODS = ("none", "self_training", "co_training", "co_regularization", "views_only")
@@ -319,8 +319,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

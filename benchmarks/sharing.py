@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import modalities  # noqa: E402,F401  (registers the embedders)
 import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
 import train  # noqa: E402
-from benchmarks.common import hardware_line, machine_info, markdown_table, num_threads, write_json  # noqa: E402
+from benchmarks.common import hardware_line, machine_info, markdown_table, num_threads, run_cli, write_json  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.heterogeneity import random_groups_like, restrict_groups, sharing_config  # noqa: E402
 from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
@@ -250,8 +250,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_cli(main)

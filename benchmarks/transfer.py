@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script or as `python -m benchmarks.tra
 import torch  # noqa: E402
 
 import train  # noqa: E402
-from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, write_json  # noqa: E402
+from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, run_cli, write_json  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.checkpoint import atomic_write_bytes  # noqa: E402
 from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
@@ -274,4 +274,4 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,6 +27,7 @@ from highmmt.colearn import (
 from highmmt.config import ColearnConfig, EncoderConfig, FusionConfig, RunConfig, TrainConfig
 from highmmt.heads import task_loss
 from highmmt.hooks import TrainContext
+from _helpers import killed_after_epoch
 
 SYN = "synthetic_pair,synthetic_single"
 PAIR = ["--set", "train.colearn.primary=syn_a", "--set", "train.colearn.secondary=syn_b"]
@@ -189,17 +190,8 @@ def test_hook_state_saves_and_resumes(tmp_path, monkeypatch):
     assert 0.0 <= metrics["synthetic_pair"]["accuracy_without_syn_b"] <= 1.0
     assert "accuracy_without_syn_b" not in metrics["synthetic_single"]
 
-    real_save = train.save_trainer_state
-
-    def save_then_die(out, model, optimizer, scheduler, state):
-        real_save(out, model, optimizer, scheduler, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(train, "save_trainer_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 1):
         run_colearn(tmp_path, "killed")
-    monkeypatch.setattr(train, "save_trainer_state", real_save)
     with pytest.raises(ValueError, match="resume with the same co-learning settings"):
         run_colearn(tmp_path, "killed", "--resume", "--set", "train.colearn.cyclic=false")
     run_colearn(tmp_path, "killed", "--resume")

@@ -19,6 +19,7 @@ from highmmt.config import RunConfig, SemiConfig, apply_overrides
 from highmmt.hooks import TrainContext, build_hooks
 from tasks.base import TaskSpec
 from tasks.cache import load_task
+from _helpers import killed_after_epoch
 
 PAIR = TaskSpec(name="pair", modalities={"img": "image", "snd": "audio", "imu": "timeseries"}, task_type="classification",
                 num_classes=3, metric="accuracy")
@@ -266,17 +267,8 @@ def test_pseudo_labels_persist_across_resume(tmp_path, monkeypatch, method):
     counts = [r["value"] for r in rows if r["metric"] == "pseudo_labeled"]
     assert counts[0] > 0 and counts == sorted(counts)
 
-    real_save = train.save_trainer_state
-
-    def save_then_die(out, model, optimizer, scheduler, state):
-        real_save(out, model, optimizer, scheduler, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt("simulated kill after a pseudo-labeling round")
-
-    monkeypatch.setattr(train, "save_trainer_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 2):
         _run(tmp_path, "killed", method)
-    monkeypatch.setattr(train, "save_trainer_state", real_save)
     _run(tmp_path, "killed", method, "--resume")
     assert json.loads((tmp_path / "killed" / semisup.STATE_FILE).read_text())["tasks"]["synthetic_pair"] == summary
     a, b = _last_weights(full), _last_weights(tmp_path / "killed")

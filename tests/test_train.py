@@ -17,6 +17,7 @@ import evaluate
 import train
 from highmmt import HighMMT
 from highmmt.strategies import make_schedule
+from _helpers import killed_after_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = "synthetic_pair,synthetic_single"
@@ -46,17 +47,8 @@ def test_two_epoch_smoke_writes_the_run_folder(tmp_path):
 def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch):
     full = run_train(tmp_path, "full")
 
-    real_save = train.save_trainer_state
-
-    def save_then_die(out, model, optimizer, scheduler, state):
-        real_save(out, model, optimizer, scheduler, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(train, "save_trainer_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 1):
         run_train(tmp_path, "killed")
-    monkeypatch.setattr(train, "save_trainer_state", real_save)
     assert not (tmp_path / "killed" / "DONE").exists()
     with pytest.raises(FileExistsError, match="--resume"):
         run_train(tmp_path, "killed")

@@ -19,6 +19,7 @@ from highmmt import finetune
 from highmmt.checkpoint import atomic_save_safetensors, atomic_write_json
 from highmmt.config import EncoderConfig, FusionConfig, SharingConfig, TrainConfig
 from tasks.cache import load_task
+from _helpers import killed_after_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -282,17 +283,8 @@ def test_a_killed_lora_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     pre = train.main([*common, "--tasks", "synthetic_single", "--output-dir", str(tmp_path / "pre")])
     ft = [*common, "--tasks", "synthetic_pair", "--init-from", str(pre), "--finetune", "lora", "--set", "train.layer_decay=0.7"]
     full = train.main([*ft, "--output-dir", str(tmp_path / "full")])
-    real_save = train.save_trainer_state
-
-    def save_then_die(out, model, optimizer, scheduler, state):
-        real_save(out, model, optimizer, scheduler, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(train, "save_trainer_state", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(monkeypatch, 1):
         train.main([*ft, "--output-dir", str(tmp_path / "killed")])
-    monkeypatch.setattr(train, "save_trainer_state", real_save)
     killed = train.main([*ft, "--output-dir", str(tmp_path / "killed"), "--resume"])
 
     def last(out):
