@@ -31,9 +31,7 @@ from tqdm.auto import tqdm
 
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
-from highmmt import HighMMT
-from highmmt import colearn
-from highmmt import semisup
+from highmmt import HighMMT, colearn, semisup
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from highmmt.plotting import pyplot, save_figure
 from tasks.base import TaskSpec
@@ -130,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
     predictor = semisup.prediction_model(model, run_cfg)  # co-training runs predict with their views' ensemble
     # Co-learning runs: also score the path without the secondary modality (its slot translated or zero).
-    colearned = colearn.load_predictor(ckpt, map_location=device) if run_cfg.get("train", {}).get("colearn", {}).get("method", "none") != "none" else None
+    colearn_method = run_cfg.get("train", {}).get("colearn", {}).get("method", "none")
+    colearned = colearn.load_predictor(ckpt, map_location=device) if colearn_method != "none" else None
     levels = [float(v) for v in args.noise_levels.split(",") if v]
     out = Path(args.output_dir or ckpt / "eval")
     out.mkdir(parents=True, exist_ok=True)
