@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -171,6 +172,14 @@ def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Op
     return torch.optim.AdamW(groups, lr=tc.lr)
 
 
+def busy_cpu() -> bool:
+    """Other work already keeps every core busy (1-minute load average >= cores)."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1)
+    except OSError:  # no load average on this platform
+        return False
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 def save_trainer_state(out: Path, model: HighMMT, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
     """Write weights then state (which names the weights file); never leaves a half checkpoint."""
@@ -229,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     set_seed(args.seed)
     if tc.threads > 0:  # 0 = torch's default; 1 is much faster on a CPU shared with other work
         torch.set_num_threads(tc.threads)
+    elif use_cpu and busy_cpu():
+        log(f"warning: the CPU is busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and torch uses "
+            f"{torch.get_num_threads()} threads; threads that wait for each other can make training many times slower: "
+            "consider --set train.threads=1")
 
     out = Path(args.output_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}")
     if args.resume:

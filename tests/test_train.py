@@ -242,3 +242,14 @@ def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, 
     with pytest.raises(ValueError, match="share a name"):
         monkeypatch.setattr(hooks_mod, "_FACTORIES", [lambda run: Probe(), lambda run: Probe()])
         hooks_mod.build_hooks(None)
+
+
+def test_a_busy_cpu_is_reported_when_threads_are_not_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    run_train(tmp_path, "busy")
+    captured = capsys.readouterr()
+    assert "the CPU is busy" in captured.out + captured.err
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    run_train(tmp_path, "idle")
+    captured = capsys.readouterr()
+    assert "the CPU is busy" not in captured.out + captured.err
