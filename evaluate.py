@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     predictor = semisup.prediction_model(model, run_cfg)  # co-training runs predict with their views' ensemble
     # Co-learning runs: also score the path without the secondary modality (its slot translated or zero).
     colearn_method = run_cfg.get("train", {}).get("colearn", {}).get("method", "none")
-    colearned = colearn.load_predictor(ckpt, map_location=device) if colearn_method != "none" else None
+    colearned = colearn.load_predictor(ckpt, map_location=device, model=model) if colearn_method != "none" else None
     levels = [float(v) for v in args.noise_levels.split(",") if v]
     out = Path(args.output_dir or ckpt / "eval")
     out.mkdir(parents=True, exist_ok=True)

@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     st = load_trainer_state(out) if args.resume else None
     for h in hooks:
         h.setup(ctx, (st or {}).get("hooks", {}).get(h.name))
-    extra = nn.ModuleDict({h.name: nn.ModuleDict(h.modules()) for h in hooks if h.modules()}).to(accelerator.device)
+    extra = nn.ModuleDict({h.name: nn.ModuleDict(mods) for h in hooks if (mods := h.modules())}).to(accelerator.device)
     optimizer = build_optimizer(model, tc, extra)
     total_steps = tc.epochs * tc.steps_per_epoch
 

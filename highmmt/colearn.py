@@ -339,8 +339,9 @@ def _factory(run: Any) -> ColearnHook | None:
 
 
 # ---- after training ------------------------------------------------------------------------------
-def load_predictor(run_dir: str | Path, map_location: str | torch.device = "cpu") -> ColearnPredictor:
-    """A finished co-learning run folder -> its primary-only predictor (best weights + their co-learning modules)."""
+def load_predictor(run_dir: str | Path, map_location: str | torch.device = "cpu", *, model: HighMMT | None = None) -> ColearnPredictor:
+    """A finished co-learning run folder -> its primary-only predictor (best weights + their co-learning
+    modules). ``model``: the run's model when the caller has already loaded it (it is not read again)."""
     from highmmt.checkpoint import load_weights
 
     run_dir = Path(run_dir)
@@ -348,7 +349,8 @@ def load_predictor(run_dir: str | Path, map_location: str | torch.device = "cpu"
     cfg = from_dict(ColearnConfig, raw.get("train", {}).get("colearn", {}), prefix="train.colearn.")
     if cfg.method == "none":
         raise ValueError(f"{run_dir} was trained without co-learning (train.colearn.method is none)")
-    model = HighMMT.from_pretrained(run_dir, map_location=map_location)
+    if model is None:
+        model = HighMMT.from_pretrained(run_dir, map_location=map_location)
     modules = build_modules(cfg, model.config)
     if len(modules):
         path = run_dir / HOOK_WEIGHTS
