@@ -180,6 +180,32 @@ def busy_cpu() -> bool:
         return False
 
 
+ARCHITECTURE_FIELDS = ("dim", "encoder", "fusion", "head_hidden")
+
+
+def architecture_from_checkpoint(run: RunConfig, checkpoint: str | Path, overrides: Sequence[str], log: Any) -> RunConfig:
+    """With ``--init-from``, the model's widths and depths are the checkpoint's (the preset still sets
+    training), so that its weights fit; a ``--set model...`` override that contradicts them is an error."""
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return run
+    raw = json.loads(path.read_text())
+    ckpt = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
+    differ = [f for f in ARCHITECTURE_FIELDS if getattr(ckpt, f) != getattr(run.model, f)]
+    if not differ:
+        return run
+    keys = [o.split("=", 1)[0] for o in overrides]
+    forced = [k for k in keys if k.split(".")[0] == "model" and k.split(".")[1:2] and k.split(".")[1] in differ]
+    if forced:
+        raise ValueError(
+            f"--init-from {checkpoint}: {', '.join(forced)} contradicts the checkpoint's model "
+            f"({', '.join(f'{f}={getattr(ckpt, f)}' for f in differ)}); its weights would not fit. Drop the override."
+        )
+    log(f"init-from {checkpoint}: model {', '.join(differ)} taken from the checkpoint (the preset's differ)")
+    model = dataclasses.replace(run.model, **{f: getattr(ckpt, f) for f in differ})
+    return dataclasses.replace(run, model=model)
+
+
 # ---- checkpoints -------------------------------------------------------------------------------
 def save_trainer_state(out: Path, model: HighMMT, optimizer: Any, scheduler: Any, state: dict[str, Any]) -> None:
     """Write weights then state (which names the weights file); never leaves a half checkpoint."""
@@ -251,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if args.init_from:  # fail before parsing any data
         finetune.check_checkpoint(args.init_from)
+        run = architecture_from_checkpoint(run, args.init_from, args.overrides, log)
 
     # Data: every task parsed once into the Arrow cache (main process first, the others then read it).
     loaded: dict[str, LoadedTask] = {}

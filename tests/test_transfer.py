@@ -329,3 +329,18 @@ def test_transfer_script_runs_end_to_end(tmp_path):
         transfer.main(["--target-tasks", "synthetic_pair", "--pretrain-tasks", "synthetic_pair", "--output-dir", str(out)])
     with pytest.raises(ValueError, match="--policies"):
         transfer.main(["--target-tasks", "synthetic_pair", "--pretrain-tasks", "synthetic_single", "--policies", "nope", "--output-dir", str(out)])
+
+
+def test_init_from_takes_the_checkpoint_architecture_over_the_preset(tmp_path):
+    """A checkpoint trained at another width fine-tunes under the tiny preset: its sizes win, its
+    weights load; a --set that contradicts them is an error that names it."""
+    common = ["--preset", "tiny", "--cache-dir", str(tmp_path / "cache"), "--quiet", "--set", "train.steps_per_epoch=2",
+              "--set", "train.epochs=1", "--set", "train.threads=1"]
+    pre = train.main([*common, "--tasks", "synthetic_single", "--output-dir", str(tmp_path / "pre"), "--set", "model.dim=24"])
+    ft = train.main([*common, "--tasks", "synthetic_pair", "--init-from", str(pre), "--output-dir", str(tmp_path / "ft")])
+    cfg = json.loads((ft / "config.json").read_text())
+    assert cfg["model"]["dim"] == 24
+    assert "encoders.shared.latents" in cfg["init_from"]["loaded"] and not cfg["init_from"]["mismatched"]
+    with pytest.raises(ValueError, match="model.dim contradicts the checkpoint"):
+        train.main([*common, "--tasks", "synthetic_pair", "--init-from", str(pre), "--output-dir", str(tmp_path / "bad"),
+                    "--set", "model.dim=32"])
