@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -77,6 +78,7 @@ from benchmarks.common import (
 from highmmt import HighMMT, HighMMTConfig
 from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
 from highmmt.encoder import PerceiverEncoder
+from highmmt.layers import dropout
 from highmmt.heads import task_loss
 from highmmt.registry import EMBEDDERS
 
@@ -456,7 +458,8 @@ def bench_efficiency(sizes: HighMMTConfig, cases: Sequence[Mapping[str, Any]], o
         b, n = case["batch"], case["tokens"]
         d = case.get("dim", sizes.dim)
         cfg = dataclasses.replace(sizes.encoder, dim_head=case.get("dim_head", sizes.encoder.dim_head),
-                                  dropout=case.get("dropout", sizes.encoder.dropout))
+                                  dropout=case.get("dropout", sizes.encoder.dropout),
+                                  attention_dropout=case.get("attention_dropout", sizes.encoder.attention_dropout))
         torch.manual_seed(0)
         encoder = PerceiverEncoder(dim=d, cfg=cfg).to(device)
         compile_s = None
@@ -489,7 +492,8 @@ def bench_efficiency(sizes: HighMMTConfig, cases: Sequence[Mapping[str, Any]], o
         mm_flops = 2 * b * n * d * 4 * d
         enc, mm = summarize(times["encoder"]), summarize(times["matmul"])
         row: dict[str, Any] = {
-            "batch": b, "tokens": n, "dim": d, "dim_head": cfg.dim_head, "dropout": cfg.dropout, "threads": threads,
+            "batch": b, "tokens": n, "dim": d, "dim_head": cfg.dim_head, "dropout": cfg.dropout,
+            "attention_dropout": cfg.attention_dropout, "threads": threads,
             "compiled": bool(case.get("compile")), "label": case.get("label", ""),
             "encoder_fwd_bwd_flops": flops,
             "encoder_step": enc,
@@ -508,7 +512,20 @@ def bench_efficiency(sizes: HighMMTConfig, cases: Sequence[Mapping[str, Any]], o
             row["time_breakdown"] = breakdown
         row["headline"] = bool(case.get("headline"))
         rows.append(row)
-    return {"encoder": {"dim": sizes.dim, **vars(sizes.encoder)}, "precision": precision, "sizes": rows}
+    return {"encoder": {"dim": sizes.dim, **vars(sizes.encoder)}, "precision": precision, "sizes": rows,
+            "dropout_masks": bench_dropout(sizes, cases[0]["batch"], opts)}
+
+
+def bench_dropout(sizes: HighMMTConfig, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """``F.dropout`` against ``highmmt.layers.dropout`` (16-bit CPU masks) on the encoder's feed-forward
+    hidden activations [b, latents, mlp_mult * d], forward only, timed turn by turn."""
+    device = torch.device(opts["device"])
+    p = sizes.encoder.dropout or 0.1
+    h = torch.randn(batch, sizes.encoder.num_latents, sizes.encoder.mlp_mult * sizes.dim, device=device)
+    times = time_interleaved({"torch": lambda: F.dropout(h, p, True), "highmmt": lambda: dropout(h, p)},
+                             warmup=opts["warmup"], repeats=opts["efficiency_repeats"], sync=synchronizer(device))
+    out = {name: summarize(t) for name, t in times.items()}
+    return {"shape": list(h.shape), "p": p, **out, "speedup": out["torch"]["median_ms"] / out["highmmt"]["median_ms"]}
 
 
 @contextlib.contextmanager
@@ -547,8 +564,8 @@ def graph_breaks() -> int:
 
 def efficiency_cases(*, quick: bool, device: torch.device, compile_: bool, dropout: float = 0.0) -> list[dict[str, Any]]:
     """The encoder sizes timed: default-preset training batches of short to long modalities (the headline
-    is 32 x 256 tokens), then what changes the ratio: a 4x batch, the other thread count, no dropout
-    (with dropout the CPU attention leaves its fused kernel), a wider encoder, compile."""
+    is 32 x 256 tokens), then what changes the ratio: a 4x batch, the other thread count, no dropout,
+    dropout on attention probabilities (on the CPU it leaves the fused kernel), a wider encoder, compile."""
     if quick:
         return [{"batch": 2, "tokens": 16, "headline": True, "breakdown": True}]
     cases: list[dict[str, Any]] = [
@@ -563,6 +580,8 @@ def efficiency_cases(*, quick: bool, device: torch.device, compile_: bool, dropo
             cases.append({"batch": 32, "tokens": 256, "threads": other, "label": f"{other} thread{'s' if other > 1 else ''}"})
     if dropout > 0:
         cases.append({"batch": 32, "tokens": 256, "dropout": 0.0, "label": f"no dropout (preset: {dropout:g})"})
+        cases.append({"batch": 32, "tokens": 256, "attention_dropout": "probs",
+                      "label": "attention dropout on probabilities (the classic kind; preset: keys)"})
     cases.append({"batch": 32, "tokens": 256, "dim": 256, "dim_head": 64, "label": "wider encoder (d=256, 64-wide heads)"})
     if compile_:
         cases.append({"batch": 32, "tokens": 256, "compile": True, "label": "torch.compile"})
@@ -736,6 +755,11 @@ def tables(report: dict[str, Any]) -> str:
                 "by turn:\n\n" + markdown_table(
                     ["case", "batch", "tokens", "d", "threads", "fwd+bwd ms", "encoder GFLOP/s", "matmul GFLOP/s",
                      "ratio (medians)", "ratio (best times)"], rows))
+        if "dropout_masks" in e:
+            dm = e["dropout_masks"]
+            text += (f"\n\nDropout on {'x'.join(map(str, dm['shape']))} (p={dm['p']:g}): F.dropout "
+                     f"{1000 * dm['torch']['median_ms']:.0f} us, highmmt.layers.dropout {1000 * dm['highmmt']['median_ms']:.0f} us "
+                     f"({dm['speedup']:.1f}x).")
         for r in e["sizes"]:
             if "time_breakdown" in r:
                 shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(r["time_breakdown"].items(), key=lambda kv: -kv[1]))

@@ -21,12 +21,16 @@ class PerceiverLayer(nn.Module):
 
     def __init__(self, *, dim: int, cfg: EncoderConfig) -> None:
         super().__init__()
-        self.cross = Attention(dim=dim, heads=cfg.cross_heads, dim_head=cfg.dim_head, dropout=cfg.dropout, cross=True)
+        self.cross = Attention(
+            dim=dim, heads=cfg.cross_heads, dim_head=cfg.dim_head, dropout=cfg.dropout, dropout_kind=cfg.attention_dropout, cross=True
+        )
         self.cross_ff = FeedForward(dim=dim, mlp_mult=cfg.mlp_mult, dropout=cfg.dropout)
         self.self_blocks = nn.ModuleList(
             nn.ModuleList(
                 [
-                    Attention(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, dropout=cfg.dropout),
+                    Attention(
+                        dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, dropout=cfg.dropout, dropout_kind=cfg.attention_dropout
+                    ),
                     FeedForward(dim=dim, mlp_mult=cfg.mlp_mult, dropout=cfg.dropout),
                 ]
             )

@@ -54,7 +54,8 @@ class PairwiseFusion(nn.Module):
         self.blocks = nn.ModuleDict(
             {
                 g: nn.ModuleList(
-                    CrossBlock(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, mlp_mult=cfg.mlp_mult, dropout=cfg.dropout)
+                    CrossBlock(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, mlp_mult=cfg.mlp_mult, dropout=cfg.dropout,
+                               dropout_kind=cfg.attention_dropout)
                     for _ in range(cfg.depth)
                 )
                 for g in sorted(set(groups.values()))
@@ -104,9 +105,11 @@ class BottleneckFusion(nn.Module):
                 g: nn.ModuleList(
                     nn.ModuleList(
                         [
-                            Attention(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, dropout=cfg.dropout, cross=True),
+                            Attention(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, dropout=cfg.dropout,
+                                      dropout_kind=cfg.attention_dropout, cross=True),
                             FeedForward(dim=dim, mlp_mult=cfg.mlp_mult, dropout=cfg.dropout),
-                            Attention(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, dropout=cfg.dropout, cross=True),
+                            Attention(dim=dim, heads=cfg.heads, dim_head=cfg.dim_head, dropout=cfg.dropout,
+                                      dropout_kind=cfg.attention_dropout, cross=True),
                             FeedForward(dim=dim, mlp_mult=cfg.mlp_mult, dropout=cfg.dropout),
                         ]
                     )
