@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 import highmmt.colearn  # noqa: F401  (registers the co-learning hook, train.colearn)
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
-from highmmt import HighMMT, finetune, semisup  # semisup registers the unlabeled-data hook, train.semi
+from highmmt import HighMMT, autotune, finetune, semisup  # semisup registers the unlabeled-data hook, train.semi
 from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
-from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
+from highmmt.config import PRECISIONS, HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
 from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -243,6 +243,28 @@ def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.Tran
     return report
 
 
+def resolve_precision(requested: str, model_cfg: HighMMTConfig, use_cpu: bool, resume_dir: Path | None) -> tuple[str, str]:
+    """``train.precision`` -> (``fp32`` | ``bf16`` | ``fp16``, how it was chosen).
+
+    ``auto`` measures fp32 against bf16 autocast on this device (``highmmt.autotune``), except when a
+    resumed run already chose (its ``config.json``) or several processes run (each would measure
+    its own; then bf16 on a GPU that supports it, else fp32).
+    """
+    if requested != "auto":
+        return requested, "set"
+    if resume_dir is not None and (resume_dir / "config.json").is_file():
+        chosen = json.loads((resume_dir / "config.json").read_text()).get("precision")
+        if chosen in PRECISIONS and chosen != "auto":
+            return chosen, "auto, as chosen when the run started"
+    device = torch.device("cpu" if use_cpu else "cuda")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return ("bf16" if gpu_bf16 else "fp32"), "auto, several processes: not measured"
+    choice, times = autotune.pick_precision(model_cfg, device)
+    timings = ", ".join(f"{p} {ms:.1f} ms" for p, ms in times.items())
+    return choice, f"auto: shared-encoder step measured here: {timings}"
+
+
 # ---- main --------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
@@ -252,24 +274,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
     tc = run.train
 
     # Accelerator: one process, or several under torchrun (CPU: gloo). Precision chosen once.
-    precision = tc.precision
     use_cpu = args.cpu or not torch.cuda.is_available()
-    if precision == "auto":
-        precision = "bf16" if (not use_cpu and torch.cuda.is_bf16_supported()) else "fp32"
+    if tc.threads > 0:  # 0 = torch's default; 1 is much faster on a CPU shared with other work
+        torch.set_num_threads(tc.threads)
+    out = Path(args.output_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    precision, precision_note = resolve_precision(tc.precision, run.model, use_cpu, out if args.resume else None)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
     rank, world = accelerator.process_index, accelerator.num_processes
     main_process = accelerator.is_main_process
     log = (lambda msg: tqdm.write(msg)) if main_process else (lambda msg: None)
     show = main_process and not args.quiet
+    log(f"precision {precision} ({precision_note})")
     set_seed(args.seed)
-    if tc.threads > 0:  # 0 = torch's default; 1 is much faster on a CPU shared with other work
-        torch.set_num_threads(tc.threads)
-    elif use_cpu and busy_cpu():
+    if tc.threads <= 0 and use_cpu and busy_cpu():
         log(f"warning: the CPU is busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and torch uses "
             f"{torch.get_num_threads()} threads; threads that wait for each other can make training many times slower: "
             "consider --set train.threads=1")
 
-    out = Path(args.output_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}")
     if args.resume:
         if not (out / "trainer_state" / "state.pt").is_file():
             raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
@@ -305,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                                    lora_rank=tc.lora_rank, lora_alpha=tc.lora_alpha)
     log(finetune.describe_counts(tc.finetune, counts))
     model.to(accelerator.device)
+    if tc.compile:  # in place: parameter names, checkpoints and hooks see the plain module
+        model.compile()
+        log("torch.compile on: the first step of each task (and of evaluation) compiles its graph")
     if world > 1:  # identical start on every rank
         for p in model.parameters():
             torch.distributed.broadcast(p.data, src=0)

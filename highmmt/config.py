@@ -300,7 +300,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     grad_clip: float = 1.0
+    # auto: measured at start (highmmt/autotune.py); compile: torch.compile the model (see the README's
+    # Speed section for when it pays on a CPU)
     precision: str = "auto"
+    compile: bool = False
     eval_batch_size: int = 128
     max_eval_samples: int = 2000
     prefetch_workers: int = 1

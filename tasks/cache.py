@@ -436,20 +436,66 @@ def rows_to_samples(
         cached = _ARROW_VIEWS[dataset] = (dataset.with_format("arrow"), dataset.features)
     view, features = cached
     raw = dataset.data.table
-    if getattr(dataset, "_indices", None) is None and raw.num_columns and raw.column(0).num_chunks == 1:
+    chunks = raw.column(0).num_chunks if raw.num_columns else 0
+    order = None  # set when the rows are gathered in sorted order: position k holds row idx[order[k]]
+    columns: Mapping[str, pa.Array | pa.ChunkedArray]
+    if getattr(dataset, "_indices", None) is None and chunks == 1:
         # One chunk, no index mapping: gather straight from the Arrow table; the formatted path
-        # re-reads the extension column types row by row (~25x slower for small samples). With
-        # many chunks pyarrow's take concatenates them, and datasets' chunk-aware gather wins.
+        # re-reads the extension column types row by row (~25x slower for small samples).
         table = raw.take(pa.array(idx, type=pa.int64()))
+        columns = {name: table.column(name) for name in table.column_names}
+    elif (getattr(dataset, "_indices", None) is None and 1 < chunks <= _MAX_CHUNKS_TAKEN and idx
+          and any(isinstance(raw.schema.field(m).type, pa.ExtensionType) for m in spec.modalities)):
+        # A few chunks and array-typed (extension) columns: one take per chunk touched, rows in
+        # sorted order. datasets' gather makes one chunk per row and re-reads the extension type of
+        # each (2.5x slower for omniglot's batches); pyarrow's take on the whole column would
+        # concatenate every chunk first.
+        order = np.argsort(np.asarray(idx), kind="stable")
+        ordered = [idx[k] for k in order]
+        columns = {name: _take_by_chunk(raw.column(name), ordered) for name in {*spec.modalities, spec.target}}
     else:
         table = view[idx] if idx else view[0:0]
+        columns = {name: table.column(name) for name in table.column_names}
+
+    def unsort(values: Sequence[Any]) -> list[Any]:
+        if order is None:
+            return list(values)
+        out: list[Any] = [None] * len(values)
+        for k, v in zip(order, values):
+            out[k] = v
+        return out
+
     samples: dict[str, list[Any]] = {}
     for mod, kind in spec.modalities.items():
         image = isinstance(features.get(mod), datasets.Image)
-        raw = column_to_values(table.column(mod), name=f"modality {mod!r}", image=image)
+        raw = unsort(column_to_values(columns[mod], name=f"modality {mod!r}", image=image))
         samples[mod] = [canonical_sample(kind, x, name=f"modality {mod!r}", row=r) for r, x in zip(idx, raw)]
-    labels = _labels(table.column(spec.target), spec)
+    labels = _labels(columns[spec.target], spec)
+    if order is not None:
+        labels = labels[np.argsort(order)]
     return samples, labels
+
+
+# Up to this many chunks rows_to_samples takes chunk by chunk; beyond, datasets' gather was faster
+# (AV-MNIST's 56 chunks: 32 random rows touch ~25 of them). Measured on batches of 32 rows.
+_MAX_CHUNKS_TAKEN = 16
+
+
+def _take_by_chunk(col: pa.ChunkedArray, rows: Sequence[int]) -> pa.Array:
+    """Rows ``rows`` (sorted ascending) of a chunked column, as one array of the column's storage type."""
+    offsets = np.cumsum([0] + [len(c) for c in col.chunks])
+    ordered = np.asarray(rows, dtype=np.int64)
+    if ordered[0] < 0 or ordered[-1] >= offsets[-1]:
+        raise IndexError(f"row indices must be in [0, {offsets[-1]}), got {ordered[0]}..{ordered[-1]}")
+    which = np.searchsorted(offsets, ordered, side="right") - 1
+    cuts = np.flatnonzero(np.diff(which)) + 1
+    pieces = []
+    for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(ordered)]])):
+        chunk = col.chunk(int(which[start]))
+        if isinstance(chunk, pa.ExtensionArray):
+            chunk = chunk.storage
+        pieces.append(chunk.take(pa.array(ordered[start:end] - offsets[which[start]])))
+    return pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
 
 
 def _labels(col: pa.ChunkedArray, spec: TaskSpec) -> np.ndarray:

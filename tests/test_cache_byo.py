@@ -202,6 +202,33 @@ def test_rows_to_samples_canonical_formats():
         assert samples[mod][1].any()
 
 
+@pytest.mark.parametrize("chunks", [1, 3, 40])
+def test_rows_to_samples_same_rows_whatever_the_chunking(chunks):
+    """Array-typed columns over 1, a few and many Arrow chunks (three gather paths): rows come back
+    in the order asked for, repeats included."""
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"img": datasets.Array3D((3, 4, 1), "uint8"), "ts": datasets.Array2D((5, 2), "float32"),
+                                  "label": datasets.Value("int64")})
+    n = 80
+    columns = {"img": rng.integers(0, 255, (n, 3, 4, 1), dtype=np.uint8), "ts": rng.random((n, 5, 2), dtype=np.float32),
+               "label": np.arange(n)}
+    bounds = np.linspace(0, n, chunks + 1).astype(int)
+    ds = datasets.concatenate_datasets([
+        datasets.Dataset.from_dict({k: v[a:b] for k, v in columns.items()}, features=features)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ])
+    assert ds.data.table.column(0).num_chunks == chunks
+    spec = TaskSpec(name="chunked", modalities={"img": "image", "ts": "timeseries"}, task_type="classification",
+                    num_classes=n, metric="accuracy")
+    rows = [77, 3, 41, 3, 0, 79, 40, 39]
+    samples, labels = rows_to_samples(ds, rows, spec)
+    assert labels.tolist() == rows
+    for r, img, ts in zip(rows, samples["img"], samples["ts"]):
+        np.testing.assert_array_equal(img, columns["img"][r])
+        np.testing.assert_array_equal(ts, columns["ts"][r])
+    assert samples["img"][1] is not samples["img"][3], "repeated rows must be separate arrays"
+
+
 def test_rows_to_samples_rejects_ragged_and_wrong_rank():
     ds = datasets.Dataset.from_dict({"ts": [[[1.0, 2.0], [3.0]]], "label": [0]})
     spec = TaskSpec(name="ragged", modalities={"ts": "timeseries"}, task_type="classification", num_classes=1,
