@@ -421,3 +421,19 @@ def test_rows_to_samples_fast_path_matches_index_mapped_path(tmp_path):
     for a, b in zip(fast["ts"], mapped["ts"]):
         assert np.array_equal(a, b)
     assert fast["ts"][0].shape == (5, 2)
+
+
+@pytest.mark.parametrize("feature", [datasets.Array2D((5, 2), "float32"), datasets.Array3D((3, 4, 1), "float16"),
+                                     datasets.Array4D((2, 3, 2, 2), "uint8")])
+def test_array_columns_built_in_arrow_equal_from_dict(feature):
+    from tasks._io import array_column, make_dataset
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((7, *feature.shape)) * 100).astype(feature.dtype)
+    features = datasets.Features({"a": feature, "label": datasets.Value("int64")})
+    fast = make_dataset({"a": x, "label": np.arange(7)}, features)
+    slow = datasets.Dataset.from_dict({"a": x, "label": np.arange(7)}, features=features)
+    assert fast.data.table.equals(slow.data.table)
+    np.testing.assert_array_equal(fast.with_format("numpy")["a"], x)
+    with pytest.raises(ValueError, match=r"expected rows of shape \(5, 2\)"):
+        array_column(np.zeros((2, 5, 3), np.float32), datasets.Array2D((5, 2), "float32"))
