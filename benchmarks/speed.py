@@ -411,7 +411,7 @@ def encoder_flops(cfg: EncoderConfig, *, b: int, n: int, d: int) -> int:
 OP_CATEGORIES = (
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),
     ("attention kernel and softmax", ("scaled_dot_product", "flash_attention", "softmax", "aten::isneginf", "aten::all")),
-    ("dropout masks (random numbers)", ("bernoulli", "dropout", "aten::uniform_")),
+    ("dropout masks (random numbers)", ("bernoulli", "dropout", "aten::uniform_", "aten::random_")),
     ("layer norm", ("layer_norm",)),
     ("copies and fills", ("aten::copy_", "aten::cat", "aten::clone", "aten::fill_", "aten::zero_", "aten::stack")),
     ("element-wise and reductions", ("aten::add", "aten::mul", "aten::sub", "aten::div", "aten::gelu", "aten::sum",
