@@ -155,12 +155,18 @@ def test_bring_your_own_task_trains(tmp_path):
 @pytest.mark.slow
 def test_two_cpu_processes_agree(tmp_path):
     """torchrun --nproc_per_node 2 (gloo): both ranks end with identical weights."""
+    import socket
+
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", str(ROOT / "train.py"),
+    with socket.socket() as s:  # a free port, not a fixed one another job may hold
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(ROOT / "train.py"),
            "--preset", "tiny", "--tasks", SYN, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet",
            "--set", "train.steps_per_epoch=4"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=600, capture_output=True, text=True)
+    assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     ranks = json.loads((out / "ranks.json").read_text())
     assert ranks["world_size"] == 2
     assert len(set(ranks["checksums"])) == 1
