@@ -155,7 +155,8 @@ def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTas
 
 
 def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; no weight decay on biases, norms, latents and tokens.
+    """AdamW (fused where it can be) over the trainable parameters; no weight decay on biases,
+    norms, latents and tokens.
 
     With ``train.layer_decay`` < 1 each depth gets its own lr (heads ``lr``, each earlier layer one
     more factor of the decay; see highmmt/finetune.py); hook modules get ``lr``.
@@ -169,7 +170,7 @@ def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Op
          "weight_decay": 0.0 if key[0] else tc.weight_decay, "lr": -key[1] * tc.lr}
         for key in keys
     ]
-    return torch.optim.AdamW(groups, lr=tc.lr)
+    return autotune.adamw(groups, lr=tc.lr)
 
 
 def busy_cpu() -> bool:

@@ -49,7 +49,7 @@ from benchmarks.common import (
     synchronizer,
     write_json,
 )
-from highmmt import HighMMT
+from highmmt import HighMMT, autotune
 from highmmt.heads import task_loss
 from highmmt.registry import TASKS
 from tasks.cache import load_task, resolve_data_root
@@ -120,7 +120,7 @@ def bench_task(name: str, args: argparse.Namespace, cache_root: Path, device: to
         result["train_error"] = f"{type(e).__name__}: {e}"
     if model is not None:
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
+        optimizer = autotune.adamw(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
 
     def train_step(batch: dict[str, Any]) -> None:
         batch = move_to(batch, device)

@@ -75,7 +75,7 @@ from benchmarks.common import (
     time_interleaved,
     write_json,
 )
-from highmmt import HighMMT, HighMMTConfig
+from highmmt import HighMMT, HighMMTConfig, autotune
 from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
 from highmmt.encoder import PerceiverEncoder
 from highmmt.layers import dropout
@@ -277,7 +277,7 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.01) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return autotune.adamw(model.parameters(), lr=lr, weight_decay=weight_decay)  # as train.py: fused where it can be
 
 
 def train_step_fn(

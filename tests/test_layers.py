@@ -98,3 +98,22 @@ def test_attention_dropout_kind_is_checked_and_overridable():
         Attention(dim=8, dropout_kind="heads")
     cfg = apply_overrides(HighMMTConfig(), ["encoder.attention_dropout=probs", "fusion.dropout=0.2"])
     assert (cfg.encoder.attention_dropout, cfg.fusion.dropout, cfg.fusion.attention_dropout) == ("probs", 0.2, "keys")
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_reference():
+    from highmmt.autotune import adamw
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    fused = adamw([{"params": a[:1], "weight_decay": 0.1}, {"params": a[1:], "weight_decay": 0.0}], lr=0.01)
+    plain = torch.optim.AdamW([{"params": b[:1], "weight_decay": 0.1}, {"params": b[1:], "weight_decay": 0.0}], lr=0.01)
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in a]
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
