@@ -405,10 +405,45 @@ def _column_to_arrow(values: list[Any], feature: Any, pa_type: pa.DataType, name
 # ----------------------------------------------------------------------------------------------
 # rows -> canonical samples
 
-# dataset -> (its with_format("arrow") view, its features)
-_ARROW_VIEWS: weakref.WeakKeyDictionary[datasets.Dataset, tuple[datasets.Dataset, datasets.Features]] = (
-    weakref.WeakKeyDictionary()
-)
+class _Gatherer:
+    """Row gathers from one dataset split, built once per dataset (see :func:`rows_to_samples`).
+
+    The split's table with every extension column (``Array2D``..``Array5D``) replaced by its storage
+    array: zero-copy, and gathering from it skips datasets' per-row re-reading of the extension
+    types (half of AV-MNIST's batch time). One chunk: one pyarrow ``take``; several: datasets'
+    chunk-aware ``fast_gather`` (pyarrow's take would first concatenate every chunk).
+    """
+
+    def __init__(self, dataset: datasets.Dataset) -> None:
+        raw = dataset.data.table
+        columns = []
+        for name in raw.column_names:
+            col = raw.column(name)
+            if isinstance(col.type, pa.ExtensionType):
+                col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+            columns.append(col)
+        self.table = InMemoryTable(pa.Table.from_arrays(columns, names=raw.column_names))  # wraps, no copy
+        self.single_chunk = bool(raw.num_columns) and raw.column(0).num_chunks == 1
+        indices = getattr(dataset, "_indices", None)  # a select()/shuffle() mapping, or None
+        self.mapping = None if indices is None else indices.column(0).to_numpy()
+        self.num_rows = len(dataset)
+        self.features = dataset.features  # .features deep-copies: once per dataset, not per batch
+
+    def gather(self, idx: Sequence[int]) -> pa.Table:
+        if not idx:
+            return self.table.table.slice(0, 0)
+        rows = np.asarray(idx, dtype=np.int64)
+        if rows.min() < -self.num_rows or rows.max() >= self.num_rows:
+            raise IndexError(f"row indices must be in [0, {self.num_rows}), got {rows.min()}..{rows.max()}")
+        rows %= self.num_rows
+        if self.mapping is not None:
+            rows = self.mapping[rows].astype(np.int64)
+        if self.single_chunk:
+            return self.table.table.take(pa.array(rows))
+        return self.table.fast_gather(rows)
+
+
+_GATHERERS: weakref.WeakKeyDictionary[datasets.Dataset, _Gatherer] = weakref.WeakKeyDictionary()
 _FLOAT_KINDS = ("audio", "timeseries", "pose", "set")
 # kind -> sample rank (after canonical_sample adds a missing channel axis)
 _RANKS = {"image": 3, "video": 4, "audio": 1, "timeseries": 2, "pose": 3, "set": 2}
@@ -431,71 +466,17 @@ def rows_to_samples(
         (multilabel) or float32 [b] / [b, c] (regression).
     """
     idx = [int(i) for i in indices]
-    cached = _ARROW_VIEWS.get(dataset)
-    if cached is None:  # with_format and .features deep-copy the features: once per dataset, not per batch
-        cached = _ARROW_VIEWS[dataset] = (dataset.with_format("arrow"), dataset.features)
-    view, features = cached
-    raw = dataset.data.table
-    chunks = raw.column(0).num_chunks if raw.num_columns else 0
-    order = None  # set when the rows are gathered in sorted order: position k holds row idx[order[k]]
-    columns: Mapping[str, pa.Array | pa.ChunkedArray]
-    if getattr(dataset, "_indices", None) is None and chunks == 1:
-        # One chunk, no index mapping: gather straight from the Arrow table; the formatted path
-        # re-reads the extension column types row by row (~25x slower for small samples).
-        table = raw.take(pa.array(idx, type=pa.int64()))
-        columns = {name: table.column(name) for name in table.column_names}
-    elif (getattr(dataset, "_indices", None) is None and 1 < chunks <= _MAX_CHUNKS_TAKEN and idx
-          and any(isinstance(raw.schema.field(m).type, pa.ExtensionType) for m in spec.modalities)):
-        # A few chunks and array-typed (extension) columns: one take per chunk touched, rows in
-        # sorted order. datasets' gather makes one chunk per row and re-reads the extension type of
-        # each (2.5x slower for omniglot's batches); pyarrow's take on the whole column would
-        # concatenate every chunk first.
-        order = np.argsort(np.asarray(idx), kind="stable")
-        ordered = [idx[k] for k in order]
-        columns = {name: _take_by_chunk(raw.column(name), ordered) for name in {*spec.modalities, spec.target}}
-    else:
-        table = view[idx] if idx else view[0:0]
-        columns = {name: table.column(name) for name in table.column_names}
-
-    def unsort(values: Sequence[Any]) -> list[Any]:
-        if order is None:
-            return list(values)
-        out: list[Any] = [None] * len(values)
-        for k, v in zip(order, values):
-            out[k] = v
-        return out
-
+    gatherer = _GATHERERS.get(dataset)
+    if gatherer is None:
+        gatherer = _GATHERERS[dataset] = _Gatherer(dataset)
+    table = gatherer.gather(idx)
     samples: dict[str, list[Any]] = {}
     for mod, kind in spec.modalities.items():
-        image = isinstance(features.get(mod), datasets.Image)
-        raw = unsort(column_to_values(columns[mod], name=f"modality {mod!r}", image=image))
+        image = isinstance(gatherer.features.get(mod), datasets.Image)
+        raw = column_to_values(table.column(mod), name=f"modality {mod!r}", image=image)
         samples[mod] = [canonical_sample(kind, x, name=f"modality {mod!r}", row=r) for r, x in zip(idx, raw)]
-    labels = _labels(columns[spec.target], spec)
-    if order is not None:
-        labels = labels[np.argsort(order)]
+    labels = _labels(table.column(spec.target), spec)
     return samples, labels
-
-
-# Up to this many chunks rows_to_samples takes chunk by chunk; beyond, datasets' gather was faster
-# (AV-MNIST's 56 chunks: 32 random rows touch ~25 of them). Measured on batches of 32 rows.
-_MAX_CHUNKS_TAKEN = 16
-
-
-def _take_by_chunk(col: pa.ChunkedArray, rows: Sequence[int]) -> pa.Array:
-    """Rows ``rows`` (sorted ascending) of a chunked column, as one array of the column's storage type."""
-    offsets = np.cumsum([0] + [len(c) for c in col.chunks])
-    ordered = np.asarray(rows, dtype=np.int64)
-    if ordered[0] < 0 or ordered[-1] >= offsets[-1]:
-        raise IndexError(f"row indices must be in [0, {offsets[-1]}), got {ordered[0]}..{ordered[-1]}")
-    which = np.searchsorted(offsets, ordered, side="right") - 1
-    cuts = np.flatnonzero(np.diff(which)) + 1
-    pieces = []
-    for start, end in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(ordered)]])):
-        chunk = col.chunk(int(which[start]))
-        if isinstance(chunk, pa.ExtensionArray):
-            chunk = chunk.storage
-        pieces.append(chunk.take(pa.array(ordered[start:end] - offsets[which[start]])))
-    return pa.concat_arrays(pieces) if len(pieces) > 1 else pieces[0]
 
 
 def _labels(col: pa.ChunkedArray, spec: TaskSpec) -> np.ndarray:

@@ -227,6 +227,13 @@ def test_rows_to_samples_same_rows_whatever_the_chunking(chunks):
         np.testing.assert_array_equal(img, columns["img"][r])
         np.testing.assert_array_equal(ts, columns["ts"][r])
     assert samples["img"][1] is not samples["img"][3], "repeated rows must be separate arrays"
+    picked = ds.select([5, 60, 2, 79, 41])  # an index mapping over the table
+    samples, labels = rows_to_samples(picked, [3, 0, 4, 4, -1], spec)
+    assert labels.tolist() == [79, 5, 41, 41, 41]
+    np.testing.assert_array_equal(samples["ts"][0], columns["ts"][79])
+    with pytest.raises(IndexError, match=r"row indices must be in \[0, 5\)"):
+        rows_to_samples(picked, [5], spec)
+    assert rows_to_samples(picked, [], spec)[1].tolist() == []
 
 
 def test_rows_to_samples_rejects_ragged_and_wrong_rank():
