@@ -41,6 +41,8 @@ def test_speed_quick_writes_every_section(tmp_path: Path, capsys: pytest.Capture
     (row,) = report["efficiency"]["sizes"]
     assert row["encoder_fwd_bwd_flops"] == 3 * speed.encoder_flops(speed._sizes("tiny").encoder, b=2, n=16, d=32)
     assert positive(row["ratio"]) and positive(row["matmul_gflops"])
+    masks = report["efficiency"]["dropout_masks"]
+    assert positive(masks["torch"]["median_ms"]) and positive(masks["highmmt"]["median_ms"]) and positive(masks["speedup"])
 
     sc = report["scaling"]
     assert set(sc["modalities"]) == {"pairwise", "bottleneck"}
@@ -50,6 +52,8 @@ def test_speed_quick_writes_every_section(tmp_path: Path, capsys: pytest.Capture
     opts = report["options"]
     assert {"fp32 eager", "bf16 autocast eager"} <= set(opts["variants"]) and opts["fastest"] in opts["variants"]
     assert opts["compiled"] == []  # --quick never compiles
+    adamw = opts["optimizer_step"]
+    assert adamw["parameter_tensors"] > 0 and all(positive(adamw[k]["median_ms"]) for k in ("for-loop", "foreach", "fused"))
     assert any("flops" in k.lower() or "FLOP" in k for k in report["targets"])
     printed = capsys.readouterr().out
     assert "| preset | task |" in printed and "robot_failures_lp1" in printed
