@@ -88,13 +88,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores/jobs threads)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="train.py's --seed for every run")
     args = p.parse_args(argv)
     tasks = train.expand_tasks(args.tasks.split(","))
     out = Path(args.output_dir)
     common = ["--quiet"] + (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-    extra = [a for o in args.overrides for a in ("--set", o)]
+    extra = ["--seed", str(args.seed)] + [a for o in args.overrides for a in ("--set", o)]
     kinds = args.runs.split(",")
-    results: dict[str, Any] = {"preset": args.preset, "overrides": args.overrides, "tasks": tasks, "runs": {}}
+    results: dict[str, Any] = {"preset": args.preset, "overrides": args.overrides, "seed": args.seed, "tasks": tasks, "runs": {}}
     jobs: list[tuple[str, str, Path, list[str], list[str]]] = []
     if "multitask" in kinds:
         jobs.append(("multitask", "multitask", out / "multitask", tasks, extra))
@@ -135,7 +136,7 @@ def _metric(results: dict[str, Any], key: str, task: str, metric: str) -> float 
 def markdown(results: dict[str, Any]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
-        f"Preset `{results['preset']}`; test split; one seed.",
+        f"Preset `{results['preset']}`; test split; one seed ({results.get('seed', 0)}).",
         "",
         "| task | metric | multitask | single-task | late fusion | reference (simple model) | goal | multitask meets goal |",
         "|---|---|---|---|---|---|---|---|",
