@@ -279,6 +279,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if tc.threads > 0:  # 0 = torch's default; 1 is much faster on a CPU shared with other work
         torch.set_num_threads(tc.threads)
     out = Path(args.output_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    if args.resume:  # fail before measuring or parsing anything
+        if not (out / "trainer_state" / "state.pt").is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
+    elif (out / "config.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     precision, precision_note = resolve_precision(tc.precision, run.model, use_cpu, out if args.resume else None)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -292,11 +297,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
             f"{torch.get_num_threads()} threads; threads that wait for each other can make training many times slower: "
             "consider --set train.threads=1")
 
-    if args.resume:
-        if not (out / "trainer_state" / "state.pt").is_file():
-            raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
-    elif (out / "config.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if args.init_from:  # fail before parsing any data
         finetune.check_checkpoint(args.init_from)
         run = architecture_from_checkpoint(run, args.init_from, args.overrides, log)

@@ -78,8 +78,8 @@ from benchmarks.common import (
 from highmmt import HighMMT, HighMMTConfig, autotune
 from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
 from highmmt.encoder import PerceiverEncoder
-from highmmt.layers import dropout
 from highmmt.heads import task_loss
+from highmmt.layers import dropout
 from highmmt.registry import EMBEDDERS
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"

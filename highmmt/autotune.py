@@ -69,8 +69,8 @@ def time_precisions(
 
 def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
     """``torch.optim.AdamW``, fused into one kernel per step where every parameter is a float tensor
-    on the CPU or a GPU (6x faster than the per-tensor loop for the default suite model's 128
-    tensors on 2 CPU cores: 1.6 ms against 9.9 ms a step); otherwise the default implementation."""
+    on the CPU or a GPU (4.2x faster than the per-tensor loop for the default suite model's 128
+    tensors on 2 CPU cores, ``benchmarks/speed.py`` options section); otherwise the default one."""
     groups = list(params)
     tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = bool(tensors) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in tensors)

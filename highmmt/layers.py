@@ -23,6 +23,11 @@ from highmmt.config import ATTENTION_DROPOUT_KINDS
 _SMALL_MASK = 4096  # below this many entries one torch.rand call is faster (measured on 2 CPU cores)
 
 
+def _check_probability(p: float, what: str = "dropout probability") -> None:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{what} must be in [0, 1), got {p}")
+
+
 def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
     """A boolean tensor of ``shape``, each entry False (dropped) with probability ``p`` in [0, 1).
 
@@ -31,8 +36,7 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cp
     generator; seeding with ``torch.manual_seed`` makes the masks reproducible. Other devices use
     ``torch.rand``.
     """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    _check_probability(p)
     device = torch.device(device)
     if device.type != "cpu":
         return torch.rand(shape, device=device) >= p
@@ -65,8 +69,7 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        _check_probability(p)
         self.p = p
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,8 +110,7 @@ class Attention(nn.Module):
         super().__init__()
         if dropout_kind not in ATTENTION_DROPOUT_KINDS:
             raise ValueError(f"attention dropout kind must be one of {ATTENTION_DROPOUT_KINDS}, got {dropout_kind!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"attention dropout must be in [0, 1), got {dropout}")
+        _check_probability(dropout, "attention dropout")
         context_dim = context_dim or dim
         inner = heads * dim_head
         self.heads = heads
