@@ -4,7 +4,9 @@ Switched on by ``train.semi`` (:class:`~highmmt.config.SemiConfig`; ``train.py -
 
 - **labeled subset**: a stratified, seeded fraction ``F`` of each training split keeps its labels
   (at least one row per class); the other rows join the *unlabeled pool* with their labels removed
-  (a bring-your-own task's ``unlabeled`` split joins it too). ``method=none`` trains on the labeled
+  (a bring-your-own task's ``unlabeled`` split joins it too). The split is drawn by *source sample*
+  (:func:`tasks.cache.source_groups`): rows that share an identical input in any modality (an
+  AV-MNIST clip paired with many images) fall on one side, so no pool row repeats a labeled input. ``method=none`` trains on the labeled
   rows alone: the supervised-only baseline on exactly the rows the other methods see.
 - ``self_training`` (gradual pseudo-labeling; Wei et al. 2021's input consistency): after
   ``warmup_epochs`` and every ``epochs_per_round`` epochs the model labels the most confident pool
@@ -57,7 +59,7 @@ from highmmt.checkpoint import atomic_write_json
 from highmmt.config import HighMMTConfig, SemiConfig, TaskConfig, from_dict
 from highmmt.hooks import TrainContext, TrainHook, register_hook_factory
 from tasks.base import TaskSpec
-from tasks.cache import stratified_holdout
+from tasks.cache import source_groups, stratified_holdout
 from tasks.loader import TaskStream, collate_rows, move_to, predict, score
 
 HOOK_NAME = "semisup"
@@ -69,11 +71,17 @@ STATE_FILE = "semisup.json"
 
 # ---- labeled subset, views, scope ----------------------------------------------------------------
 def labeled_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int, *, num_classes: int | None = None,
-                  what: str = "training split") -> tuple[np.ndarray, np.ndarray]:
+                  what: str = "training split", groups: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (labeled, unlabeled) positions: a stratified, seeded ``fraction`` keeps its labels.
 
     Every class present gets at least one labeled row (so the labeled share can exceed ``fraction``
     when there are more classes than ``fraction * n``); ``fraction=1`` labels every row.
+
+    ``groups`` [n] (:func:`tasks.cache.source_groups`): rows of one group share a source sample (an
+    AV-MNIST clip heard by many images), and the split is drawn by group, so that no unlabeled row
+    repeats an input of a labeled one. Each group counts for the majority label of its rows; per
+    class, whole groups are drawn in seeded order until they hold ``ceil(fraction * rows of the
+    class)`` rows (at least one group). With all groups singletons this is the row-level split.
     """
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(y) == 0:
@@ -82,8 +90,16 @@ def labeled_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int
         raise ValueError(f"{what}: labeled fraction must be in (0, 1], got {fraction}")
     if num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"{what}: labels must lie in [0, {num_classes}), got {y.min()}..{y.max()}")
+    if groups is not None:
+        groups = np.asarray(groups, dtype=np.int64).reshape(-1)
+        if len(groups) != len(y):
+            raise ValueError(f"{what}: {len(groups)} source groups for {len(y)} rows")
+        if len(np.unique(groups)) == len(y):
+            groups = None
     if fraction >= 1.0:
         return np.arange(len(y)), np.zeros(0, dtype=np.int64)
+    if groups is not None:
+        return _grouped_labeled_split(y, groups, fraction, seed)
     if int(math.ceil(fraction * len(y))) >= len(y):
         return np.arange(len(y)), np.zeros(0, dtype=np.int64)
     _, labeled = stratified_holdout(y, fraction, seed=seed)
@@ -94,6 +110,24 @@ def labeled_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int
         members = np.flatnonzero(y == c)
         if not chosen[members].any():
             chosen[rng.choice(members)] = True
+    return np.flatnonzero(chosen), np.flatnonzero(~chosen)
+
+
+def _grouped_labeled_split(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`labeled_split` by whole source groups (see there)."""
+    ids, inverse = np.unique(groups, return_inverse=True)
+    classes = int(y.max()) + 1
+    counts = np.zeros((len(ids), classes), dtype=np.int64)
+    np.add.at(counts, (inverse, y), 1)
+    group_label, group_size = counts.argmax(axis=1), counts.sum(axis=1)
+    rng = np.random.default_rng([seed, 11])
+    chosen_groups = np.zeros(len(ids), dtype=bool)
+    for c in np.unique(group_label):
+        members = rng.permutation(np.flatnonzero(group_label == c))
+        need = int(math.ceil(fraction * group_size[members].sum()))
+        take = int(np.searchsorted(np.cumsum(group_size[members]), need)) + 1
+        chosen_groups[members[:take]] = True
+    chosen = chosen_groups[inverse]
     return np.flatnonzero(chosen), np.flatnonzero(~chosen)
 
 
@@ -449,11 +483,22 @@ class SemiSupervisedHook(TrainHook):
             # The labeling oracle: the split is drawn from all training labels (stratified), then only
             # the labeled rows' labels are kept.
             true = np.asarray(train.with_format("arrow")[spec.target], dtype=np.int64)
+            # Split by source sample: rows sharing an input (any modality) are labeled together or not
+            # at all, and rows of an 'unlabeled' split that repeat a labeled input leave the pool.
+            groups = source_groups(base, mods) if self.semi.labeled_fraction < 1.0 or n > n_train else None
             labeled, unlabeled_train = labeled_split(true, self.semi.labeled_fraction, seed=ctx.seed,
-                                                     num_classes=spec.num_classes, what=f"training split of task {spec.name!r}")
+                                                     num_classes=spec.num_classes, what=f"training split of task {spec.name!r}",
+                                                     groups=None if groups is None else groups[:n_train])
             labels[labeled] = true[labeled]
             del true
-            unlabeled = np.concatenate([unlabeled_train, np.arange(n_train, n)])
+            extra = np.arange(n_train, n)
+            if len(extra):
+                repeats = np.isin(groups[extra], groups[labeled])
+                if repeats.any():
+                    ctx.log(f"semisup: task {spec.name}: {int(repeats.sum())} row(s) of the unlabeled split repeat an input "
+                            "of a labeled row and are left out of the pool")
+                extra = extra[~repeats]
+            unlabeled = np.concatenate([unlabeled_train, extra])
             return _TaskState(spec, base, n_train, labeled, unlabeled, labels, by, confidence, round_of, views)
         if saved["n"] != n or saved["n_train"] != n_train:
             raise ValueError(f"--resume: task {spec.name!r} had {saved['n_train']} training + {saved['n'] - saved['n_train']} "

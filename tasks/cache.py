@@ -341,6 +341,63 @@ def stratified_holdout(labels: Sequence[int] | np.ndarray, fraction: float, seed
     return np.sort(kept), np.sort(held)
 
 
+def source_groups(dataset: datasets.Dataset, columns: Sequence[str]) -> np.ndarray:
+    """Group id per row [n]: rows holding an identical value in any of ``columns`` share a group.
+
+    Identity is transitive: in AV-MNIST every row of one FSDD clip lands in one group, whatever its
+    image. Values are compared by a 128-bit BLAKE2 digest of their bytes (array columns) or of their
+    Python form (text, structs); nulls join nothing. Ids are numbered by first appearance, so they
+    are deterministic. Use it to split by source sample, so that no input on one side of a split is
+    identical to an input on the other.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(dataset)
+    table = dataset.with_format("arrow")[:] if getattr(dataset, "_indices", None) is not None else dataset.data.table
+    rows, values, num_values = [], [], 0
+    for name in columns:  # a bipartite graph: row -- distinct value of a column
+        if name not in table.column_names:
+            raise KeyError(f"source_groups: no column {name!r} (columns: {table.column_names})")
+        value_id: dict[bytes, int] = {}
+        digests = [d for chunk in table.column(name).chunks for d in _row_digests(chunk)]
+        for i, digest in enumerate(digests):
+            if digest is not None:
+                rows.append(i)
+                values.append(num_values + value_id.setdefault(digest, len(value_id)))
+        num_values += len(value_id)
+    size = n + num_values
+    graph = coo_matrix((np.ones(len(rows), np.int8), (np.asarray(rows, np.int64), n + np.asarray(values, np.int64))),
+                       shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    _, first, ids = np.unique(component[:n], return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))  # renumber groups by their first row
+    return rank[ids]
+
+
+def _row_digests(arr: pa.Array) -> list[bytes | None]:
+    """One digest per row of ``arr`` (None for a null), over the bytes of its leaf values for
+    (nested) lists of primitives, else over the row's Python ``repr``."""
+    if isinstance(arr, pa.ExtensionArray):  # datasets' Array2D..Array5D: nested fixed-size lists
+        arr = arr.storage
+    n = len(arr)
+    start, end, child = np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64), arr
+    while pa.types.is_list(child.type) or pa.types.is_large_list(child.type) or pa.types.is_fixed_size_list(child.type):
+        if pa.types.is_fixed_size_list(child.type):
+            size = child.type.list_size
+            offsets = (child.offset + np.arange(len(child) + 1, dtype=np.int64)) * size
+        else:
+            offsets = np.asarray(child.offsets, dtype=np.int64)
+        start, end, child = offsets[start], offsets[end], child.values
+    valid = np.asarray(arr.is_valid())
+    if pa.types.is_primitive(child.type) and child.null_count == 0:
+        leaf = child.to_numpy(zero_copy_only=False)
+        return [hashlib.blake2b(leaf[a:b].tobytes(), digest_size=16).digest() if ok else None
+                for a, b, ok in zip(start, end, valid)]
+    return [hashlib.blake2b(repr(v).encode(), digest_size=16).digest() if v is not None else None for v in arr.to_pylist()]
+
+
 def array_feature(inner_shape: Sequence[int], dtype: str) -> datasets.List:
     """Feature for arrays [t, *inner_shape] with a variable first axis.
 

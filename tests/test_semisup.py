@@ -45,6 +45,43 @@ def test_labeled_split_is_stratified_seeded_and_keeps_every_class():
         semisup.labeled_split(y, 0.0, seed=0)
 
 
+def test_source_groups_join_rows_sharing_any_input_transitively():
+    from tasks.cache import source_groups
+
+    clip = [np.full(3 + i % 3, i % 3, np.float16) for i in range(9)]  # rows 0,3,6 / 1,4,7 / 2,5,8 share a clip
+    image = [np.full((2, 2), i, np.float32) for i in range(9)]
+    image[8] = image[0]  # row 8 shares row 0's image: groups {0,3,6} and {2,5,8} become one
+    text = ["a", "b", "c", "d", "e", "f", "g", "h", None]
+    ds = datasets.Dataset.from_dict({"clip": clip, "image": image, "text": text}, features=datasets.Features({
+        "clip": datasets.List(datasets.Value("float16")), "image": datasets.Array2D((2, 2), "float32"),
+        "text": datasets.Value("string")}))
+    np.testing.assert_array_equal(source_groups(ds, ["clip"]), [0, 1, 2, 0, 1, 2, 0, 1, 2])
+    np.testing.assert_array_equal(source_groups(ds, ["clip", "image"]), [0, 1, 0, 0, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(source_groups(ds, ["text"]), np.arange(9))  # a null joins nothing
+    np.testing.assert_array_equal(source_groups(ds.select([8, 0, 1]), ["image"]), [0, 0, 1])  # index mappings
+    with pytest.raises(KeyError, match="nope"):
+        source_groups(ds, ["nope"])
+
+
+def test_labeled_split_by_source_group_never_puts_a_source_on_both_sides():
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 60, size=2000)  # 60 sources, each heard by ~33 rows, as AV-MNIST's clips
+    y = clips % 4
+    for fraction in (0.01, 0.05, 0.1, 0.5):
+        lab, unl = semisup.labeled_split(y, fraction, seed=1, groups=clips)
+        assert len(lab) + len(unl) == len(y) and not set(clips[lab]) & set(clips[unl])
+        assert set(y[lab]) == {0, 1, 2, 3}
+        # whole groups reach the class's quota with at most one group's rows to spare
+        assert fraction * len(y) <= len(lab) <= fraction * len(y) + 4 * np.bincount(clips).max()
+    np.testing.assert_array_equal(semisup.labeled_split(y, 0.1, seed=1, groups=clips)[0],
+                                  semisup.labeled_split(y, 0.1, seed=1, groups=clips)[0])
+    # singleton groups: the row-level split, draw for draw
+    np.testing.assert_array_equal(semisup.labeled_split(y, 0.1, seed=1, groups=np.arange(len(y)))[0],
+                                  semisup.labeled_split(y, 0.1, seed=1)[0])
+    with pytest.raises(ValueError, match="source groups"):
+        semisup.labeled_split(y, 0.1, seed=1, groups=clips[:5])
+
+
 def test_select_confident_takes_only_rows_above_threshold_most_confident_first():
     probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.2, 0.8], [0.99, 0.01], [0.1, 0.9], [0.97, 0.03]])
     picked = semisup.select_confident(probs, threshold=0.85, k=10, class_balance=False)

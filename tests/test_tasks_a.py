@@ -96,7 +96,7 @@ def test_avmnist_splits_shapes_pairing(avmnist_root: Path):
     assert row["mnist_image"].shape == (28, 28, 1)
     assert row["fsdd_audio"].dtype == np.float32 and row["fsdd_audio"].ndim == 1
     assert int(row["label"]) == 3
-    for split, speakers in (("train", avmnist.TRAIN_SPEAKERS), ("validation", avmnist.TRAIN_SPEAKERS),
+    for split, speakers in (("train", avmnist.TRAIN_SPEAKERS), ("validation", avmnist.VALIDATION_SPEAKERS),
                             ("test", avmnist.TEST_SPEAKERS)):
         ds = dd[split].with_format("numpy")
         for i in range(len(ds)):
@@ -107,6 +107,19 @@ def test_avmnist_splits_shapes_pairing(avmnist_root: Path):
             expected = clip_samples(int(digit), speaker, int(index)).astype(np.float32) / 32768.0
             np.testing.assert_allclose(r["fsdd_audio"], expected, atol=1e-3, rtol=1e-3)
             assert np.abs(r["fsdd_audio"]).max() <= 1.0
+
+
+def test_avmnist_splits_have_disjoint_speakers_and_clips(avmnist_root: Path):
+    """No validation or test clip (nor its speaker) is heard in training, nor a test one in validation."""
+    assert not set(avmnist.TRAIN_SPEAKERS) & set(avmnist.VALIDATION_SPEAKERS)
+    assert not (set(avmnist.TRAIN_SPEAKERS) | set(avmnist.VALIDATION_SPEAKERS)) & set(avmnist.TEST_SPEAKERS)
+    dd = avmnist.build(avmnist_root, num_validation=6, quiet=True)
+    clips = {split: set(dd[split]["clip"]) for split in dd}
+    speakers = {split: {c.split("_")[1] for c in names} for split, names in clips.items()}
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        assert not clips[a] & clips[b], f"{a} and {b} share clips {sorted(clips[a] & clips[b])[:3]}"
+        assert not speakers[a] & speakers[b], f"{a} and {b} share speakers {speakers[a] & speakers[b]}"
+    assert speakers["validation"] == {"yweweler"} and speakers["test"] <= {"george", "lucas"}
 
 
 def test_avmnist_raw_pixels_and_degradation(avmnist_root: Path):
@@ -472,6 +485,9 @@ def test_real_avmnist():
     test_clips = dd["test"]["clip"]
     assert {c.split("_")[1] for c in test_clips} == {"george", "lucas"}
     assert {c.split("_")[1] for c in dd["train"]["clip"]} == set(avmnist.TRAIN_SPEAKERS)
+    assert {c.split("_")[1] for c in dd["validation"]["clip"]} == {"yweweler"}
+    clips = {split: set(dd[split]["clip"]) for split in dd}
+    assert not clips["train"] & clips["validation"] and not clips["train"] & clips["test"] and not clips["validation"] & clips["test"]
     assert np.bincount(dd["test"]["label"]).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     row = dd["validation"].with_format("numpy")[0]
     assert row["mnist_image"].shape == (28, 28, 1) and row["fsdd_audio"].dtype == np.float32
@@ -486,7 +502,8 @@ def test_real_avmnist():
 def test_real_fsdd_has_3000_clips_of_6_speakers():
     if not (REAL_DATA / avmnist.FSDD_ZIP).exists():
         pytest.skip(f"{REAL_DATA / avmnist.FSDD_ZIP} not found (set HIGHMMT_DATA)")
-    clips = avmnist.read_fsdd(REAL_DATA / avmnist.FSDD_ZIP, avmnist.TRAIN_SPEAKERS + avmnist.TEST_SPEAKERS, quiet=True)
+    clips = avmnist.read_fsdd(REAL_DATA / avmnist.FSDD_ZIP,
+                             avmnist.TRAIN_SPEAKERS + avmnist.VALIDATION_SPEAKERS + avmnist.TEST_SPEAKERS, quiet=True)
     assert len(clips) == 3000 and len({k[0] for k in clips}) == 6
 
 
