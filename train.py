@@ -37,7 +37,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 from highmmt import HighMMT, autotune, finetune, semisup  # semisup registers the unlabeled-data hook, train.semi
 from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
-from highmmt.config import PRECISIONS, HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
+from highmmt.config import FINETUNE_POLICIES, PRECISIONS, HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
 from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -80,7 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None, help="parsed-data cache (else $HIGHMMT_CACHE, else ~/.cache/highmmt)")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--finetune", default=None, help="freezing policy with --init-from: full|head|embedders_head|prefix|lora (= --set train.finetune=...)")
+    p.add_argument("--finetune", default=None, metavar="|".join(FINETUNE_POLICIES),
+                   help="freezing policy with --init-from (= --set train.finetune=...); embedders_head trains the embedders "
+                        "and heads over a frozen encoder and fusion")
     p.add_argument("--train-fraction", type=float, default=None, help="keep a stratified, seeded fraction of each training split (= --set train.train_fraction=...)")
     p.add_argument("--labeled-fraction", type=float, default=None, help="keep labels for a stratified, seeded fraction of each training split; the rest is unlabeled data for train.semi.method (= --set train.semi.labeled_fraction=...)")
     args = p.parse_args(argv)

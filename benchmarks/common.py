@@ -1,8 +1,12 @@
-"""Helpers shared by the benchmark scripts: timing, memory, machine description, JSON and tables.
+"""Helpers shared by the benchmark scripts: timing, memory, machine description, statistics over
+seeds, JSON and tables.
 
 Timings are wall-clock medians over repeats after warm-up; where two measurements are compared
 (a model against a plain matmul, fp32 against bf16) their repeats are interleaved, so both see the
 same background load on a shared machine. The load average is recorded with every result.
+
+Results over seeds (every study script): :func:`mean_sd` gives the mean and the *sample* standard
+deviation (ddof = 1) and :func:`compare` the verdict on a difference, by one rule (see there).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import platform
 import resource
@@ -17,9 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -101,6 +106,102 @@ def time_call(fn: Callable[[], Any], *, warmup: int, repeats: int, sync: Callabl
 def summarize(times: Sequence[float]) -> dict[str, float]:
     """Median and minimum of a list of seconds, in milliseconds."""
     return {"median_ms": 1e3 * statistics.median(times), "min_ms": 1e3 * min(times), "repeats": len(times)}
+
+
+# ---- statistics over seeds ------------------------------------------------------------------------
+class MeanSD(NamedTuple):
+    """One quantity over seeds: mean, sample standard deviation (ddof = 1; None with fewer than two
+    values, where there is no spread) and the number of values."""
+
+    mean: float
+    sd: float | None
+    n: int
+
+
+def mean_sd(values: Iterable[float]) -> MeanSD:
+    """Mean and sample standard deviation (``statistics.stdev``, ddof = 1) of per-seed values.
+
+    No values: mean NaN, n 0. A NaN value (not measured) makes the mean and sd NaN.
+    """
+    vals = [float(v) for v in values]
+    if not vals:
+        return MeanSD(float("nan"), None, 0)
+    if any(math.isnan(v) for v in vals):
+        return MeanSD(float("nan"), float("nan") if len(vals) > 1 else None, len(vals))
+    return MeanSD(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+
+def format_mean_sd(values: Iterable[float], digits: int = 3, *, per_seed: bool = False) -> str:
+    """``0.650 ± 0.141`` (one value: ``0.650``; none or NaN: ``-``); ``per_seed`` appends each
+    seed's value in brackets: ``0.650 ± 0.141 (0.550, 0.750)``."""
+    vals = [float(v) for v in values]
+    m = mean_sd(vals)
+    if m.n == 0 or math.isnan(m.mean):
+        return "-"
+    text = f"{m.mean:.{digits}f}" + ("" if m.sd is None else f" ± {m.sd:.{digits}f}")
+    if per_seed and m.n > 1:
+        text += " (" + ", ".join(f"{v:.{digits}f}" for v in vals) + ")"
+    return text
+
+
+VERDICTS = ("gain", "loss", "no difference", "one seed")
+
+
+class Comparison(NamedTuple):
+    """A difference of two quantities over seeds and what it may be called (:func:`compare`)."""
+
+    difference: float  # mean(a) - mean(b), in the metric's units
+    spread: float | None  # the larger sample sd of the two (None: one seed on each side)
+    verdict: str  # one of VERDICTS
+
+    def format(self, digits: int = 3) -> str:
+        """``+0.050 (no difference)``; ``-`` when the difference is NaN."""
+        if math.isnan(self.difference):
+            return "-"
+        return f"{self.difference:+.{digits}f} ({self.verdict})"
+
+
+def compare(a: Iterable[float], b: Iterable[float], *, higher_is_better: bool = True) -> Comparison:
+    """Compare per-seed values ``a`` against a baseline's ``b``: difference of means and a verdict.
+
+    The rule, the same in every study: the seed spread is the larger of the two sample standard
+    deviations (ddof = 1; a side with a single value has none and does not count). A difference
+    whose absolute value is not larger than that spread is ``"no difference"``; a larger one is
+    ``"gain"`` when ``a`` is better (higher, or lower with ``higher_is_better=False``), else
+    ``"loss"``. With a single seed on both sides there is no spread to judge by: ``"one seed"``.
+    Seeds are not paired (the spread of each side, not of paired differences), and this is a plain
+    rule, not a significance test.
+    """
+    ma, mb = mean_sd(a), mean_sd(b)
+    diff = ma.mean - mb.mean
+    sds = [x.sd for x in (ma, mb) if x.sd is not None and not math.isnan(x.sd)]
+    spread = max(sds) if sds else None
+    if spread is None or math.isnan(diff):
+        verdict = "one seed"
+    elif abs(diff) <= spread:
+        verdict = "no difference"
+    else:
+        verdict = "gain" if (diff > 0) == higher_is_better else "loss"
+    return Comparison(diff, spread, verdict)
+
+
+def format_seeds(seeds: Iterable[Any]) -> str:
+    """``seed 0`` / ``seeds 0, 1, 2``: the seeds a table's figures come from."""
+    seeds = list(seeds)
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(str(s) for s in seeds)
+
+
+STATS_RULE = ("mean ± sample standard deviation (ddof = 1); a difference not larger than the larger of the two "
+              "standard deviations is called 'no difference', and one between single runs is not judged ('one seed').")
+
+
+def stats_note(seeds: Iterable[Any]) -> str:
+    """The sentence under every study table that names its seeds and how figures over them were made."""
+    seeds = list(seeds)
+    if len(seeds) < 2:
+        return (f"One run per configuration ({format_seeds(seeds)}): no standard deviation, and no difference "
+                "is called a gain or a loss (verdict 'one seed').")
+    return f"Over {format_seeds(seeds)}: {STATS_RULE}"
 
 
 # ---- memory -------------------------------------------------------------------------------------

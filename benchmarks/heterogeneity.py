@@ -28,8 +28,9 @@ Scratch loss and noise floor: every node is trained from scratch ``--scratch-ini
 3) with the same embedder / head start and batches but different random starts of the transferable
 part (the first is the seed's own; the others take it from an untrained model of another
 initialisation, exactly as a transfer would). ``L*_t`` is their mean and the noise floor their
-standard deviation: a transfer run scatters about as much, so |T| below ~2 floors is not
-distinguishable from noise. With ``--seeds N`` everything is repeated with N seeds and T averaged.
+sample standard deviation (ddof = 1, ``benchmarks.common.mean_sd``): a transfer run scatters about
+as much, so |T| below ~2 floors is not distinguishable from noise. With ``--seeds N`` everything is
+repeated with N seeds and T averaged.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from torch import nn  # noqa: E402
 import modalities  # noqa: E402,F401  (registers the embedders)
 import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
 import train  # noqa: E402
-from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, run_cli, write_json  # noqa: E402
+from benchmarks.common import format_seeds, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, write_json  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, SharingConfig, TaskConfig, TrainConfig, apply_overrides  # noqa: E402
 from highmmt.heads import task_loss  # noqa: E402
@@ -375,10 +376,10 @@ def measure(
                 scratch[(tgt.name, s, extra.index(src) + 1)] = r
             else:
                 transfer[(src, tgt.name, s)] = r
-    # L*_t of a seed: the mean over the scratch initialisations; the floor: their sd (pooled over seeds).
-    l_scratch = {(n, s): float(np.mean([scratch[(n, s, i)]["loss"] for i in range(inits)])) for n in names for s in range(seeds)}
-    noise = {n: float(np.mean([np.std([scratch[(n, s, i)]["loss"] for i in range(inits)], ddof=1) if inits > 1 else np.nan
-                               for s in range(seeds)])) for n in names}
+    # L*_t of a seed: the mean over the scratch initialisations; the floor: their sample sd (averaged over seeds).
+    inits_of = {(n, s): mean_sd(scratch[(n, s, i)]["loss"] for i in range(inits)) for n in names for s in range(seeds)}
+    l_scratch = {k: m.mean for k, m in inits_of.items()}
+    noise = {n: float(np.mean([np.nan if inits_of[(n, s)].sd is None else inits_of[(n, s)].sd for s in range(seeds)])) for n in names}
     per_seed = []
     for s in range(seeds):
         per_seed.append(transfer_matrix(
@@ -486,7 +487,8 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
     s = results["settings"]
     lines.append(f"Settings: preset `{results['preset']}`, {s['steps']} steps, batch {s['batch_size']}, "
                  f"{s['train_rows'] or 'all'} training rows, {s['eval_rows'] or 'all'} validation rows, "
-                 f"{results['seeds']} seed(s), L* = best of {s['evals']} evaluations.")
+                 f"{format_seeds(range(results['seeds']))}, L* = best of {s['evals']} evaluations; noise floor: the sample sd "
+                 "(ddof = 1) of a node's scratch runs over its random starts.")
     for kind in ("unimodal", "interaction"):
         r = results.get(kind)
         if not r:

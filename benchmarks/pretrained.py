@@ -1,4 +1,4 @@
-"""Pretrained encoders, prefix tuning and representation tuning (MAG) against plain training.
+"""Pretrained encoders, embedders + heads over a frozen encoder, and representation tuning (MAG) against plain training.
 
     HIGHMMT_DATA=../shared/data python benchmarks/pretrained.py          # ~10 CPU-minutes, 1 thread per run
     python benchmarks/pretrained.py --steps 3000 --source-steps 5000      # longer (a GPU)
@@ -7,7 +7,7 @@ No pretrained weights can be downloaded here, so the "pretrained" image backbone
 a timm ``test_resnet`` (random init, 0.37 M parameters) is trained as the glyph embedder of a
 multitask run on Omniglot + robot failures LP1-5 (``source/``), and its weights are then read from
 that run's ``model.safetensors`` through the ``weights`` / ``weights_prefix`` options. The same run
-is the multitask checkpoint that prefix tuning starts from. Runs (``train.py`` run folders under
+is the multitask checkpoint that the ``embedders_head`` runs start from. Runs (``train.py`` run folders under
 ``--output-dir``; finished ones are skipped, so the study resumes):
 
     source/                       omniglot + robot_failures with a timm glyph backbone (the checkpoint)
@@ -20,13 +20,15 @@ is the multitask checkpoint that prefix tuning starts from. Runs (``train.py`` r
     avmnist/head_mag              the same + MAG: image latents shifted by the audio (gate + head train)
     utd_mhad/scratch              plain training from random init (no checkpoint)
     utd_mhad/full                 --init-from source, plain fine-tuning of everything
-    utd_mhad/prefix               --init-from source, prefix tuning: encoder + fusion frozen, new embedders + head
-    utd_mhad/prefix_mag           prefix tuning + MAG (skeleton latents shifted by inertial + depth)
+    utd_mhad/embedders_head       --init-from source, --finetune embedders_head: encoder + fusion frozen, new embedders + head
+    utd_mhad/embedders_head_mag   the same + MAG (skeleton latents shifted by inertial + depth)
 
 Each run gets the same number of optimizer steps (``--steps``); AV-MNIST runs train on a stratified
 ``--avmnist-fraction`` of the training split (low-resource, where a pretrained encoder should help).
-Reported per run: trainable / total parameters, test accuracy of the best-validation checkpoint,
-training wall time (``train.py``'s own clock, evaluation excluded). Writes ``results.json`` and
+Reported per run: trainable / total parameters, test accuracy of the best-validation checkpoint
+(mean ± sample sd over seeds, each seed's value in brackets), the difference from the run it is
+measured against (``COMPARED_WITH``) with the verdict of ``benchmarks.common.compare``, training wall
+time (``train.py``'s own clock, evaluation excluded). Writes ``results.json`` and
 ``results.md`` in ``--output-dir``.
 """
 
@@ -50,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import modalities  # noqa: E402,F401  (registers the embedders)
-from benchmarks.common import hardware_line, machine_info, run_cli  # noqa: E402
+from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli  # noqa: E402
 from highmmt import HighMMT  # noqa: E402
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tasks.cache import load_task  # noqa: E402
@@ -58,6 +60,16 @@ from tasks.loader import predict, score  # noqa: E402
 
 BACKBONE = {"backbone": "timm:test_resnet", "image_size": 28}
 ROBOT = ["robot_failures_lp1", "robot_failures_lp2", "robot_failures_lp3", "robot_failures_lp4", "robot_failures_lp5"]
+# Run group -> the group it is measured against in the table (what the one change is made to).
+COMPARED_WITH = {
+    "avmnist/timm_scratch": "avmnist/plain",
+    "avmnist/timm_frozen": "avmnist/timm_frozen_random",
+    "avmnist/timm_finetuned": "avmnist/timm_scratch",
+    "avmnist/head_mag": "avmnist/head",
+    "utd_mhad/full": "utd_mhad/scratch",
+    "utd_mhad/embedders_head": "utd_mhad/full",
+    "utd_mhad/embedders_head_mag": "utd_mhad/embedders_head",
+}
 
 
 def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -72,9 +84,10 @@ def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     utd = [
         ("utd_mhad/scratch", [], "plain training from random init"),
         ("utd_mhad/full", init("source") + ["--finetune", "full"], "from source: plain fine-tuning (everything trains)"),
-        ("utd_mhad/prefix", init("source") + ["--finetune", "prefix"], "from source: prefix tuning (encoder + fusion frozen)"),
-        ("utd_mhad/prefix_mag", init("source") + ["--finetune", "prefix"] + mag_utd,
-         "from source: prefix tuning + MAG (skeleton <- inertial, depth)"),
+        ("utd_mhad/embedders_head", init("source") + ["--finetune", "embedders_head"],
+         "from source: embedders + head over a frozen encoder and fusion"),
+        ("utd_mhad/embedders_head_mag", init("source") + ["--finetune", "embedders_head"] + mag_utd,
+         "from source: embedders + head + MAG (skeleton <- inertial, depth)"),
     ]
     seeds = [int(v) for v in str(args.utd_seeds).split(",") if v != ""] or [args.seed]
     return [
@@ -156,27 +169,31 @@ def summarize(run: dict[str, Any], out: Path, args: argparse.Namespace) -> dict[
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """One row per run group: accuracy mean over seeds (each seed's value in brackets), mean training time."""
+    """One row per run group: accuracy mean ± sd over seeds (each seed's value in brackets), the
+    difference from the group in ``COMPARED_WITH`` with its verdict, mean training time."""
     lines = [
         f"Preset `{results['preset']}`, {results['steps']} optimizer steps per run (source: {results['source_steps']}; "
         f"head-only runs: half), AV-MNIST on {results['avmnist_fraction']:.0%} of its training split; test split, "
         f"best-validation checkpoint; {results['hardware']}.",
         "",
-        "| run | what | seeds | trainable params | of total | test accuracy | training time (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| run | what | seeds | trainable params | of total | test accuracy | difference from | training time (s) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results["runs"]:
         groups.setdefault(r["group"], []).append(r)
+    accs = {name: [x["test"]["omniglot" if name == "source" else x["tasks"][0]]["accuracy"] for x in rs] for name, rs in groups.items()}
     for name, rs in groups.items():
         r = rs[0]
-        task = "omniglot" if name == "source" else r["tasks"][0]
-        accs = [x["test"][task]["accuracy"] for x in rs]
-        acc = f"{sum(accs) / len(accs):.3f}" + (f" ({' / '.join(f'{a:.3f}' for a in accs)})" if len(accs) > 1 else "")
+        acc = format_mean_sd(accs[name], per_seed=True)
+        base = COMPARED_WITH.get(name)
+        versus = f"{base}: {compare(accs[name], accs[base]).format()}" if base in accs else "-"
         share = r["trainable"] / r["total"] if r["trainable"] is not None and r["total"] else float("nan")
         train_s = sum(x["train_s"] for x in rs) / len(rs)
         lines.append(f"| {name} | {r['what']} | {','.join(str(x['seed']) for x in rs)} | {r['trainable']:,} | "
-                     f"{r['total']:,} ({share:.0%}) | {acc}{' (omniglot)' if name == 'source' else ''} | {train_s:.0f} |")
+                     f"{r['total']:,} ({share:.0%}) | {acc}{' (omniglot)' if name == 'source' else ''} | {versus} | {train_s:.0f} |")
+    seeds = sorted({x["seed"] for x in results["runs"]})
+    lines += ["", f"Each row is over the seeds in its seeds column ({format_seeds(seeds)} in all): {STATS_RULE}"]
     lines.append("")
     lines.append(f"Whole study: {results['wall_s'] / 60:.1f} min wall, {results['cpu_s'] / 60:.1f} CPU-min "
                  "(training, evaluation and start-up of every run).")

@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import hardware_line, machine_info, markdown_table, run_cli, write_json  # noqa: E402
+from benchmarks.common import compare, hardware_line, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json  # noqa: E402
 from highmmt.plotting import pyplot, save_figure  # noqa: E402
 
 METHODS = ("none", "self_training", "co_training", "co_regularization", "views_only")
@@ -163,19 +163,25 @@ def pseudo_label_quality(runs: list[dict[str, Any]], data_root: str | None, cach
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (task, fraction, method): mean and sd over seeds, and the paired gain over supervised-only."""
+    """Per (task, fraction, method): mean and sample sd over seeds, the paired difference from
+    supervised-only (mean, seeds better) and its verdict (``benchmarks.common.compare``)."""
     base = {(r["task"], r["fraction"], r["seed"]): r["metrics"]["accuracy"] for r in runs if r["method"] == "none"}
     groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
     for r in runs:
         groups.setdefault((r["task"], r["fraction"], r["method"]), []).append(r)
     out = []
     for (task, fraction, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]))):
-        acc = np.array([r["metrics"]["accuracy"] for r in rs])
-        gains = np.array([r["metrics"]["accuracy"] - base[(task, fraction, r["seed"])] for r in rs if (task, fraction, r["seed"]) in base])
-        agg = {"task": task, "fraction": fraction, "method": method, "seeds": len(rs), "labeled": float(np.mean([r["labeled"] for r in rs])),
-               "accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
+        acc = mean_sd(r["metrics"]["accuracy"] for r in rs)
+        paired = [r for r in rs if (task, fraction, r["seed"]) in base]
+        gains = np.array([r["metrics"]["accuracy"] - base[(task, fraction, r["seed"])] for r in paired])
+        versus = compare([r["metrics"]["accuracy"] for r in paired], [base[(task, fraction, r["seed"])] for r in paired])
+        agg = {"task": task, "fraction": fraction, "method": method, "seeds": len(rs), "seed_list": [r["seed"] for r in rs],
+               "labeled": float(np.mean([r["labeled"] for r in rs])),
+               "accuracy_mean": acc.mean, "accuracy_sd": float("nan") if acc.sd is None else acc.sd,
                "gain_mean": float(gains.mean()) if len(gains) else float("nan"),
                "gain_wins": int((gains > 0).sum()), "gain_n": int(len(gains)),
+               "gain_spread": float("nan") if versus.spread is None else versus.spread,
+               "verdict": "" if method == "none" or not len(gains) else versus.verdict,
                "pseudo_labeled": float(np.mean([r["pseudo_labeled"] for r in rs])),
                "pseudo_accuracy": _nanmean([r["pseudo_accuracy"] for r in rs]),
                "wall_s": float(np.mean([r["wall_s"] for r in rs]))}
@@ -202,13 +208,16 @@ def markdown(results: dict[str, Any]) -> str:
     for a in aggs:
         sd = "" if math.isnan(a["accuracy_sd"]) else f" ± {a['accuracy_sd']:.3f}"
         gain = "" if a["method"] == "none" else f"{a['gain_mean']:+.3f} ({a['gain_wins']}/{a['gain_n']})"
+        verdict = a.get("verdict", "")
         pseudo = "-" if a["method"] not in ("self_training", "co_training") else f"{a['pseudo_labeled']:.0f} ({f3(a['pseudo_accuracy'])})"
         by_view = [f"{k.split(':', 1)[1]} {a[k]:.0f}" for k in a if k.startswith("pseudo_by:")]
         if by_view:
             pseudo += "; by " + ", ".join(by_view)
-        rows.append([a["task"], f"{a['fraction']:g} ({a['labeled']:.0f})", LABELS[a["method"]], f"{a['accuracy_mean']:.3f}{sd}", gain, pseudo])
+        rows.append([a["task"], f"{a['fraction']:g} ({a['labeled']:.0f})", LABELS[a["method"]], f"{a['accuracy_mean']:.3f}{sd}", gain, pseudo,
+                     verdict])
     main = markdown_table(["task", "labeled fraction (rows)", "method", "test accuracy (mean ± sd)",
-                           "gain vs supervised (seeds better)", "pseudo-labeled rows (their accuracy)"], rows)
+                           "difference from supervised (seeds better)", "pseudo-labeled rows (their accuracy)",
+                           "verdict vs supervised"], rows)
     view_rows = []
     for a in aggs:
         if a["method"] not in VIEW_METHODS:
@@ -225,7 +234,8 @@ def markdown(results: dict[str, Any]) -> str:
     head = (f"Test split ({results['eval_note']}); {len(results['seeds'])} seeds ({', '.join(map(str, results['seeds']))}); "
             f"preset `{results['preset']}` x step scale {results['scale']:g}. Hardware: {hardware_line(results['machine'])}. "
             f"{len(results['runs'])} runs, {results['wall_s'] / 60:.1f} min wall with {results['jobs']} worker(s), "
-            f"{cpu_min:.1f} CPU-minutes in the workers.")
+            f"{cpu_min:.1f} CPU-minutes in the workers. {stats_note(results['seeds'])} The difference from "
+            "supervised-only is paired by seed (same labeled rows).")
     return f"{head}\n\n{main}\n\nViews (test split, mean over seeds):\n\n{views}\n"
 
 

@@ -40,7 +40,8 @@ import torch  # noqa: E402
 import modalities  # noqa: E402,F401  (registers the embedders)
 import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
 import train  # noqa: E402
-from benchmarks.common import hardware_line, machine_info, markdown_table, num_threads, run_cli, write_json  # noqa: E402
+from benchmarks.common import (compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, num_threads,  # noqa: E402
+                               run_cli, stats_note, write_json)
 from highmmt import HighMMT  # noqa: E402
 from highmmt.heterogeneity import random_groups_like, restrict_groups, sharing_config  # noqa: E402
 from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
@@ -141,23 +142,35 @@ def family(task: str) -> str:
     return "robot_failures" if task.startswith("robot_failures_") else task
 
 
-def aggregate(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration: mean over seeds of every metric; mean over tasks (sign-flipped for lower-is-better)."""
+def _signed_means(run: Mapping[str, Any]) -> tuple[float, float]:
+    """One run's mean and family mean over tasks, lower-is-better metrics sign-flipped."""
+    signed = {t: v if HIGHER_IS_BETTER[run["metric_names"][t]] else -v for t, v in run["metrics"].items()}
+    families: dict[str, list[float]] = {}
+    for t, v in signed.items():
+        families.setdefault(family(t), []).append(v)
+    return float(np.mean(list(signed.values()))), float(np.mean([np.mean(v) for v in families.values()]))
+
+
+def aggregate(rows: Sequence[Mapping[str, Any]], baseline: str = "all") -> list[dict[str, Any]]:
+    """One row per configuration: mean and sample sd (ddof = 1) over seeds of every metric, of the
+    mean over tasks and of the family mean (sign-flipped for lower-is-better), and the comparison of
+    the per-seed means with ``baseline`` (HighMMT's single shared encoder; ``benchmarks.common.compare``)."""
     out = []
-    for name in dict.fromkeys(r["config"] for r in rows):
+    per_seed = {name: [_signed_means(r) for r in rows if r["config"] == name] for name in dict.fromkeys(r["config"] for r in rows)}
+    for name in per_seed:
         runs = [r for r in rows if r["config"] == name]
         tasks = list(runs[0]["metrics"])
-        per_task = {t: float(np.mean([r["metrics"][t] for r in runs])) for t in tasks}
-        sd = {t: float(np.std([r["metrics"][t] for r in runs])) for t in tasks}
-        signed = {t: per_task[t] if HIGHER_IS_BETTER[runs[0]["metric_names"][t]] else -per_task[t] for t in tasks}
-        families: dict[str, list[float]] = {}
-        for t, v in signed.items():
-            families.setdefault(family(t), []).append(v)
-        out.append({"config": name, "encoder_groups": runs[0]["encoder_groups"], "fusion_groups": runs[0]["fusion_groups"],
-                    "parameters_total": runs[0]["parameters_total"], "parameters_shared": runs[0]["parameters_shared"],
-                    "metrics": per_task, "metrics_sd": sd, "mean": float(np.mean(list(signed.values()))),
-                    "family_mean": float(np.mean([np.mean(v) for v in families.values()])), "seeds": len(runs),
-                    "mean_sd_over_seeds": float(np.std([np.mean(list(r["metrics"].values())) for r in runs]))})
+        stats = {t: mean_sd(r["metrics"][t] for r in runs) for t in tasks}
+        mean, family_mean = (mean_sd(m[i] for m in per_seed[name]) for i in (0, 1))
+        row = {"config": name, "encoder_groups": runs[0]["encoder_groups"], "fusion_groups": runs[0]["fusion_groups"],
+               "parameters_total": runs[0]["parameters_total"], "parameters_shared": runs[0]["parameters_shared"],
+               "metrics": {t: s.mean for t, s in stats.items()}, "metrics_sd": {t: s.sd for t, s in stats.items()},
+               "mean": mean.mean, "family_mean": family_mean.mean, "seeds": len(runs), "seed_list": [r["seed"] for r in runs],
+               "mean_sd_over_seeds": mean.sd, "family_mean_sd_over_seeds": family_mean.sd}
+        if baseline in per_seed and name != baseline:
+            versus = compare([m[0] for m in per_seed[name]], [m[0] for m in per_seed[baseline]])
+            row[f"mean_vs_{baseline}"] = versus._asdict()
+        out.append(row)
     return out
 
 
@@ -165,15 +178,19 @@ def markdown(summary: Mapping[str, Any]) -> str:
     rows = summary["table"]
     tasks = list(rows[0]["metrics"])
     short = {t: t.replace("robot_failures_", "robot_").replace("physionet_mortality", "physionet") for t in tasks}
-    headers = ["config", "enc groups", "fusion groups", "params total", "params shared", *[short[t] for t in tasks], "mean", "sd over seeds", "family mean"]
+    headers = ["config", "enc groups", "fusion groups", "params total", "params shared", *[short[t] for t in tasks], "mean", "sd over seeds",
+               "mean - all", "family mean"]
+    versus = lambda r: "-" if "mean_vs_all" not in r else f"{r['mean_vs_all']['difference']:+.3f} ({r['mean_vs_all']['verdict']})"  # noqa: E731
     body = [[r["config"], r["encoder_groups"], r["fusion_groups"], f"{r['parameters_total']:,.0f}", f"{r['parameters_shared']:,.0f}",
-             *[r["metrics"][t] for t in tasks], r["mean"], r["mean_sd_over_seeds"], r["family_mean"]] for r in rows]
+             *[r["metrics"][t] for t in tasks], r["mean"], "-" if r["mean_sd_over_seeds"] is None else r["mean_sd_over_seeds"],
+             versus(r), r["family_mean"]] for r in rows]
+    seeds = rows[0].get("seed_list", list(range(summary["seeds"])))
     metric_names = summary["metric_names"]
     lines = [f"Sharing benchmark; {summary['hardware_line']}; wall time {summary['wall_s']:.0f} s.", "",
-             f"Preset `{summary['preset']}`, {summary['epochs']} x {summary['steps_per_epoch']} steps, seeds {summary['seeds']}, "
+             f"Preset `{summary['preset']}`, {summary['epochs']} x {summary['steps_per_epoch']} steps, {format_seeds(seeds)}, "
              f"test split (at most {summary['limit']} rows per task); metrics: "
              + ", ".join(f"{short[t]} {metric_names[t]}" for t in tasks) + ". 'params shared' = encoders + fusion; 'family mean' averages the five robot problems "
-             "first (7 families).", "",
+             "first (7 families). " + stats_note(seeds) + " 'mean - all': against the single shared encoder and fusion.", "",
              markdown_table(headers, body)]
     return "\n".join(lines) + "\n"
 
@@ -185,7 +202,7 @@ def plot(summary: Mapping[str, Any], path: Path) -> None:
     for ax, key, label in ((axes[0], "mean", "mean test metric over tasks"), (axes[1], "family_mean", "family mean (robot problems as one)")):
         for r in summary["table"]:
             colour = "tab:green" if r["config"].startswith("hetero") else "tab:orange" if r["config"].startswith("random") else "tab:blue"
-            err = r["mean_sd_over_seeds"] if key == "mean" and r["seeds"] > 1 else None
+            err = r[f"{key}_sd_over_seeds"] if key == "family_mean" else r["mean_sd_over_seeds"]
             ax.errorbar(r["parameters_shared"], r[key], yerr=err, fmt="o", color=colour, capsize=3)
             ax.annotate(f"{r['config']} ({r['encoder_groups']},{r['fusion_groups']})", (r["parameters_shared"], r[key]),
                         textcoords="offset points", xytext=(5, 4), fontsize=7)

@@ -11,6 +11,15 @@ Then ``evaluate.py`` on each (test split, no robustness sweep) and writes ``resu
 ``results.md`` (the table in the README comes from here). Reference figures are the simple
 baselines measured in ``../shared/data/*/README.md``; goals are the issue's, raised to the
 reference where the reference is higher.
+
+One call is one seed (``--seed``), so its table judges no difference. Over several seeds, run one
+call per seed into its own folder, then combine them (trains nothing):
+
+    python benchmarks/suite_results.py --combine results/suite,results/suite_seed1 --output-dir results/suite
+
+writes ``seeds.json`` and ``seeds.md``: per task mean ± sample sd (ddof = 1) with each seed's value,
+and multitask - single-task with the verdict of ``benchmarks.common.compare`` (a difference not
+larger than the larger of the two sds is "no difference").
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
+from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, run_cli, stats_note  # noqa: E402
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 # Best simple-model reference per task from the data READMEs (test split; robot: CV mean of RF).
@@ -89,7 +99,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0, help="train.py's --seed for every run")
+    p.add_argument("--combine", default="", metavar="DIR,DIR,...",
+                   help="train nothing: read the results.json of earlier calls (one seed each) and write seeds.json and "
+                        "seeds.md (mean ± sd over the seeds, multitask vs single-task verdicts) into --output-dir")
     args = p.parse_args(argv)
+    if args.combine:
+        return combine([Path(d) for d in args.combine.split(",") if d], Path(args.output_dir))
     tasks = train.expand_tasks(args.tasks.split(","))
     out = Path(args.output_dir)
     common = ["--quiet"] + (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
@@ -160,8 +175,10 @@ def markdown(results: dict[str, Any]) -> str:
     lf_params = sum(r["parameters"] for k, r in runs.items() if k.startswith("late_fusion/"))
     lines.append("")
     if mt_scores:
-        lines.append(f"Mean primary metric over {len(mt_scores)} tasks: multitask {sum(mt_scores) / len(mt_scores):.3f}, "
-                     f"single-task {sum(st_scores) / len(st_scores):.3f}.")
+        mt_mean, st_mean = sum(mt_scores) / len(mt_scores), sum(st_scores) / len(st_scores)
+        c = compare([mt_mean], [st_mean])
+        lines.append(f"Mean primary metric over {len(mt_scores)} tasks: multitask {mt_mean:.3f}, single-task {st_mean:.3f}, "
+                     f"difference {c.difference:+.3f} ({c.verdict}: no spread to judge it by; --combine puts seeds together).")
     if mt_params:
         lines.append(f"Parameters: one multitask model {mt_params:,.0f}; {sum(k.startswith('single/') for k in runs)} single-task "
                      f"models {st_params:,.0f} in total (ratio {mt_params / max(st_params, 1):.2f}); late-fusion models {lf_params:,.0f}.")
@@ -171,5 +188,55 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combine(folders: Sequence[Path], out: Path) -> dict[str, Any]:
+    """Per-seed figures of several calls' ``results.json`` (one seed each, same preset, overrides and
+    tasks) side by side; writes ``seeds.json`` and ``seeds.md`` into ``out``."""
+    loaded = [json.loads((f / "results.json").read_text()) for f in folders]
+    if not loaded:
+        raise ValueError("--combine needs at least one folder holding a results.json")
+    first = loaded[0]
+    for f, r in zip(folders, loaded):
+        for key in ("preset", "overrides", "tasks"):
+            if r.get(key) != first.get(key):
+                raise ValueError(f"--combine: {f} has {key} {r.get(key)!r}, {folders[0]} has {first.get(key)!r}; "
+                                 "only calls that differ in --seed can be combined")
+    seeds = [r.get("seed", 0) for r in loaded]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--combine: the folders {[str(f) for f in folders]} repeat a seed ({seeds}); each must be another seed")
+    per_task: dict[str, dict[str, Any]] = {}
+    for t in first["tasks"]:
+        metric = REFERENCES.get(t, ("accuracy", None, ""))[0]
+        values = {kind: [_metric(r, key, t, metric) for r in loaded]
+                  for kind, key in (("multitask", "multitask"), ("single", f"single/{t}"), ("late_fusion", f"late_fusion/{t}"))}
+        per_task[t] = {"metric": metric, **values}
+        if None not in values["multitask"] and None not in values["single"]:
+            per_task[t]["multitask_vs_single"] = compare(values["multitask"], values["single"])._asdict()
+    both = [t for t, v in per_task.items() if "multitask_vs_single" in v]
+    means = {kind: [sum(per_task[t][kind][i] for t in both) / len(both) for i in range(len(loaded))] if both else []
+             for kind in ("multitask", "single")}
+    combined = {"preset": first["preset"], "overrides": first.get("overrides", []), "seeds": seeds, "folders": [str(f) for f in folders],
+                "tasks": first["tasks"], "per_task": per_task, "mean_tasks": both, "mean": means,
+                "mean_multitask_vs_single": compare(means["multitask"], means["single"])._asdict() if both else None}
+    atomic_write_json(out / "seeds.json", combined)
+    table = markdown_seeds(combined)
+    atomic_write_bytes(out / "seeds.md", table.encode())
+    print(table)
+    return combined
+
+
+def markdown_seeds(combined: dict[str, Any]) -> str:
+    """The table over seeds: mean ± sd (each seed's value), multitask - single-task with its verdict."""
+    fmt = lambda vs: "-" if not vs or None in vs else format_mean_sd(vs, per_seed=True)  # noqa: E731
+    verdict = lambda c: "-" if c is None else f"{c['difference']:+.3f} ({c['verdict']})"  # noqa: E731
+    rows = [[t, v["metric"], fmt(v["multitask"]), fmt(v["single"]), verdict(v.get("multitask_vs_single")), fmt(v["late_fusion"])]
+            for t, v in combined["per_task"].items()]
+    if combined["mean_tasks"]:
+        rows.append([f"**mean ({len(combined['mean_tasks'])})**", "", fmt(combined["mean"]["multitask"]), fmt(combined["mean"]["single"]),
+                     verdict(combined["mean_multitask_vs_single"]), ""])
+    head = (f"Preset `{combined['preset']}`; test split; {format_seeds(combined['seeds'])} (folders {', '.join(combined['folders'])}). "
+            f"{stats_note(combined['seeds'])}")
+    return head + "\n\n" + markdown_table(["task", "metric", "multitask", "single-task", "multitask - single-task", "late fusion"], rows) + "\n"
+
+
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import re
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -41,7 +40,8 @@ if str(ROOT) not in sys.path:  # run as a script or as `python -m benchmarks.tra
 import torch  # noqa: E402
 
 import train  # noqa: E402
-from benchmarks.common import hardware_line, load_average, machine_info, markdown_table, run_cli, write_json  # noqa: E402
+from benchmarks.common import (compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd,  # noqa: E402
+                               run_cli, stats_note, write_json)
 from highmmt import HighMMT  # noqa: E402
 from highmmt.checkpoint import atomic_write_bytes  # noqa: E402
 from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
@@ -201,21 +201,17 @@ def loop_seconds(run_dir: Path) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else float("nan")
-
-
-def summarize(results: dict[str, Any]) -> dict[str, dict[float, dict[str, dict[str, float]]]]:
-    """task -> fraction -> method -> {mean, std, n} over seeds."""
-    out: dict[str, dict[float, dict[str, dict[str, float]]]] = {}
+def summarize(results: dict[str, Any]) -> dict[str, dict[float, dict[str, dict[str, Any]]]]:
+    """task -> fraction -> method -> {values (per seed, in run order), mean, sd (sample, ddof = 1;
+    None for one seed), n}."""
+    out: dict[str, dict[float, dict[str, dict[str, Any]]]] = {}
     for r in results["runs"]:
         cell = out.setdefault(r["task"], {}).setdefault(r["fraction"], {}).setdefault(r["method"], {"values": []})
         cell["values"].append(r["test"])
     for per_task in out.values():
         for per_fraction in per_task.values():
             for cell in per_fraction.values():
-                v = cell.pop("values")
-                cell.update(mean=_mean(v), std=statistics.pstdev(v) if len(v) > 1 else 0.0, n=len(v))
+                cell.update(mean_sd(cell["values"])._asdict())
     return out
 
 
@@ -226,7 +222,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Transfer from a multitask checkpoint pre-trained on {len(results['pretrain_tasks'])} tasks "
         f"({', '.join(results['pretrain_tasks'])}) vs training from scratch; preset `{results['preset']}`, "
-        f"fine-tuning {' '.join(results['finetune_overrides'])}; test split, mean ± std over seeds {results['seeds']}."
+        f"fine-tuning {' '.join(results['finetune_overrides'])}; test split. {stats_note(results['seeds'])} The last column "
+        "compares the transfer method with the best mean to scratch."
         + (f" `full_ld`: full fine-tuning with layer-wise lr decay {results['layer_decay']:g}." if "full_ld" in results["methods"] else ""),
         f"Hardware: {hardware_line(results['machine'])}. This call: {results['wall_s'] / 60:.1f} min wall "
         f"(runs finished by an earlier call are reused). Training loops, as each run's DONE file says: pre-training "
@@ -236,16 +233,19 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     for task, per_task in summary.items():
         metric = next(r["metric"] for r in results["runs"] if r["task"] == task)
-        sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+        higher = HIGHER_IS_BETTER.get(metric, True)
+        sign = 1.0 if higher else -1.0
         headers = ["fraction", "train rows", *[f"{m}" for m in methods], "best transfer - scratch"]
         table = []
         for fraction, cells in sorted(per_task.items()):
-            scratch = cells.get("scratch", {}).get("mean", float("nan"))
-            transfer = [cells[m]["mean"] for m in methods[1:] if m in cells]
-            best = max(transfer, key=lambda v: sign * v) if transfer else float("nan")
-            fmt = lambda c: "-" if c is None else (f"{c['mean']:.3f}" + (f" ± {c['std']:.3f}" if c["n"] > 1 else ""))  # noqa: E731
+            transfer = [m for m in methods[1:] if m in cells]
+            best = max(transfer, key=lambda m: sign * cells[m]["mean"]) if transfer else None
+            versus = "-"
+            if best is not None and "scratch" in cells:
+                versus = f"{best} " + compare(cells[best]["values"], cells["scratch"]["values"], higher_is_better=higher).format()
+            fmt = lambda c: "-" if c is None else format_mean_sd(c["values"])  # noqa: E731
             rows = rows_by.get((task, fraction), {}).get("train_rows")
-            table.append([f"{fraction:g}", "-" if rows is None else rows, *[fmt(cells.get(m)) for m in methods], f"{sign * (best - scratch):+.3f}"])
+            table.append([f"{fraction:g}", "-" if rows is None else rows, *[fmt(cells.get(m)) for m in methods], versus])
         lines += [f"**{task}** (test {metric})", "", markdown_table(headers, table), ""]
     params = {r["method"]: (r["trainable_parameters"], r["total_parameters"]) for r in results["runs"]}
     lines.append("Trainable parameters: " + "; ".join(

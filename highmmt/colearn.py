@@ -11,7 +11,9 @@ Two training hooks (``highmmt.hooks``), switched on by ``train.colearn`` (:class
   symmetric InfoNCE loss at a fixed temperature (a coordinated representation). With
   ``supervise_secondary=false`` the secondary never enters the supervised forward, so its labels
   are never used; :func:`class_prototypes` + :func:`nearest_prototype` then classify the secondary
-  zero-shot through prototypes built from labeled primary examples (Socher et al. 2013).
+  through prototypes built from labeled primary examples: cross-modal label transfer. It is not
+  zero-shot learning (Socher et al. 2013 classify classes never seen in training): every class is
+  seen in training, only through the other modality's labels.
 
 Letters: b batch, l latents, d width, p projection width, c classes, n examples.
 
@@ -45,7 +47,7 @@ HOOK_NAME = "colearn"
 HOOK_WEIGHTS = "hooks.safetensors"
 
 
-# ---- losses and zero-shot classification -------------------------------------------------------
+# ---- losses and cross-modal label transfer ------------------------------------------------------
 def normalized_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """MSE divided by the target's variance (detached): 1.0 for predicting the target's mean, scale-free."""
     if pred.shape != target.shape:

@@ -184,7 +184,7 @@ class ColearnConfig:
     the secondary is missing (validation scores that primary-only path): ``translation`` (the
     translated latents), ``zero`` (a zero slot: modality dropout), ``none``; ``auto`` is
     ``translation`` for the translation method, else ``none``. ``supervise_secondary=false`` keeps the
-    secondary out of the supervised forward: its labels are never used (zero-shot studies).
+    secondary out of the supervised forward: its labels are never used (cross-modal label transfer).
     """
 
     method: str = "none"
@@ -280,7 +280,15 @@ class SemiConfig:
                 raise ValueError(f"train.semi.{key} must be >= 0, got {getattr(self, key)}")
 
 
-FINETUNE_POLICIES = ("full", "head", "embedders_head", "prefix", "lora")
+FINETUNE_POLICIES = ("full", "head", "embedders_head", "lora")
+# Policy names that are no longer accepted -> why, and what to use instead.
+RETIRED_FINETUNE_POLICIES = {
+    "prefix": "'prefix' trained the same parameters as 'embedders_head' (embedders and heads over a frozen "
+              "encoder) and is now called that: use --finetune embedders_head. Real prefix tuning (Frozen, "
+              "Tsimpoukelli et al. 2021: k trainable prefix tokens prepended to a frozen model's token sequence) "
+              "is not built yet",
+}
+
 
 
 @dataclass
@@ -331,6 +339,8 @@ class TrainConfig:
             raise ValueError("train.epochs, train.steps_per_epoch and train.batch_size must be >= 1")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"train.train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.finetune in RETIRED_FINETUNE_POLICIES:
+            raise ValueError(f"train.finetune={self.finetune!r} is no longer accepted: {RETIRED_FINETUNE_POLICIES[self.finetune]}")
         if self.finetune not in FINETUNE_POLICIES:
             raise ValueError(f"train.finetune must be one of {FINETUNE_POLICIES}, got {self.finetune!r}")
         if self.lora_rank < 1 or self.lora_alpha <= 0:

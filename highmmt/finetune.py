@@ -13,10 +13,8 @@
    ==================  ===========================================================================
    ``full``            every parameter trains
    ``head``            only the task heads train
-   ``embedders_head``  modality embedders (and modality-type embeddings) and heads train
-   ``prefix``          the same parts as ``embedders_head``, named for prefix tuning (Frozen,
-                       Tsimpoukelli et al. 2021): the frozen shared transformer reads the tokens a
-                       learned (new) modality embedder makes; see highmmt/pretrained.py
+   ``embedders_head``  modality embedders (and modality-type embeddings) and heads train over the
+                       frozen shared encoder(s) and fusion
    ``lora``            heads train, plus rank-r LoRA adapters (peft) on every pre-trained linear
                        layer of the shared encoders and the fusion; all base weights stay frozen
    ==================  ===========================================================================
@@ -25,6 +23,9 @@
    group, a head whose shape changed) always train: freezing a random initialisation would only
    remove capacity. Without ``--init-from`` the policy applies to every parameter as written.
    A parameter its module marks ``highmmt_frozen`` (a ``freeze=true`` pretrained backbone) never trains.
+   The former name ``prefix`` (the same parts as ``embedders_head``) is an error that says so: real
+   prefix tuning (Frozen, Tsimpoukelli et al. 2021: k trainable prefix tokens prepended to a frozen
+   model's token sequence) is not built.
 3. :func:`layer_lr_scales`: layer-wise learning-rate decay over the depth order
    embedders -> encoder layers -> fusion layers -> heads; the heads get ``lr``, a part k steps
    earlier ``lr * decay**k``.
@@ -48,7 +49,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from highmmt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
-from highmmt.config import FINETUNE_POLICIES, HighMMTConfig
+from highmmt.config import FINETUNE_POLICIES, RETIRED_FINETUNE_POLICIES, HighMMTConfig
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
 
 PARTS = ("embedders", "encoders", "fusion", "heads", "other")  # other: any module added to HighMMT later
@@ -56,7 +57,6 @@ TRAINABLE_PARTS: dict[str, frozenset[str]] = {
     "full": frozenset(PARTS),
     "head": frozenset({"heads"}),
     "embedders_head": frozenset({"embedders", "heads"}),
-    "prefix": frozenset({"embedders", "heads"}),
     "lora": frozenset({"heads"}),
 }
 # Top-level attribute of HighMMT -> part (modality-type embeddings belong to their embedder).
@@ -287,13 +287,15 @@ def apply_policy(
 
     Args:
         model: a :class:`~highmmt.HighMMT`.
-        policy: one of ``full``, ``head``, ``embedders_head``, ``prefix``, ``lora``.
+        policy: one of ``full``, ``head``, ``embedders_head``, ``lora``.
         new: parameter names that were not loaded from a checkpoint; they always train.
         lora_rank, lora_alpha: LoRA's rank r and scale alpha (the update is ``alpha / r * B @ A``).
 
     Returns:
         trainable parameter counts per part (plus ``lora``), ``trainable`` and ``total``.
     """
+    if policy in RETIRED_FINETUNE_POLICIES:
+        raise ValueError(f"fine-tuning policy {policy!r} is no longer accepted: {RETIRED_FINETUNE_POLICIES[policy]}")
     if policy not in FINETUNE_POLICIES:
         raise ValueError(f"unknown fine-tuning policy {policy!r}; known: {list(FINETUNE_POLICIES)}")
     new = set(new)

@@ -1,4 +1,4 @@
-"""Pretrained backbones, prefix tuning and representation tuning (MAG).
+"""Pretrained backbones, embedders + heads over a frozen encoder, and representation tuning (MAG).
 
 Letters: b batch, n tokens, l latents, d width, f a backbone's feature width, C context modalities.
 
@@ -7,17 +7,18 @@ Letters: b batch, n tokens, l latents, d width, f a backbone's feature width, C 
   (``"module:package.module:Attr"``, called with keyword options) with weights from a local
   ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file. The ``pretrained`` embedder kind
   (``modalities/pretrained.py``) turns one into a modality embedder.
-- **Prefix tuning** (Tsimpoukelli et al. 2021, *Frozen*): ``train.py --init-from RUN --finetune prefix``
-  (``highmmt/finetune.py``) keeps the loaded shared encoder(s) and fusion frozen; only the embedders
-  (their tokens are the "prefix" the frozen transformer reads), their modality-type embeddings and the
-  heads learn.
+- **Embedders + heads over a frozen encoder**: ``train.py --init-from RUN --finetune embedders_head``
+  (``highmmt/finetune.py``) keeps the loaded shared encoder(s) and fusion frozen; only the embedders,
+  their modality-type embeddings and the heads learn. This is not prefix tuning (Frozen, Tsimpoukelli
+  et al. 2021, prepends k trainable prefix tokens to a frozen model's token sequence), which is not
+  built; the former policy name ``prefix`` is an error that says so.
 - **Representation tuning** (Rahman et al. 2020, *MAG*): :class:`MultimodalAdaptationGate` shifts
   the frozen encoder's latents of a primary modality by a gated sum of projections of the other
   modalities' pooled latents, ``h' = h + alpha * H``, ``alpha = min(||h|| / ||H|| * beta, 1)``.
   Switched on by ``model.representation_tuning.primary``; :class:`RepresentationTuning` sits between
   the encoder and the fusion in ``HighMMT.encode``. A fresh gate is new to any checkpoint, so it
   trains under every ``train.finetune`` policy: ``--finetune head`` trains only the gate and the
-  heads, ``--finetune prefix`` adds the embedders.
+  heads, ``--finetune embedders_head`` adds the embedders.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an ins
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import data, speed  # noqa: E402
-from benchmarks.common import markdown_table, time_interleaved  # noqa: E402
+from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, stats_note, time_interleaved  # noqa: E402
 
 
 def positive(x: float) -> bool:
@@ -104,3 +105,132 @@ def test_time_interleaved_and_table() -> None:
     assert calls == ["a", "b"] * 3 and all(len(t) == 2 for t in times.values())
     table = markdown_table(["x", "y"], [[1, 0.12345], ["z", float("nan")]])
     assert table.splitlines()[2] == "| 1 | 0.123 |" and table.splitlines()[3] == "| z | - |"
+
+
+# ---- statistics over seeds (benchmarks/common.py) and the study scripts' tables ------------------------------
+MACHINE = {"cpu_model": "cpu", "logical_cpus": 2, "torch_version": "x", "torch_threads": 1, "date": "d", "load_average": []}
+
+
+def test_mean_sd_is_the_sample_standard_deviation() -> None:
+    values = [0.5, 0.7, 0.65]
+    m = mean_sd(values)
+    assert m.n == 3 and m.mean == pytest.approx(statistics.fmean(values))
+    assert m.sd == pytest.approx(statistics.stdev(values)) and m.sd != pytest.approx(statistics.pstdev(values))
+    assert tuple(mean_sd([0.5])) == (0.5, None, 1)  # one seed: no spread
+    assert mean_sd([]).n == 0 and mean_sd([]).sd is None
+    assert format_mean_sd([0.5, 0.7]) == "0.600 ± 0.141" and format_mean_sd([0.5]) == "0.500"
+    assert format_mean_sd([0.55, 0.75], per_seed=True) == "0.650 ± 0.141 (0.550, 0.750)"
+    assert format_mean_sd([]) == "-" and format_mean_sd([0.5, float("nan")]) == "-"
+    assert format_seeds([0]) == "seed 0" and format_seeds([0, 1, 2]) == "seeds 0, 1, 2"
+    assert "seeds 0, 1" in stats_note([0, 1]) and "ddof = 1" in stats_note([0, 1]) and "one seed" in stats_note([3])
+
+
+def test_compare_calls_a_difference_inside_the_seed_spread_no_difference() -> None:
+    inside = compare([0.55, 0.75], [0.5, 0.7])  # +0.05 against seed sds of 0.141
+    assert inside.verdict == "no difference" and inside.difference == pytest.approx(0.05)
+    assert inside.spread == pytest.approx(statistics.stdev([0.5, 0.7]))
+    assert inside.format() == "+0.050 (no difference)"
+    # The spread is the larger of the two sds: a tight baseline does not make a noisy method's gain real.
+    assert compare([0.6, 0.8], [0.6, 0.61]).verdict == "no difference"
+    assert compare([0.90, 0.92], [0.50, 0.52]).verdict == "gain"
+    assert compare([0.50, 0.52], [0.90, 0.92]).verdict == "loss"
+    assert compare([0.10, 0.11], [0.50, 0.52], higher_is_better=False).verdict == "gain"  # a loss value that fell
+    assert compare([0.9], [0.1]).verdict == "one seed" and compare([0.9], [0.1]).spread is None
+    assert compare([0.9], [0.1, 0.12]).verdict == "gain"  # one side's seeds give the spread
+    assert compare([0.7, 0.7], [0.7, 0.7]).verdict == "no difference"
+
+
+def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) -> None:
+    from benchmarks import suite_results
+
+    def results(seed: int, mt: tuple[float, float], st: tuple[float, float]) -> dict:
+        runs = {"multitask": {"metrics": {"avmnist": {"accuracy": mt[0]}, "omniglot": {"accuracy": mt[1]}}, "parameters": 100, "train_log": "x"},
+                "single/avmnist": {"metrics": {"avmnist": {"accuracy": st[0]}}, "parameters": 60},
+                "single/omniglot": {"metrics": {"omniglot": {"accuracy": st[1]}}, "parameters": 60}}
+        return {"preset": "tiny", "overrides": [], "seed": seed, "tasks": ["avmnist", "omniglot"], "runs": runs}
+
+    one = suite_results.markdown(results(0, (0.82, 0.29), (0.83, 0.07)))
+    assert "one seed (0)" in one and "difference +0.105 (one seed" in one and "gain" not in one
+    folders = []
+    for seed, mt, st in ((0, (0.82, 0.29), (0.83, 0.07)), (1, (0.76, 0.28), (0.84, 0.072))):
+        folders.append(tmp_path / f"s{seed}")
+        folders[-1].mkdir()
+        (folders[-1] / "results.json").write_text(json.dumps(results(seed, mt, st)))
+    combined = suite_results.main(["--combine", ",".join(map(str, folders)), "--output-dir", str(tmp_path / "out")])
+    assert combined["seeds"] == [0, 1] and combined["per_task"]["avmnist"]["multitask_vs_single"]["verdict"] == "loss"
+    md = (tmp_path / "out" / "seeds.md").read_text()
+    assert "seeds 0, 1" in md and "| avmnist | accuracy | 0.790 ± 0.042 (0.820, 0.760) | 0.835 ± 0.007 (0.830, 0.840) | -0.045 (loss) | - |" in md
+    assert "| omniglot | accuracy | 0.285 ± 0.007 (0.290, 0.280) | 0.071 ± 0.001 (0.070, 0.072) | +0.214 (gain) | - |" in md
+    (folders[1] / "results.json").write_text(json.dumps({**results(0, (0.8, 0.3), (0.8, 0.1))}))
+    with pytest.raises(ValueError, match="repeat a seed"):
+        suite_results.main(["--combine", ",".join(map(str, folders)), "--output-dir", str(tmp_path / "out")])
+
+
+def test_transfer_table_uses_the_sample_sd_and_judges_the_best_transfer() -> None:
+    from benchmarks import transfer
+
+    def run(method: str, seed: int, test: float) -> dict:
+        return {"task": "t", "fraction": 0.5, "method": method, "seed": seed, "test": test, "metric": "accuracy", "train_rows": 10,
+                "trainable_parameters": 5, "total_parameters": 10, "train_loop_s": 1.0}
+
+    runs = [run("scratch", 0, 0.60), run("scratch", 1, 0.64), run("full", 0, 0.80), run("full", 1, 0.84), run("head", 0, 0.5), run("head", 1, 0.9)]
+    results = {"methods": ["scratch", "full", "head"], "runs": runs, "pretrain_tasks": ["a"], "preset": "tiny", "finetune_overrides": [],
+               "seeds": [0, 1], "layer_decay": 1.0, "machine": MACHINE, "wall_s": 60.0, "pretrain_loop_s": 60.0}
+    cell = transfer.summarize(results)["t"][0.5]["scratch"]
+    assert cell["sd"] == pytest.approx(statistics.stdev([0.60, 0.64]))  # was the population sd
+    md = transfer.markdown(results)
+    assert "| 0.5 | 10 | 0.620 ± 0.028 | 0.820 ± 0.028 | 0.700 ± 0.283 | full +0.200 (gain) |" in md
+    assert "seeds 0, 1" in md and "ddof = 1" in md
+
+
+def test_sharing_aggregate_uses_the_sample_sd_and_compares_with_all() -> None:
+    from benchmarks import sharing
+
+    def row(config: str, seed: int, a: float, b: float) -> dict:
+        return {"config": config, "seed": seed, "encoder_groups": 1, "fusion_groups": 1, "parameters_total": 10, "parameters_shared": 5,
+                "metrics": {"avmnist": a, "robot_failures_lp1": b}, "metric_names": {"avmnist": "accuracy", "robot_failures_lp1": "accuracy"}}
+
+    rows = [row("none", 0, 0.7, 0.5), row("all", 0, 0.6, 0.5), row("none", 1, 0.72, 0.52), row("all", 1, 0.62, 0.4)]
+    table = {r["config"]: r for r in sharing.aggregate(rows)}
+    assert table["all"]["metrics_sd"]["robot_failures_lp1"] == pytest.approx(statistics.stdev([0.5, 0.4]))
+    assert table["all"]["mean_sd_over_seeds"] == pytest.approx(statistics.stdev([0.55, 0.51]))
+    assert table["none"]["mean_vs_all"]["verdict"] == "gain" and "mean_vs_all" not in table["all"]
+    summary = {"table": list(table.values()), "metric_names": rows[0]["metric_names"], "hardware_line": "cpu", "wall_s": 1.0,
+               "preset": "tiny", "epochs": 1, "steps_per_epoch": 1, "seeds": 2, "limit": 10}
+    md = sharing.markdown(summary)
+    assert "seeds 0, 1" in md and "+0.080 (gain)" in md
+
+
+def test_colearn_tables_name_label_transfer_and_judge_against_the_baseline() -> None:
+    from benchmarks import colearn
+
+    def row(study: str, run: str, seed: int, **metrics: float) -> dict:
+        return {"study": study, "run": run, "seed": seed, "trainable_parameters": 1, "train_wall_s": 1.0, "test_clips": 5,
+                "audio_labels_used": False, **metrics}
+
+    rows = []
+    for seed, (alone, trans, aligned, none) in enumerate([(0.78, 0.77, 0.41, 0.10), (0.74, 0.76, 0.30, 0.12)]):
+        rows += [row("missing", "IMU alone", seed, test_imu_only=alone, test_depth_and_imu=float("nan")),
+                 row("missing", "translation IMU -> depth", seed, test_imu_only=trans, test_depth_and_imu=trans),
+                 row("label_transfer", "contrastive alignment", seed, test_audio_accuracy=aligned, test_image_accuracy=0.6),
+                 row("label_transfer", "no alignment (weight 0)", seed, test_audio_accuracy=none, test_image_accuracy=0.6)]
+    md = colearn.markdown({"machine": MACHINE, "settings": "s", "wall_s": 60.0, "seeds": [0, 1], "rows": rows})
+    assert "| translation IMU -> depth | 1 | 0.765 ± 0.007 (0.770, 0.760) | +0.005 (no difference) |" in md
+    assert "cross-modal label transfer" in md and "zero-shot" not in md.replace("not zero-shot", "")
+    assert "| contrastive alignment | 1 | no | 0.355 ± 0.078 (0.410, 0.300) | +0.245 (gain) |" in md
+    with pytest.raises(ValueError, match="'zeroshot' is now called 'label_transfer'"):
+        colearn.main(["--studies", "zeroshot"])
+
+
+def test_pretrained_table_compares_each_run_with_its_reference() -> None:
+    from benchmarks import pretrained
+
+    def run(group: str, seed: int, acc: float) -> dict:
+        return {"name": group if seed == 0 else f"{group}-seed{seed}", "group": group, "seed": seed, "what": "w", "tasks": ["utd_mhad"],
+                "trainable": 1, "total": 2, "train_s": 1.0, "test": {"utd_mhad": {"accuracy": acc}}}
+
+    runs = [run(g, s, a) for s in (0, 1) for g, a in (("utd_mhad/full", 0.65 + 0.05 * s), ("utd_mhad/embedders_head", 0.55 + 0.01 * s))]
+    md = pretrained.markdown({"preset": "default", "steps": 1, "source_steps": 1, "avmnist_fraction": 0.1, "hardware": "cpu",
+                              "runs": runs, "wall_s": 60.0, "cpu_s": 60.0})
+    assert "| utd_mhad/embedders_head | w | 0,1 | 1 | 2 (50%) | 0.555 ± 0.007 (0.550, 0.560) | utd_mhad/full: -0.120 (loss) | 1 |" in md
+    assert "seeds 0, 1 in all" in md and "prefix" not in md

@@ -1,4 +1,4 @@
-"""Co-learning hooks (highmmt/colearn.py): translation, contrastive alignment, zero-shot prototypes."""
+"""Co-learning hooks (highmmt/colearn.py): translation, contrastive alignment, label transfer through prototypes."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_contrastive_training_aligns_the_two_modalities(tmp_path):
     assert abs(hist[0]["colearn_contrastive"] - math.log(12)) < 0.5
 
 
-def test_zero_shot_picks_the_nearest_prototype():
+def test_label_transfer_picks_the_nearest_prototype():
     emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 2.0], [-1.0, 0.0]])
     labels = torch.tensor([0, 0, 1, 1, 2])
     protos = class_prototypes(emb, labels, 3)

@@ -1,4 +1,4 @@
-"""Pretrained backbones as embedders, prefix tuning and representation tuning (MAG)."""
+"""Pretrained backbones as embedders, embedders + heads over a frozen encoder, representation tuning (MAG)."""
 
 from __future__ import annotations
 
@@ -281,7 +281,7 @@ def test_save_load_round_trip_without_the_backbone_file(tmp_path):
         HighMMT(cfg)  # building afresh does need the file
 
 
-# ---- through train.py: modality_options, prefix tuning, MAG ------------------------------------------------
+# ---- through train.py: modality_options, embedders_head, MAG ----------------------------------------------
 def run_train(tmp_path: Path, name: str, tasks: str, *extra: str) -> Path:
     out = tmp_path / name
     train.main(["--preset", "tiny", "--tasks", tasks, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
@@ -289,10 +289,10 @@ def run_train(tmp_path: Path, name: str, tasks: str, *extra: str) -> Path:
     return out
 
 
-def test_prefix_tuning_trains_only_embedders_and_heads(tmp_path):
+def test_embedders_head_trains_only_embedders_and_heads(tmp_path):
     base = run_train(tmp_path, "base", "synthetic_pair")
     backbone = {"backbone": "module:torch.nn:Linear", "backbone_options": {"in_features": 3, "out_features": 6}}
-    out = run_train(tmp_path, "prefix", "synthetic_single", "--init-from", str(base), "--finetune", "prefix",
+    out = run_train(tmp_path, "embedders_head", "synthetic_single", "--init-from", str(base), "--finetune", "embedders_head",
                     "--set", "train.modality_options=" + json.dumps({"syn_a": backbone}))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["modalities"]["syn_a"]["kind"] == "pretrained"

@@ -174,10 +174,27 @@ def test_bad_policy_decay_and_fraction_in_the_functions():
         finetune.stratified_subset([0, 1], 2, 0.0, seed=0)
 
 
+def test_the_retired_prefix_policy_says_it_was_embedders_head(capsys):
+    """``prefix`` trained the same parts as ``embedders_head``; it is an error that names the
+    replacement and says real prefix tuning is not built."""
+    for match in ("use --finetune embedders_head", "prefix tokens prepended to a frozen model's token sequence"):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(finetune="prefix")
+    with pytest.raises(ValueError, match="fine-tuning policy 'prefix' is no longer accepted.*embedders_head"):
+        finetune.apply_policy(HighMMT(tiny_config()), "prefix")
+    assert "prefix" not in finetune.TRAINABLE_PARTS
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    usage = capsys.readouterr().out
+    assert "--finetune full|head|embedders_head|lora" in usage and "prefix" not in usage
+
+
 def test_bad_command_lines(tmp_path):
     base = ["--preset", "tiny", "--tasks", "synthetic_pair", "--output-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--quiet"]
     with pytest.raises(ValueError, match="train.finetune must be one of"):
         train.main([*base, "--finetune", "adapters"])
+    with pytest.raises(ValueError, match="train.finetune='prefix' is no longer accepted.*embedders_head"):
+        train.main([*base, "--finetune", "prefix"])
     with pytest.raises(ValueError, match="train_fraction"):
         train.main([*base, "--train-fraction", "0"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
