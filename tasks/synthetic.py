@@ -2,13 +2,35 @@
 
 ``synthetic_pair``: two timeseries modalities; the class is readable from either (noisily), better
 from both. ``synthetic_single``: one of those modalities, another label. Together they form a small
-non-parallel multitask suite that trains in seconds.
+non-parallel multitask suite that trains in seconds. Options: ``noise`` (std of the Gaussian noise
+on every value) and ``shuffle_train_labels`` (permute the training split's labels: the control of a
+learning test, nothing left to learn).
+
+Tasks with a planted structure, each built so that one training method must show its effect
+(``tests/test_learning.py``):
+
+- ``synthetic_slope`` / ``synthetic_offset`` (heterogeneity): every sample has two independent
+  factors, a slope class (a trend over time along a fixed channel direction) and an offset class
+  (which channel is raised). ``synthetic_slope`` is labeled by the slope and reads it through
+  ``slope_x`` and ``slope_mixed`` (a fixed linear channel mix of ``slope_x`` plus fresh noise: the
+  same source); ``synthetic_offset`` draws its own samples, is labeled by the offset and reads them
+  through ``offset_x``. An encoder trained on one slope modality transfers to the other; one
+  trained to read offsets has to be unlearned for slopes.
+- ``synthetic_clusters`` (semi-supervised): three classes, each a Gaussian cluster (unit variance)
+  in ``clusters_x`` (32 channels, one step); the class means lie on a circle in two of the channels,
+  the other 30 are noise. A few labels fix the class direction badly; unlabeled rows show where
+  the clusters are.
+- ``synthetic_translate`` (co-learning): a hidden value s ~ U(0, 1) in four bins is the class.
+  ``translate_primary`` reads s noisily (a linear code along one channel direction, 8 steps of
+  unit noise); ``translate_secondary`` reads it cleanly (one-hot of the class and s itself).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -19,9 +41,10 @@ _FEATURES = {
     "syn_a": datasets.Array2D(shape=(None, 3), dtype="float32"),
     "syn_b": datasets.Array2D(shape=(None, 2), dtype="float32"),
 }
+_SPLITS = ("train", "validation", "test")
 
 
-def _make(n: int, classes: int, seed: int, with_b: bool) -> dict[str, list]:
+def _make(n: int, classes: int, seed: int, with_b: bool, noise: float = 0.8) -> dict[str, list]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, classes, size=n)
     rows: dict[str, list] = {"syn_a": [], "label": []}
@@ -30,57 +53,150 @@ def _make(n: int, classes: int, seed: int, with_b: bool) -> dict[str, list]:
     for y in labels:
         t = int(rng.integers(6, 12))
         base = np.sin(np.linspace(0, 3, t) * (1 + y))[:, None]
-        rows["syn_a"].append((base + 0.8 * rng.standard_normal((t, 3))).astype(np.float32))
+        rows["syn_a"].append((base + noise * rng.standard_normal((t, 3))).astype(np.float32))
         if with_b:
-            rows["syn_b"].append((np.full((t + 2, 2), y / classes) + 0.8 * rng.standard_normal((t + 2, 2))).astype(np.float32))
+            rows["syn_b"].append((np.full((t + 2, 2), y / classes) + noise * rng.standard_normal((t + 2, 2))).astype(np.float32))
         rows["label"].append(int(y))
     return rows
 
 
+def _shuffled(rows: dict[str, list], seed: int) -> dict[str, list]:
+    """The same rows with their labels permuted (a seeded permutation)."""
+    perm = np.random.default_rng([seed, 1]).permutation(len(rows["label"]))
+    return {**rows, "label": [rows["label"][i] for i in perm]}
+
+
 def _build(name: str, classes: int, with_b: bool):
-    def build(data_root: Path, *, size: int = 96, seed: int = 0, quiet: bool = False) -> datasets.DatasetDict:
+    def build(data_root: Path, *, size: int = 96, seed: int = 0, noise: float = 0.8, shuffle_train_labels: bool = False,
+              quiet: bool = False) -> datasets.DatasetDict:
         feats = {"syn_a": _FEATURES["syn_a"], "label": datasets.Value("int64")}
         if with_b:
             feats["syn_b"] = _FEATURES["syn_b"]
         features = datasets.Features(feats)
         splits = {}
         for i, (split, n) in enumerate([("train", size), ("validation", size // 4), ("test", size // 4)]):
-            splits[split] = datasets.Dataset.from_dict(_make(n, classes, seed * 10 + i + zlib.crc32(name.encode()) % 97, with_b), features=features)
+            split_seed = seed * 10 + i + zlib.crc32(name.encode()) % 97
+            rows = _make(n, classes, split_seed, with_b, noise)
+            if shuffle_train_labels and split == "train":
+                rows = _shuffled(rows, split_seed)
+            splits[split] = datasets.Dataset.from_dict(rows, features=features)
         return datasets.DatasetDict(splits)
 
     return build
 
 
-register_task(
-    BuiltinTask(
-        spec=TaskSpec(
-            name="synthetic_pair",
-            modalities={"syn_a": "timeseries", "syn_b": "timeseries"},
-            modality_options={"syn_a": {"channels": 3}, "syn_b": {"channels": 2}},
-            task_type="classification",
-            num_classes=3,
-            metric="accuracy",
-            extra_metrics=("f1",),
-            description="synthetic two-modality task for tests",
-        ),
-        source_files=[],
-        build=_build("synthetic_pair", 3, True),
-        options={"size": 96, "seed": 0},
+def _splits(name: str, sizes: tuple[int, int, int], seed: int, make: Callable[[int, np.random.Generator], dict[str, list]],
+            features: dict[str, Any]) -> datasets.DatasetDict:
+    """train / validation / test of ``sizes`` rows, each from its own seeded generator."""
+    feats = datasets.Features({**features, "label": datasets.Value("int64")})
+    out = {}
+    for i, (split, n) in enumerate(zip(_SPLITS, sizes)):
+        rng = np.random.default_rng([seed, i, zlib.crc32(name.encode())])
+        out[split] = datasets.Dataset.from_dict(make(n, rng), features=feats)
+    return datasets.DatasetDict(out)
+
+
+# ---- heterogeneity: two modalities of one source, one of another --------------------------------------
+_MIX = np.array([[0.8, -0.5, 0.3], [0.4, 0.9, -0.2], [-0.3, 0.2, 1.0]])  # slope_mixed = slope_x @ _MIX.T + noise
+
+
+def _slope_offset(n: int, rng: np.random.Generator, label: str, *, steps: int = 8, noise: float = 0.2) -> tuple[list, list, list]:
+    """n samples [steps, 3] with a slope class and an offset class; returns (x, mixed x, labels)."""
+    time = np.linspace(-1, 1, steps)[:, None]
+    xs, mixed, labels = [], [], []
+    for _ in range(n):
+        slope, offset = (int(c) for c in rng.integers(0, 3, size=2))
+        x = (slope - 1) * 1.5 * time * np.array([1.0, 0.7, -0.5]) + 1.5 * np.eye(3)[offset] + noise * rng.standard_normal((steps, 3))
+        xs.append(x.astype(np.float32))
+        mixed.append((x @ _MIX.T + noise * rng.standard_normal((steps, 3))).astype(np.float32))
+        labels.append(slope if label == "slope" else offset)
+    return xs, mixed, labels
+
+
+def _build_slope(data_root: Path, *, size: int = 128, seed: int = 0, quiet: bool = False) -> datasets.DatasetDict:
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        x, mixed, y = _slope_offset(n, rng, "slope")
+        return {"slope_x": x, "slope_mixed": mixed, "label": y}
+
+    f = datasets.Array2D(shape=(None, 3), dtype="float32")
+    return _splits("synthetic_slope", (size, 64, 64), seed, make, {"slope_x": f, "slope_mixed": f})
+
+
+def _build_offset(data_root: Path, *, size: int = 128, seed: int = 0, quiet: bool = False) -> datasets.DatasetDict:
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        x, _, y = _slope_offset(n, rng, "offset")
+        return {"offset_x": x, "label": y}
+
+    return _splits("synthetic_offset", (size, 64, 64), seed, make, {"offset_x": datasets.Array2D(shape=(None, 3), dtype="float32")})
+
+
+# ---- semi-supervised: Gaussian clusters ----------------------------------------------------------------
+_CLUSTER_DIMS = 32
+
+
+def _build_clusters(data_root: Path, *, size: int = 600, seed: int = 0, radius: float = 3.5, quiet: bool = False) -> datasets.DatasetDict:
+    angles = 2 * np.pi * np.arange(3) / 3
+    means = np.zeros((3, _CLUSTER_DIMS))
+    means[:, 0], means[:, 1] = radius * np.cos(angles), radius * np.sin(angles)
+
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        y = rng.integers(0, 3, size=n)
+        x = means[y] + rng.standard_normal((n, _CLUSTER_DIMS))
+        return {"clusters_x": [row[None, :].astype(np.float32) for row in x], "label": y.tolist()}
+
+    f = datasets.Array2D(shape=(None, _CLUSTER_DIMS), dtype="float32")
+    return _splits("synthetic_clusters", (size, size // 4, size // 2), seed, make, {"clusters_x": f})
+
+
+# ---- co-learning: a clean secondary, a noisy primary ---------------------------------------------------
+def _build_translate(data_root: Path, *, size: int = 96, seed: int = 0, amp: float = 2.5, quiet: bool = False) -> datasets.DatasetDict:
+    direction = np.random.default_rng(1234).standard_normal(8)
+    direction /= np.linalg.norm(direction)
+
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        s = rng.uniform(0, 1, size=n)
+        y = np.minimum((4 * s).astype(int), 3)
+        primary = amp * np.sqrt(8) * (s - 0.5)[:, None, None] * direction + rng.standard_normal((n, 8, 8))
+        secondary = np.concatenate([np.eye(4)[y], s[:, None]], axis=1)[:, None, :] + 0.05 * rng.standard_normal((n, 4, 5))
+        return {"translate_primary": list(primary.astype(np.float32)), "translate_secondary": list(secondary.astype(np.float32)),
+                "label": y.tolist()}
+
+    feats = {"translate_primary": datasets.Array2D(shape=(None, 8), dtype="float32"),
+             "translate_secondary": datasets.Array2D(shape=(None, 5), dtype="float32")}
+    return _splits("synthetic_translate", (size, 64, 200), seed, make, feats)
+
+
+def _register(name: str, modalities: dict[str, tuple[str, int]], num_classes: int, build: Callable[..., datasets.DatasetDict],
+              options: dict, description: str, extra_metrics: tuple[str, ...] = ()) -> None:
+    register_task(
+        BuiltinTask(
+            spec=TaskSpec(
+                name=name,
+                modalities={m: kind for m, (kind, _) in modalities.items()},
+                modality_options={m: {"channels": c} for m, (_, c) in modalities.items()},
+                task_type="classification",
+                num_classes=num_classes,
+                metric="accuracy",
+                extra_metrics=extra_metrics,
+                description=description,
+            ),
+            source_files=[],
+            build=build,
+            options=options,
+        )
     )
-)
-register_task(
-    BuiltinTask(
-        spec=TaskSpec(
-            name="synthetic_single",
-            modalities={"syn_a": "timeseries"},
-            modality_options={"syn_a": {"channels": 3}},
-            task_type="classification",
-            num_classes=2,
-            metric="accuracy",
-            description="synthetic one-modality task for tests",
-        ),
-        source_files=[],
-        build=_build("synthetic_single", 2, False),
-        options={"size": 64, "seed": 0},
-    )
-)
+
+
+_register("synthetic_pair", {"syn_a": ("timeseries", 3), "syn_b": ("timeseries", 2)}, 3, _build("synthetic_pair", 3, True),
+          {"size": 96, "seed": 0, "noise": 0.8, "shuffle_train_labels": False}, "synthetic two-modality task for tests",
+          extra_metrics=("f1",))
+_register("synthetic_single", {"syn_a": ("timeseries", 3)}, 2, _build("synthetic_single", 2, False),
+          {"size": 64, "seed": 0, "noise": 0.8, "shuffle_train_labels": False}, "synthetic one-modality task for tests")
+_register("synthetic_slope", {"slope_x": ("timeseries", 3), "slope_mixed": ("timeseries", 3)}, 3, _build_slope,
+          {"size": 128, "seed": 0}, "synthetic: slope class through two related modalities (heterogeneity tests)")
+_register("synthetic_offset", {"offset_x": ("timeseries", 3)}, 3, _build_offset,
+          {"size": 128, "seed": 0}, "synthetic: offset class of independent samples (heterogeneity tests)")
+_register("synthetic_clusters", {"clusters_x": ("timeseries", _CLUSTER_DIMS)}, 3, _build_clusters,
+          {"size": 600, "seed": 0, "radius": 3.5}, "synthetic: three Gaussian clusters in 32 dimensions (semi-supervised tests)")
+_register("synthetic_translate", {"translate_primary": ("timeseries", 8), "translate_secondary": ("timeseries", 5)}, 4,
+          _build_translate, {"size": 96, "seed": 0, "amp": 2.5}, "synthetic: a noisy primary and a clean secondary (co-learning tests)")
