@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -246,12 +247,12 @@ def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.Tran
     return report
 
 
-def resolve_precision(requested: str, model_cfg: HighMMTConfig, use_cpu: bool, resume_dir: Path | None) -> tuple[str, str]:
+def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) -> tuple[str, str]:
     """``train.precision`` -> (``fp32`` | ``bf16`` | ``fp16``, how it was chosen).
 
-    ``auto`` measures fp32 against bf16 autocast on this device (``highmmt.autotune``), except when a
-    resumed run already chose (its ``config.json``) or several processes run (each would measure
-    its own; then bf16 on a GPU that supports it, else fp32).
+    ``auto`` follows the device's capabilities (``highmmt.autotune.pick_precision``: bf16 on a GPU
+    that supports it or a CPU with AMX tiles, else fp32), except that a resumed run keeps the choice
+    it started with (its ``config.json``).
     """
     if requested != "auto":
         return requested, "set"
@@ -259,13 +260,8 @@ def resolve_precision(requested: str, model_cfg: HighMMTConfig, use_cpu: bool, r
         chosen = json.loads((resume_dir / "config.json").read_text()).get("precision")
         if chosen in PRECISIONS and chosen != "auto":
             return chosen, "auto, as chosen when the run started"
-    device = torch.device("cpu" if use_cpu else "cuda")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return ("bf16" if gpu_bf16 else "fp32"), "auto, several processes: not measured"
-    choice, times = autotune.pick_precision(model_cfg, device)
-    timings = ", ".join(f"{p} {ms:.1f} ms" for p, ms in times.items())
-    return choice, f"auto: shared-encoder step measured here: {timings}"
+    choice, why = autotune.pick_precision(torch.device("cpu" if use_cpu else "cuda"))
+    return choice, f"auto: {why}"
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -286,7 +282,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
     elif (out / "config.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    precision, precision_note = resolve_precision(tc.precision, run.model, use_cpu, out if args.resume else None)
+    precision, precision_note = resolve_precision(tc.precision, use_cpu, out if args.resume else None)
+    # accelerate keeps one process-wide state that refuses a second precision; each run chooses its own
+    # (the distributed part, PartialState, is kept)
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
     rank, world = accelerator.process_index, accelerator.num_processes
     main_process = accelerator.is_main_process

@@ -1,8 +1,11 @@
-"""Speed choices: the faster precision for this device (measured, not assumed), and the fused AdamW.
+"""Speed choices: the precision for this device (from its capabilities), and the fused AdamW.
 
-bf16 autocast is ~1.5x faster than fp32 on a CPU with AMX units, slower on CPUs that only emulate
-bf16, and faster on most GPUs; which one a machine has is a measurement away. ``train.py`` calls
-:func:`pick_precision` when ``train.precision=auto``.
+bf16 autocast is ~1.5x faster than fp32 on a CPU with AMX tile units, slower on CPUs that only
+emulate it (0.70x on a Sapphire Rapids run without AMX kernels in use, 0.80-0.84x on an AMD EPYC with
+AVX-512 bf16; ``benchmarks/speed.py``), and faster on GPUs that support it. ``train.py`` calls
+:func:`pick_precision` when ``train.precision=auto``: the choice follows from what the device
+reports, never from a timing at start-up, so it is the same on every rank and every run of one
+machine. :func:`time_precisions` stays for the benchmarks.
 """
 
 from __future__ import annotations
@@ -15,10 +18,6 @@ import torch
 
 from highmmt.config import HighMMTConfig
 from highmmt.encoder import PerceiverEncoder
-
-# bf16 must be at least this much faster to be picked: it keeps 8 significant bits, not 24.
-BF16_MIN_SPEEDUP = 1.1
-
 
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast runs at all here (CUDA: the card says so; CPU: torch always emulates it)."""
@@ -77,12 +76,23 @@ def adamw(params: Any, **kwargs: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, fused=fused or None, **kwargs)
 
 
-def pick_precision(cfg: HighMMTConfig, device: torch.device, **kwargs: Any) -> tuple[str, dict[str, float]]:
-    """``("bf16" | "fp32", timings)``: bf16 when it is at least :data:`BF16_MIN_SPEEDUP` times faster."""
-    times = time_precisions(cfg, device, **kwargs)
-    if "bf16" in times and times["fp32"] >= BF16_MIN_SPEEDUP * times["bf16"]:
-        return "bf16", times
-    return "fp32", times
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tile units (torch's own check; False on a torch without it)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check()) if check is not None else False
 
 
-__all__ = ["BF16_MIN_SPEEDUP", "adamw", "bf16_supported", "pick_precision", "time_precisions"]
+def pick_precision(device: torch.device) -> tuple[str, str]:
+    """``("bf16" | "fp32", why)`` from the device's capabilities: bf16 on a GPU that supports it and
+    on a CPU with AMX tiles; fp32 elsewhere (bf16 would be emulated, hence slower)."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"{torch.cuda.get_device_name(device)} supports bf16"
+        return "fp32", f"{torch.cuda.get_device_name(device)} lacks bf16"
+    capability = torch.backends.cpu.get_cpu_capability()
+    if device.type == "cpu" and cpu_has_amx():
+        return "bf16", f"CPU with AMX tiles ({capability})"
+    return "fp32", f"CPU without AMX tiles ({capability}): bf16 would be emulated"
+
+
+__all__ = ["adamw", "bf16_supported", "cpu_has_amx", "pick_precision", "time_precisions"]

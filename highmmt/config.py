@@ -308,7 +308,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     grad_clip: float = 1.0
-    # auto: measured at start (highmmt/autotune.py); compile: torch.compile the model (see the README's
+    # auto: from the device's capabilities (highmmt/autotune.py); compile: torch.compile the model (see the README's
     # Speed section for when it pays on a CPU)
     precision: str = "auto"
     compile: bool = False

@@ -261,27 +261,20 @@ def test_a_busy_cpu_is_reported_when_threads_are_not_set(tmp_path, monkeypatch, 
     assert "the CPU is busy" not in captured.out + captured.err
 
 
-def test_auto_precision_is_measured_once_and_kept_on_resume(tmp_path, monkeypatch):
+def test_auto_precision_follows_the_device_and_is_kept_on_resume(tmp_path, monkeypatch):
     from highmmt import autotune
-    from highmmt.config import HighMMTConfig
 
-    calls = []
-
-    def fake_pick(cfg, device, **kwargs):
-        calls.append(device.type)
-        return "bf16", {"fp32": 2.0, "bf16": 1.0}
-
-    monkeypatch.setattr(autotune, "pick_precision", fake_pick)
-    assert train.resolve_precision("fp32", HighMMTConfig(), True, None) == ("fp32", "set")
-    choice, note = train.resolve_precision("auto", HighMMTConfig(), True, None)
-    assert (choice, calls) == ("bf16", ["cpu"]) and "fp32 2.0 ms, bf16 1.0 ms" in note
+    assert train.resolve_precision("fp32", True, None) == ("fp32", "set")
+    monkeypatch.setattr(autotune, "cpu_has_amx", lambda: True)
+    choice, note = train.resolve_precision("auto", True, None)
+    assert choice == "bf16" and "AMX" in note
+    monkeypatch.setattr(autotune, "cpu_has_amx", lambda: False)
+    choice, note = train.resolve_precision("auto", True, None)
+    assert choice == "fp32" and "without AMX" in note
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({"precision": "fp32"}))
-    assert train.resolve_precision("auto", HighMMTConfig(), True, run)[0] == "fp32"
-    monkeypatch.setenv("WORLD_SIZE", "2")  # every rank would measure its own: not measured
-    assert train.resolve_precision("auto", HighMMTConfig(), True, None) == ("fp32", "auto, several processes: not measured")
-    assert calls == ["cpu"]
+    (run / "config.json").write_text(json.dumps({"precision": "bf16"}))
+    assert train.resolve_precision("auto", True, run) == ("bf16", "auto, as chosen when the run started")
 
 
 def test_precision_probe_times_both_and_leaves_the_rng_alone():
@@ -291,11 +284,10 @@ def test_precision_probe_times_both_and_leaves_the_rng_alone():
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    choice, times = autotune.pick_precision(HighMMTConfig(dim=16, encoder=EncoderConfig(num_latents=4, heads=2, dim_head=8)),
-                                            torch.device("cpu"), batch=4, tokens=8, repeats=2)
+    times = autotune.time_precisions(HighMMTConfig(dim=16, encoder=EncoderConfig(num_latents=4, heads=2, dim_head=8)),
+                                     torch.device("cpu"), batch=4, tokens=8, repeats=2)
     assert torch.equal(torch.rand(3), expected)
     assert set(times) == {"fp32", "bf16"} and all(t > 0 for t in times.values())
-    assert choice == ("bf16" if times["fp32"] >= autotune.BF16_MIN_SPEEDUP * times["bf16"] else "fp32")
 
 
 @pytest.mark.slow
@@ -304,3 +296,11 @@ def test_compiled_training_runs_and_saves_plain_weights(tmp_path):
     weights = load_file(str(out / "model.safetensors"))
     assert not any("_orig_mod" in k for k in weights)
     evaluate.main(["--checkpoint", str(out), "--quiet", "--no-robustness", "--cache-dir", str(tmp_path / "cache")])
+
+
+def test_runs_with_different_precisions_share_one_process(tmp_path):
+    """accelerate's process-wide state would refuse the second precision; train.main resets it."""
+    for precision in ("bf16", "fp32"):
+        out = run_train(tmp_path, precision, "--set", "train.epochs=1",
+                        "--set", f"train.precision={precision}")
+        assert json.loads((out / "config.json").read_text())["precision"] == precision
