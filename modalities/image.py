@@ -1,7 +1,9 @@
 """Image embedder: non-overlapping patches -> one token each.
 
 One sample: array [h, w, c], uint8 (0-255, scaled by 1/255) or float. Sizes may differ within a batch:
-``collate`` pads to the largest and returns a pixel mask.
+``collate`` pads to the largest and returns a pixel mask. With ``image_size`` [h, w] (the size of the
+training images; a spec-file task records it when they all share one), ``collate`` first resizes any
+image of another size to it (bilinear, antialiased), so a model sees images as it was trained on them.
 
 Batch (from ``collate``): ``x`` [b, h, w, c] uint8 or float32, ``mask`` [b, h, w] bool (True = real pixel).
 
@@ -43,6 +45,27 @@ from modalities._common import (
 LAYOUT = "[h, w, c]"
 
 
+def image_size_option(value: Any) -> tuple[int, int] | None:
+    """``image_size`` option: None, one int (square) or [h, w] -> (h, w) or None."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"image embedder: option 'image_size' must be [h, w] or one integer, got {value!r}")
+        return positive_int("image", "image_size", value[0]), positive_int("image", "image_size", value[1])
+    side = positive_int("image", "image_size", value)
+    return side, side
+
+
+def resize_image(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[h, w, c] uint8 or float -> [size[0], size[1], c], same dtype (bilinear, antialiased when shrinking)."""
+    x = rearrange(torch.from_numpy(np.ascontiguousarray(a)).float(), "h w c -> 1 c h w")
+    x = rearrange(F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False), "1 c h w -> h w c")
+    if a.dtype == np.uint8:
+        return x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return x.numpy().astype(a.dtype, copy=False)
+
+
 @EMBEDDERS.register("image")
 class ImageEmbedder(Embedder):
     """Patch embedding of images.
@@ -53,26 +76,42 @@ class ImageEmbedder(Embedder):
         channels: c.
         patch_size: p, pixels per patch side.
         max_size: longest side (pixels) above which a batch is resized down before patching.
+        image_size: [h, w] (or one int for square images) every image is resized to in ``collate``;
+            None (default) keeps each image's own size.
     """
 
     kind = "image"
 
-    def __init__(self, *, name: str, dim: int, channels: int = 1, patch_size: int = 4, max_size: int = 64) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        dim: int,
+        channels: int = 1,
+        patch_size: int = 4,
+        max_size: int = 64,
+        image_size: int | Sequence[int] | None = None,
+    ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.patch_size = positive_int(self.kind, "patch_size", patch_size)
         self.max_size = positive_int(self.kind, "max_size", max_size)
+        self.image_size = image_size_option(image_size)
         self.to_tokens = nn.Linear(self.patch_size * self.patch_size * self.channels, dim)
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
         """samples: arrays [h_i, w_i, c] -> ``x`` [b, h, w, c], ``mask`` [b, h, w] (padded bottom/right).
 
-        ``options`` are the embedder's options; ``channels``, when given, is checked.
+        ``options`` are the embedder's options; ``channels``, when given, is checked; ``image_size``
+        resizes images of another size.
         """
         nonempty(cls.kind, samples)
         arrays = [sample_array(cls.kind, i, s, rank=3, layout=LAYOUT) for i, s in enumerate(samples)]
         check_axes(cls.kind, arrays, {2: ("channels", options.get("channels"))}, LAYOUT)
+        size = image_size_option(options.get("image_size"))
+        if size is not None:
+            arrays = [a if a.shape[:2] == size else resize_image(a, size) for a in arrays]
         arrays, dtype = pixel_arrays(cls.kind, arrays)
         h = max(1, max(a.shape[0] for a in arrays))
         w = max(1, max(a.shape[1] for a in arrays))

@@ -293,7 +293,8 @@ def test_byo_save_to_disk_yaml(tmp_path):
     before = sorted(p.name for p in (tmp_path / "hf").rglob("*"))
     lt = load_task(_write_spec(tmp_path, SPEC), quiet=True)
     assert lt.source == "spec" and lt.path == tmp_path / "hf"
-    assert lt.spec.name == "my_task" and lt.spec.modality_options == {"accelerometer": {"channels": 3}}
+    # gyroscope's channels come from the data (tests/test_spec_inference.py covers every inferred option)
+    assert lt.spec.name == "my_task" and lt.spec.modality_options == {"accelerometer": {"channels": 3}, "gyroscope": {"channels": 3}}
     assert list(lt.spec.class_names) == ["a", "b", "c", "d"] and lt.spec.description == "two IMU streams"
     sp = lt.splits
     assert (len(sp["train"]), len(sp["validation"]), len(sp["test"])) == (36, 4, 12)  # 10% of train held out
