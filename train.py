@@ -422,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     augment_inputs(batch["inputs"], tc.augment_noise)
                 with accelerator.autocast():
                     outputs = model(batch["inputs"], t)
-                loss = task_loss(outputs, batch["target"], loaded[t].spec.task_type)
+                loss = task_loss(outputs, batch["target"], loaded[t].spec.task_type, label_smoothing=tc.label_smoothing)
                 for h in hooks:
                     aux = h.extra_loss(ctx, t, batch, outputs)
                     if aux is not None:

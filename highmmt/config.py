@@ -319,6 +319,7 @@ class TrainConfig:
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_fraction: float = 1.0
     augment_noise: float = 0.0
+    label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
     # modality a pretrained backbone, modalities/pretrained.py).
     modality_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -333,6 +334,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment_noise < 0.0:
             raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:

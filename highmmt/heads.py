@@ -30,10 +30,15 @@ class TaskHead(nn.Module):
         return self.to_logits(fused)
 
 
-def task_loss(outputs: Tensor, target: Tensor, task_type: str) -> Tensor:
-    """Mean loss of one batch: cross-entropy, binary cross-entropy or MSE by ``task_type``."""
+def task_loss(outputs: Tensor, target: Tensor, task_type: str, *, label_smoothing: float = 0.0) -> Tensor:
+    """Mean loss of one batch: cross-entropy, binary cross-entropy or MSE by ``task_type``.
+
+    ``label_smoothing`` (classification only): the target puts ``1 - s`` on the label and ``s``
+    spread uniformly over all classes (Szegedy et al. 2016), which keeps logits from growing without
+    bound on training rows the model already fits.
+    """
     if task_type == "classification":
-        return F.cross_entropy(outputs.float(), target.long())
+        return F.cross_entropy(outputs.float(), target.long(), label_smoothing=label_smoothing)
     if task_type == "multilabel":
         return F.binary_cross_entropy_with_logits(outputs.float(), target.float())
     if task_type == "regression":

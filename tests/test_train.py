@@ -304,3 +304,20 @@ def test_runs_with_different_precisions_share_one_process(tmp_path):
         out = run_train(tmp_path, precision, "--set", "train.epochs=1",
                         "--set", f"train.precision={precision}")
         assert json.loads((out / "config.json").read_text())["precision"] == precision
+
+
+def test_label_smoothing_penalises_overconfident_logits_and_is_checked():
+    import math
+
+    from highmmt.config import RunConfig, apply_overrides
+    from highmmt.heads import task_loss
+
+    target = torch.tensor([0, 1])
+    confident = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])
+    assert task_loss(confident, target, "classification") < 1e-6
+    smoothed = task_loss(confident, target, "classification", label_smoothing=0.1)
+    assert abs(float(smoothed) - 0.05 * 40) < 1e-3  # the 0.05 of mass on the wrong class costs 40 nats
+    uniform = torch.zeros(2, 2)
+    assert torch.allclose(task_loss(uniform, target, "classification", label_smoothing=0.1), torch.tensor(math.log(2)))
+    with pytest.raises(ValueError, match="label_smoothing"):
+        apply_overrides(RunConfig(), ["train.label_smoothing=1.0"])
