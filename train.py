@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -217,9 +218,10 @@ def save_trainer_state(out: Path, model: HighMMT, optimizer: Any, scheduler: Any
     d.mkdir(parents=True, exist_ok=True)
     weights = f"model-{state['global_step']:08d}.safetensors"
     atomic_save_safetensors(d / weights, model.state_dict())
-    rng = {
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {  # plain types and tensors only: load_trainer_state reads it with weights_only=True
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -233,10 +235,16 @@ def save_trainer_state(out: Path, model: HighMMT, optimizer: Any, scheduler: Any
 
 
 def load_trainer_state(out: Path) -> dict[str, Any] | None:
+    """The trainer state of a run folder, or None. Read with ``weights_only=True``: tensors and
+    plain Python types only, so a crafted file cannot run code."""
     path = out / "trainer_state" / "state.pt"
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: not a trainer state this version can read safely (only tensors and plain types are "
+                         f"loaded; {str(e).splitlines()[0]}); start the run again with --overwrite") from e
 
 
 def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.TransferReport:
@@ -368,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
         random.setstate(st["rng"]["python"])
-        np.random.set_state(st["rng"]["numpy"])
+        name, keys, pos, has_gauss, cached = st["rng"]["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(st["rng"]["torch"])
         start_epoch, global_step, best = st["epoch"], st["global_step"], st["best"]
         for t, (passes, pos) in st["streams"].items():

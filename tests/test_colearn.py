@@ -177,7 +177,7 @@ def run_colearn(tmp_path: Path, name: str, *extra: str) -> Path:
 
 def test_hook_state_saves_and_resumes(tmp_path, monkeypatch):
     full = run_colearn(tmp_path, "full")
-    st = torch.load(full / "trainer_state" / "state.pt", weights_only=False)
+    st = torch.load(full / "trainer_state" / "state.pt", weights_only=True)
     assert st["hooks"]["colearn"]["config"]["method"] == "translation"
     assert any(k.startswith("colearn.to_primary.") for k in st["extra"])
     rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
@@ -195,7 +195,7 @@ def test_hook_state_saves_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="resume with the same co-learning settings"):
         run_colearn(tmp_path, "killed", "--resume", "--set", "train.colearn.cyclic=false")
     run_colearn(tmp_path, "killed", "--resume")
-    resumed = torch.load(tmp_path / "killed" / "trainer_state" / "state.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "killed" / "trainer_state" / "state.pt", weights_only=True)
     assert resumed["extra"].keys() == st["extra"].keys()
     for k in st["extra"]:
         torch.testing.assert_close(resumed["extra"][k], st["extra"][k], rtol=0, atol=0, msg=k)

@@ -290,7 +290,7 @@ def _run(tmp_path: Path, name: str, method: str, *extra: str, tasks: str = "synt
 
 
 def _last_weights(out: Path) -> dict[str, torch.Tensor]:
-    st = torch.load(out / "trainer_state" / "state.pt", weights_only=False)
+    st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)
     return load_file(str(out / "trainer_state" / st["weights"]))
 
 

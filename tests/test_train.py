@@ -55,7 +55,7 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch):
     run_train(tmp_path, "killed", "--resume")
 
     def last_weights(out):
-        st = torch.load(out / "trainer_state" / "state.pt", weights_only=False)
+        st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)
         return load_file(str(out / "trainer_state" / st["weights"]))
 
     a, b = last_weights(full), last_weights(tmp_path / "killed")
@@ -240,7 +240,7 @@ def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, 
     assert calls["loss"] > 0 and calls["epochs"] == [0, 1, 2] and calls["setup_state"] is None
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["metric"] == "probe" for r in rows) == 3
-    st = torch.load(out / "trainer_state" / "state.pt", weights_only=False)
+    st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)
     assert st["hooks"] == {"probe": {"epochs_seen": 3}}
     assert "probe.scale.weight" in st["extra"]
     # The extra loss pulls the probe's output towards 0: its weight was trained.
@@ -321,3 +321,19 @@ def test_label_smoothing_penalises_overconfident_logits_and_is_checked():
     assert torch.allclose(task_loss(uniform, target, "classification", label_smoothing=0.1), torch.tensor(math.log(2)))
     with pytest.raises(ValueError, match="label_smoothing"):
         apply_overrides(RunConfig(), ["train.label_smoothing=1.0"])
+
+
+def test_a_crafted_trainer_state_is_refused_and_runs_no_code(tmp_path):
+    """state.pt is read with weights_only=True: a pickle that would call a function is an error."""
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.makedirs, (str(tmp_path / "pwned"),))
+
+    state = tmp_path / "run" / "trainer_state" / "state.pt"
+    state.parent.mkdir(parents=True)
+    torch.save({"weights": "x", "payload": Payload()}, state, pickle_module=pickle)
+    with pytest.raises(ValueError, match="state.pt: not a trainer state"):
+        train.load_trainer_state(tmp_path / "run")
+    assert not (tmp_path / "pwned").exists()

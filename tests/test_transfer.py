@@ -305,7 +305,7 @@ def test_a_killed_lora_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     killed = train.main([*ft, "--output-dir", str(tmp_path / "killed"), "--resume"])
 
     def last(out):
-        st = torch.load(out / "trainer_state" / "state.pt", weights_only=False)
+        st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)
         return load_file(str(out / "trainer_state" / st["weights"]))
 
     a, b = last(full), last(killed)
