@@ -234,6 +234,27 @@ def save_trainer_state(out: Path, model: HighMMT, optimizer: Any, scheduler: Any
             old.unlink()
 
 
+def read_metrics(path: Path, log: Any = print) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` ([] when absent). A torn last line (the process was
+    killed while appending) is dropped with a note; a bad line elsewhere is an error naming it."""
+    if not path.is_file():
+        return []
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "epoch" not in row:
+                raise ValueError("not an object with an 'epoch'")
+        except ValueError as e:
+            if k == len(lines) - 1:
+                log(f"{path}, line {number}: torn last line dropped (the run was stopped while writing it)")
+                break
+            raise ValueError(f"{path}, line {number}: not a metrics row ({e}); fix or delete the line") from e
+        rows.append(row)
+    return rows
+
+
 def load_trainer_state(out: Path) -> dict[str, Any] | None:
     """The trainer state of a run folder, or None. Read with ``weights_only=True``: tensors and
     plain Python types only, so a crafted file cannot run code."""
@@ -391,9 +412,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
              "task_args": task_args, "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision,
              "init_from": transfer.to_dict() if transfer else None, "trainable_parameters": counts},
         )
-        old = (out / "metrics.jsonl").read_text().splitlines() if args.resume and (out / "metrics.jsonl").exists() else []
+        old = read_metrics(out / "metrics.jsonl", log) if args.resume else []
         # Rows of an epoch that was logged but not checkpointed before a kill are dropped (it reruns).
-        history = [r for r in (json.loads(line) for line in old if line.strip()) if r["epoch"] <= start_epoch]
+        history = [r for r in old if r["epoch"] <= start_epoch]
         atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
     writer = _tensorboard(out) if main_process else None
 

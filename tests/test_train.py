@@ -337,3 +337,15 @@ def test_a_crafted_trainer_state_is_refused_and_runs_no_code(tmp_path):
     with pytest.raises(ValueError, match="state.pt: not a trainer state"):
         train.load_trainer_state(tmp_path / "run")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_metrics_with_a_torn_last_line_are_read_and_a_bad_middle_line_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    good = json.dumps({"step": 1, "epoch": 1, "task": "t", "split": "train", "metric": "loss", "value": 0.5})
+    notes = []
+    path.write_text(good + "\n" + good + "\n" + '{"step": 2, "epo')
+    assert len(train.read_metrics(path, notes.append)) == 2 and "line 3: torn last line" in notes[0]
+    path.write_text(good + "\n{oops\n" + good + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a metrics row"):
+        train.read_metrics(path)
+    assert train.read_metrics(tmp_path / "absent.jsonl") == []
