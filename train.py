@@ -13,6 +13,7 @@ evaluate, checkpoint) -> curves. The run folder layout is in the README.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import datetime as dt
 import json
@@ -20,6 +21,7 @@ import math
 import os
 import pickle
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -255,6 +257,59 @@ def read_metrics(path: Path, log: Any = print) -> list[dict[str, Any]]:
     return rows
 
 
+# What a run writes into its folder; --overwrite removes exactly these before the new run starts.
+RUN_FILES = ("config.json", "model.safetensors", "hooks.safetensors", "best.json", "DONE", "metrics.jsonl", "curves.png",
+             "ranks.json", "semisup.json", "trainer_state", "tensorboard", "eval")
+LOCK_FILE = ".lock"
+
+
+def lock_run_folder(out: Path) -> Path:
+    """Take the run folder for this process: ``out/.lock`` holds its pid. A second run on the same
+    folder is refused while that process lives; a lock left by a dead process is taken over."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = -1
+            if pid > 0 and pid != os.getpid() and _alive(pid):  # this process's own: an earlier main() that failed
+                raise RuntimeError(f"{out} is in use by another run (process {pid}, {lock}); wait for it to end or "
+                                   "use another --output-dir") from None
+            lock.unlink(missing_ok=True)  # left by a process that no longer runs
+            continue
+        except PermissionError as e:
+            raise PermissionError(f"{out}: cannot write the run folder ({e.strerror}); pick a writable --output-dir") from e
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return lock
+    raise RuntimeError(f"{out}: could not take {lock}; another run may have taken it at the same moment")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clear_run_files(out: Path) -> None:
+    """--overwrite: remove the old run's files before anything new is written, so a crash cannot
+    leave the new config beside the old weights."""
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def load_trainer_state(out: Path) -> dict[str, Any] | None:
     """The trainer state of a run folder, or None. Read with ``weights_only=True``: tensors and
     plain Python types only, so a crafted file cannot run code."""
@@ -312,6 +367,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     elif (out / "config.json").exists() and not args.overwrite:
         raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
     precision, precision_note = resolve_precision(tc.precision, use_cpu, out if args.resume else None)
+    if int(os.environ.get("RANK", "0")) == 0:  # one process owns the folder (rank 0 under torchrun)
+        lock = lock_run_folder(out)
+        atexit.register(lock.unlink, missing_ok=True)
+        if args.overwrite and not args.resume:
+            clear_run_files(out)
     # accelerate keeps one process-wide state that refuses a second precision; each run chooses its own
     # (the distributed part, PartialState, is kept)
     AcceleratorState._reset_state()
@@ -532,6 +592,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             writer.close()
         log(f"done: {out} (best validation selection score {best:.4f})")
     accelerator.end_training()
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out / LOCK_FILE).unlink(missing_ok=True)
     return out
 
 

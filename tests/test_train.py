@@ -349,3 +349,30 @@ def test_metrics_with_a_torn_last_line_are_read_and_a_bad_middle_line_is_named(t
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not a metrics row"):
         train.read_metrics(path)
     assert train.read_metrics(tmp_path / "absent.jsonl") == []
+
+
+def test_a_run_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    import subprocess
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / train.LOCK_FILE).write_text(f"{holder.pid}\n")
+        with pytest.raises(RuntimeError, match=f"in use by another run \\(process {holder.pid}"):
+            run_train(tmp_path, "run")
+    finally:
+        holder.kill()
+        holder.wait()
+    run_train(tmp_path, "run")  # the holder is gone: its lock is stale
+    assert (out / "DONE").exists() and not (out / train.LOCK_FILE).exists()
+
+
+def test_overwrite_removes_the_old_run_before_the_new_one_writes(tmp_path, monkeypatch):
+    out = run_train(tmp_path, "run")
+    (out / "eval").mkdir()
+    monkeypatch.setattr(train, "load_task", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # killed before the first epoch of the new run
+        run_train(tmp_path, "run", "--overwrite")
+    left = {p.name for p in out.iterdir()}
+    assert not left & {"model.safetensors", "best.json", "DONE", "config.json", "trainer_state", "eval"}, left
