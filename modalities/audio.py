@@ -41,6 +41,22 @@ from modalities._common import (
 LOG_EPS = 1e-6
 
 
+NORMALIZE = ("none", "utterance")
+
+
+def utterance_normalize(spec: Tensor, real_frames: Tensor, eps: float = 1e-5) -> Tensor:
+    """Standardise each mel band over each sample's first ``real_frames`` frames.
+
+    spec [b, m, f] log-mel; real_frames [b] -> [b, m, f], 0 on frames past the sample's end (and on
+    every frame of a sample with none).
+    """
+    valid = (torch.arange(spec.shape[2], device=spec.device).unsqueeze(0) < real_frames.unsqueeze(1)).unsqueeze(1)  # [b, 1, f]
+    count = valid.sum(dim=2, keepdim=True).clamp(min=1)
+    mean = (spec * valid).sum(dim=2, keepdim=True) / count
+    var = (((spec - mean) * valid) ** 2).sum(dim=2, keepdim=True) / count
+    return torch.where(valid, (spec - mean) / (var + eps).sqrt(), torch.zeros_like(spec))
+
+
 @EMBEDDERS.register("audio")
 class AudioEmbedder(Embedder):
     """Log-mel patches of waveforms.
@@ -55,6 +71,9 @@ class AudioEmbedder(Embedder):
         n_fft: FFT size; default the next power of two >= the window.
         frames_per_token: spectrogram frames per token.
         max_tokens: tokens kept per sample (the waveform is cropped beyond).
+        normalize: ``"none"`` keeps the log-mel values; ``"utterance"`` standardises each mel band
+            over the sample's own real frames (cepstral mean and variance normalisation, per
+            utterance), which removes a speaker's and a microphone's constant spectral colouring.
     """
 
     kind = "audio"
@@ -71,6 +90,7 @@ class AudioEmbedder(Embedder):
         n_fft: int | None = None,
         frames_per_token: int = 4,
         max_tokens: int = 512,
+        normalize: str = "none",
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.sample_rate = positive_int(self.kind, "sample_rate", sample_rate)
@@ -84,6 +104,9 @@ class AudioEmbedder(Embedder):
             raise ValueError(f"audio embedder: n_fft ({self.n_fft}) must be >= the window ({self.win_length} samples)")
         self.frames_per_token = positive_int(self.kind, "frames_per_token", frames_per_token)
         self.max_tokens = positive_int(self.kind, "max_tokens", max_tokens)
+        if normalize not in NORMALIZE:
+            raise ValueError(f"audio embedder: option 'normalize' must be one of {NORMALIZE}, got {normalize!r}")
+        self.normalize = normalize
         # Kept out of the module tree on purpose: the filterbank is derived from the options (nothing to
         # store in a checkpoint) and must stay float32 (stft) even when the model is cast to bf16.
         mel = torchaudio.transforms.MelSpectrogram(
@@ -124,14 +147,17 @@ class AudioEmbedder(Embedder):
             x = torch.cat([x, x.new_zeros(b, self.n_fft - x.shape[1])], dim=1)
 
         mel = self._mel.to(x.device)
+        real_frames = torch.div(lengths - self.n_fft, self.hop_length, rounding_mode="floor") + 1  # [b]
         with torch.autocast(device_type=x.device.type, enabled=False):
             spec = torch.log(mel(x) + LOG_EPS)  # [b, n_mels, frames]
+            if self.normalize == "utterance":
+                spec = utterance_normalize(spec, real_frames.clamp(min=0))
         # pad with the log of silence, what a frame of zeros gives, so padding looks the same in any batch
-        spec = F.pad(spec, (0, (-spec.shape[2]) % k), value=math.log(LOG_EPS))
+        silence = 0.0 if self.normalize == "utterance" else math.log(LOG_EPS)
+        spec = F.pad(spec, (0, (-spec.shape[2]) % k), value=silence)
         frames = rearrange(spec, "b m (n k) -> b n (k m)", k=k).to(self.to_tokens.weight.dtype)
         n = frames.shape[1]
 
-        real_frames = torch.div(lengths - self.n_fft, self.hop_length, rounding_mode="floor") + 1
         real_tokens = torch.div(real_frames.clamp(min=0), k, rounding_mode="floor")  # [b]
         token_mask = torch.arange(n, device=x.device).unsqueeze(0) < real_tokens.unsqueeze(1)
 

@@ -610,3 +610,21 @@ def test_tabular_missing_values_use_the_missing_embedding() -> None:
     assert tokens.shape == (2, 3, DIM) and mask.all()
     torch.testing.assert_close(tokens[0, :2], tokens[1, :2])  # missing numeric: value ignored
     assert not torch.allclose(tokens[0, 2], tokens[1, 2])  # missing vs category 2
+
+
+def test_audio_utterance_normalization_removes_a_constant_gain_and_ignores_padding():
+    from modalities.audio import AudioEmbedder, utterance_normalize
+
+    spec = torch.randn(2, 3, 10)
+    out = utterance_normalize(spec, torch.tensor([10, 4]))
+    assert torch.allclose(out[0].mean(dim=1), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(out[1, :, :4].std(dim=1, unbiased=False), torch.ones(3), atol=1e-3)
+    assert (out[1, :, 4:] == 0).all()
+    torch.manual_seed(0)
+    emb = AudioEmbedder(name="a", dim=8, normalize="utterance")
+    wave = 0.1 * torch.randn(1, 4000)
+    loud, _ = emb.embed({"x": 4 * wave, "mask": torch.ones(1, 4000, dtype=torch.bool)})
+    quiet, _ = emb.embed({"x": wave, "mask": torch.ones(1, 4000, dtype=torch.bool)})
+    assert torch.allclose(loud, quiet, atol=1e-4)  # a gain is a constant shift of the log-mel: removed
+    with pytest.raises(ValueError, match="normalize"):
+        AudioEmbedder(name="a", dim=8, normalize="global")
