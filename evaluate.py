@@ -8,6 +8,19 @@ Writes into ``--output-dir`` (default ``CHECKPOINT/eval``):
     robustness.json   per task: metric with each modality dropped, and per modality under noise levels
     results.md        the same as tables
     robustness.png    per-task noise curves
+    baselines.json    the simple baselines each task's margin is measured against (baseline.py's format)
+
+Margin over simple baselines (``tasks/baselines.py``): each task's entry in ``metrics.json`` also
+holds ``baseline_best`` (the best baseline's value of the primary metric on the same split),
+``baseline_name`` and ``margin`` (model minus baseline; for error metrics such as mse baseline
+minus model, so positive always means the model is better). With ``--baselines DIR`` the values
+come from ``baseline.py``'s output (DIR or DIR/baselines.json; a task it lacks, or whose data has
+changed since, gets no margin). Otherwise a cheap default is computed on demand (logistic /
+ridge regression and a 100-tree forest on all of the task's features, fitted on train, chosen on
+validation, scored on the model's own test rows) and cached under ``CACHE_DIR/baselines/`` by
+data fingerprint, so each task's data is fitted once whatever the run. ``--no-baselines`` skips it.
+The baselines always use the whole split (``--limit`` scores the model on a subset) and the whole
+training split (whatever fraction of it the model was trained on).
 
 Robustness (as in MultiBench): each modality is dropped in turn, and each modality is corrupted
 with increasing noise (``--noise-levels``, 5 by default). The summary number per task is the
@@ -17,10 +30,12 @@ with increasing noise (``--noise-levels``, 5 by default). The summary number per
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,11 +49,13 @@ import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 from highmmt import HighMMT, colearn, semisup
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from highmmt.plotting import pyplot, save_figure
+from tasks import baselines
 from tasks.base import TaskSpec
-from tasks.cache import load_task
+from tasks.cache import LoadedTask, load_task, resolve_cache_dir
 from tasks.loader import collate_rows, move_to, predict, score
 
 NOISE_LEVELS = (0.1, 0.25, 0.5, 1.0, 2.0)
+BASELINE_KEYS = ("baseline_best", "baseline_name", "margin")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,6 +70,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--baselines", default=None, help="baseline.py's output (folder or baselines.json) to measure the margin "
+                   "against; default: a cheap baseline computed on demand and cached")
+    p.add_argument("--no-baselines", action="store_true", help="no margin over simple baselines")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -136,10 +156,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     counts = model.parameter_counts()
     metrics: dict[str, Any] = {}
     robust: dict[str, Any] = {}
+    reference = baselines.load_results(args.baselines) if args.baselines and not args.no_baselines else None
+    used_baselines: dict[str, Any] = {}
     train_options = run_cfg.get("train", {}).get("task_options", {})
     for name in tqdm(names, desc="tasks", disable=args.quiet):
         lt = load_task(task_args.get(name, name), data_root=args.data_root, cache_dir=args.cache_dir,
                        options=train_options.get(name), quiet=args.quiet)
+        saved = run_cfg.get("tasks", {}).get(lt.spec.name, {}).get("modality_options")
+        if saved is not None:  # collate as the run did (inferred and overridden options), not as the spec says today
+            lt = dataclasses.replace(lt, spec=dataclasses.replace(lt.spec, modality_options=saved))
         spec, ds = lt.spec, lt.splits[args.split]
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
@@ -163,15 +188,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             robust[name] = {"metric": primary, "clean": clean[primary], "drop": dropped, "noise_levels": levels, "noise": noisy}
             metrics[name]["relative_robustness"] = float(np.mean(ratios)) if ratios else float("nan")
         metrics[name].update(efficiency(predictor, ds, spec, device, args.batch_size))
+        if not args.no_baselines:
+            entry = baseline_entry(lt, reference, args)
+            if entry is not None:
+                used_baselines[name] = entry
+                metrics[name].update(margin_over_baselines(entry, clean[spec.metric], args.split))
     metrics["_model"] = {"parameters_total": float(counts["total"]), "parameters_shared": float(counts["shared"])}
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "robustness.json", robust)
+    if used_baselines:
+        atomic_write_json(out / "baselines.json", {"tasks": used_baselines})
     atomic_write_bytes(out / "results.md", results_markdown(metrics, robust, counts, args.split).encode())
     if robust:
         plot_robustness(robust, out / "robustness.png")
     if not args.quiet:
         print((out / "results.md").read_text())
     return metrics
+
+
+def baseline_entry(lt: LoadedTask, reference: Mapping[str, Any] | None, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The task's baseline results: from ``--baselines`` (``None`` if absent or computed on other
+    data), else the cheap default, computed once per data fingerprint and cached."""
+    name = lt.spec.name
+    if reference is None:
+        return baselines.cached_run(lt, baselines.EVALUATE_SETTINGS, resolve_cache_dir(args.cache_dir), quiet=args.quiet)
+    entry = reference.get(name)
+    if entry is None:
+        warnings.warn(f"task {name!r}: no entry in --baselines {args.baselines}; no margin reported", stacklevel=2)
+        return None
+    if entry.get("fingerprint") != baselines.fingerprint(lt):
+        warnings.warn(f"task {name!r}: the baselines in {args.baselines} were computed on other data "
+                      f"({entry.get('fingerprint')} vs {baselines.fingerprint(lt)}); no margin reported", stacklevel=2)
+        return None
+    return entry
+
+
+def margin_over_baselines(entry: Mapping[str, Any], value: float, split: str) -> dict[str, Any]:
+    """``baseline_best``, ``baseline_name`` and ``margin`` (positive: the model is better), or {}."""
+    best = baselines.best_baseline(entry, split)
+    if best is None:
+        return {}
+    return {"baseline_best": best[1], "baseline_name": best[0], "margin": baselines.margin(value, best[1], entry["metric"])}
 
 
 def _noise_fn(modality: str, level: float) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
@@ -189,9 +246,16 @@ def results_markdown(metrics: Mapping[str, Any], robust: Mapping[str, Any], coun
     for t, m in metrics.items():
         if t.startswith("_"):
             continue
-        keys = [k for k in m if k not in ("num_samples", "relative_robustness", "latency_ms_per_sample", "throughput_samples_per_s", "peak_memory_mb")]
+        keys = [k for k in m if k not in ("num_samples", "relative_robustness", "latency_ms_per_sample", "throughput_samples_per_s", "peak_memory_mb", *BASELINE_KEYS)]
         for k in keys:
             lines.append(f"| {t} | {k} | {m[k]:.4f} | {m.get('relative_robustness', float('nan')):.3f} | {m['latency_ms_per_sample']:.2f} | {m['throughput_samples_per_s']:.0f} |")
+    margins = {t: m for t, m in metrics.items() if not t.startswith("_") and "margin" in m}
+    if margins:
+        lines += ["", "## Margin over the best simple baseline (positive: the model is better)", "",
+                  "| task | metric | model | best baseline | baseline value | margin |", "|---|---|---|---|---|---|"]
+        for t, m in margins.items():
+            metric = next(k for k in m if k not in BASELINE_KEYS)  # the primary metric comes first
+            lines.append(f"| {t} | {metric} | {m[metric]:.4f} | {m['baseline_name']} | {m['baseline_best']:.4f} | {m['margin']:+.4f} |")
     if robust:
         lines += ["", "## Modality dropped (primary metric)", "", "| task | clean | " + "dropped |" , "|---|---|---|"]
         for t, r in robust.items():

@@ -287,3 +287,20 @@ def test_default_text_path_learns_a_word_task_above_chance(tmp_path):
     (tmp_path / "shuffled").mkdir()
     assert _text_accuracy(tmp_path / "real", shuffle_labels=False) >= 0.8
     assert _text_accuracy(tmp_path / "shuffled", shuffle_labels=True) <= 0.65  # nothing to learn: no leak, no trick
+
+
+def test_evaluate_collates_with_the_run_options_not_the_spec_of_today(tmp_path):
+    """A run trained with another tokenizer than the spec's default (here bytes, by override) is
+    evaluated with the options in its config.json: byte ids would not fit a word table and vice versa."""
+    import evaluate
+
+    splits = {"train": _reviews(64, 0), "test": _reviews(32, 1)}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "hf"))
+    spec_path = _write(tmp_path, {"name": "reviews", "path": "hf", "modalities": {"review": "text", "stats": "tabular"},
+                                  "target": "label", "num_classes": 2})
+    out = train.main(["--preset", "tiny", "--tasks", str(spec_path), "--output-dir", str(tmp_path / "run"), "--quiet", "--cpu",
+                      "--set", "train.precision=fp32", "--set", "train.threads=1", "--set", "train.epochs=1",
+                      "--set", "train.steps_per_epoch=2", "--set", 'train.modality_options={"review": {"tokenizer": "bytes"}}'])
+    evaluate.main(["--checkpoint", str(out), "--quiet", "--no-robustness", "--no-baselines"])
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["reviews"]["accuracy"] <= 1.0
