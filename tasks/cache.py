@@ -7,9 +7,11 @@ splits ``train`` / ``validation`` / ``test``.
 Built-in tasks are parsed once from their source files and written with ``save_to_disk`` under
 ``<cache_dir>/<task>-<key>``; later runs memory-map that folder in seconds. The key hashes the task
 name, the task module's ``CODE_VERSION``, the options (defaults merged with the user's) and the
-relative path, size and modification time of every source file, so editing a file, changing an
-option or bumping ``CODE_VERSION`` builds a new cache. The cache is written to a temporary folder
-beside the final one and renamed into place, so a crash never leaves a half-written cache behind.
+relative path, size and content digest (xxh3) of every source file, so editing a file (even one that
+keeps its size and mtime), changing an option or bumping ``CODE_VERSION`` builds a new cache. The
+cache is written to a temporary folder beside the final one and renamed into place, so a crash never
+leaves a half-written cache behind; its ``highmmt_manifest.json`` holds each file's digest, checked on
+every load, and a cache whose bytes changed (a same-size corruption) is rebuilt with a warning.
 
 A missing source file is downloaded into the data root only when the task names an official public
 copy of it (``BuiltinTask.downloads``: URL and SHA-256) and every other missing file has one too;
@@ -53,8 +55,8 @@ SPLITS = ("train", "validation", "test")
 # A task may also carry rows without labels (semi-supervised learning, highmmt/semisup.py).
 OPTIONAL_SPLITS = ("unlabeled",)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
-# Bump when the cache folder layout or the key recipe changes.
-CACHE_FORMAT = 1
+# Bump when the cache folder layout or the key recipe changes (2: source content digests, manifest).
+CACHE_FORMAT = 2
 # A temporary build folder older than this is a leftover of a killed process.
 STALE_TMP_SECONDS = 6 * 3600
 
@@ -204,16 +206,52 @@ def download_missing_files(builtin: BuiltinTask, data_root: Path, *, enabled: bo
     return ""
 
 
-def _source_stats(builtin: BuiltinTask, data_root: Path) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every source file; folders are walked recursively."""
+def _source_stats(builtin: BuiltinTask, data_root: Path) -> list[tuple[str, int, str]]:
+    """(relative path, size, content digest) of every source file; folders are walked recursively.
+
+    The digest is of the bytes, not the modification time: an edit that keeps size and mtime
+    (``cp -p``, ``rsync -t``) still changes the key, and a ``touch`` does not rebuild anything.
+    """
     stats = []
     for rel in builtin.source_files:
         top = data_root / rel
         paths = sorted(p for p in top.rglob("*") if p.is_file()) if top.is_dir() else [top]
         for p in paths:
-            st = p.stat()
-            stats.append((p.relative_to(data_root).as_posix(), st.st_size, st.st_mtime_ns))
+            stats.append((p.relative_to(data_root).as_posix(), p.stat().st_size, file_digest(p)))
     return stats
+
+
+def file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    """xxh3-128 of a file's bytes (hex): ~10 GB/s, enough to tell any change, not a cryptographic hash."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+MANIFEST = "highmmt_manifest.json"
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the digest of every file of a saved cache folder (checked on each load)."""
+    files = {p.relative_to(folder).as_posix(): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps(files, indent=1, sort_keys=True))
+
+
+def verify_manifest(folder: Path) -> None:
+    """Raise ``ValueError`` naming the first cache file whose bytes changed since it was written."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path} is missing (a cache written by an older version, or damaged)")
+    for rel, digest in json.loads(path.read_text()).items():
+        f = folder / rel
+        if not f.is_file():
+            raise ValueError(f"{f} is missing")
+        if file_digest(f) != digest:
+            raise ValueError(f"{f} changed since the cache was written (its content digest differs)")
 
 
 def code_version(builtin: BuiltinTask) -> str:
@@ -248,6 +286,7 @@ def _load_builtin(
     with progress_bars(not quiet):
         if final.exists():
             try:
+                verify_manifest(final)
                 splits = datasets.load_from_disk(str(final))
                 check_splits(spec, splits, where=f"cache {str(final)!r}")
                 return LoadedTask(spec=spec, splits=splits, source="cache", path=final, options=merged)
@@ -271,6 +310,7 @@ def _build_into(builtin: BuiltinTask, *, data_root: Path, final: Path, options: 
         splits = builtin.build(data_root, **kwargs)
         check_splits(builtin.spec, splits, where=f"task {builtin.spec.name!r} build()")
         splits.save_to_disk(str(tmp))
+        write_manifest(tmp)
         try:
             os.replace(tmp, final)
         except OSError:

@@ -64,9 +64,28 @@ def test_cache_key_changes_with_options_and_files(fake_root):
     (fake_root / "fake" / "extra" / "notes.txt").write_text("ab")  # a file inside a source folder
     k1 = cache_key(task, fake_root, {"scale": 1})
     assert k1 != k0
-    st = (fake_root / "fake" / "values.txt").stat()
-    os.utime(fake_root / "fake" / "values.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size, newer
-    assert cache_key(task, fake_root, {"scale": 1}) != k1
+    values = fake_root / "fake" / "values.txt"
+    st = values.stat()
+    os.utime(values, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: same bytes, same key
+    assert cache_key(task, fake_root, {"scale": 1}) == k1
+    text = values.read_bytes()
+    values.write_bytes(text[::-1] if text[::-1] != text else text.upper())  # same size, other bytes...
+    os.utime(values, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and the old mtime (cp -p, rsync -t)
+    assert values.stat().st_size == st.st_size and cache_key(task, fake_root, {"scale": 1}) != k1
+
+
+def test_a_cache_file_changed_on_disk_is_detected_and_rebuilt(fake_root, tmp_path):
+    calls: list[int] = []
+    task = _fake_task(calls)
+    first = load_task(task.spec.name, data_root=fake_root, cache_dir=tmp_path / "c", quiet=True)
+    arrow = sorted(first.path.rglob("*.arrow"))[0]
+    data = bytearray(arrow.read_bytes())
+    data[-100] ^= 0xFF  # same size, one byte flipped
+    arrow.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="changed since the cache was written"):
+        again = load_task(task.spec.name, data_root=fake_root, cache_dir=tmp_path / "c", quiet=True)
+    assert again.source == "built" and len(calls) == 2
+    assert load_task(task.spec.name, data_root=fake_root, cache_dir=tmp_path / "c", quiet=True).source == "cache"
 
 
 def test_second_load_is_served_from_cache(fake_root, tmp_path):
