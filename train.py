@@ -321,6 +321,9 @@ def load_trainer_state(out: Path) -> dict[str, Any] | None:
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path}: not a trainer state this version can read safely (only tensors and plain types are "
                          f"loaded; {str(e).splitlines()[0]}); start the run again with --overwrite") from e
+    except (RuntimeError, OSError, EOFError) as e:  # truncated or damaged (torch reports it in several ways)
+        raise ValueError(f"{path}: damaged trainer state ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}); "
+                         "resume is impossible, start the run again with --overwrite") from e
 
 
 def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.TransferReport:

@@ -72,7 +72,11 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {path}")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); the file is damaged or "
+                         "was not written by save_pretrained / train.py") from e
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], where: str) -> None:

@@ -340,6 +340,9 @@ def check_splits(spec: TaskSpec, splits: Any, *, where: str) -> None:
         missing = [c for c in needed if c not in ds.column_names]
         if missing:
             raise ValueError(f"{where}: split {split!r} lacks column(s) {missing}; it has {ds.column_names}")
+        if len(ds) == 0 and split in SPLITS:
+            raise ValueError(f"{where}: split {split!r} of task {spec.name!r} has no rows; every task needs training, "
+                             "validation and test rows")
 
 
 @contextlib.contextmanager

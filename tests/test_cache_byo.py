@@ -464,3 +464,14 @@ def test_array_columns_built_in_arrow_equal_from_dict(feature):
     np.testing.assert_array_equal(fast.with_format("numpy")["a"], x)
     with pytest.raises(ValueError, match=r"expected rows of shape \(5, 2\)"):
         array_column(np.zeros((2, 5, 3), np.float32), datasets.Array2D((5, 2), "float32"))
+
+
+def test_byo_empty_split_is_an_error_naming_the_task_and_split(tmp_path):
+    dd = _byo_splits()
+    (tmp_path / "pq").mkdir()
+    dd["train"].to_parquet(str(tmp_path / "pq" / "train.parquet"))
+    dd["test"].select([]).to_parquet(str(tmp_path / "pq" / "test.parquet"))
+    path = _write_spec(tmp_path, {**SPEC, "path": "pq"})
+    with pytest.raises(ValueError, match=r"split 'test' of task '\w+' has no rows") as err:
+        load_task(path)
+    assert str(path) in str(err.value)

@@ -376,3 +376,19 @@ def test_overwrite_removes_the_old_run_before_the_new_one_writes(tmp_path, monke
         run_train(tmp_path, "run", "--overwrite")
     left = {p.name for p in out.iterdir()}
     assert not left & {"model.safetensors", "best.json", "DONE", "config.json", "trainer_state", "eval"}, left
+
+
+def test_damaged_weights_and_trainer_state_are_errors_that_name_the_file(tmp_path):
+    from highmmt.checkpoint import load_weights
+
+    out = run_train(tmp_path, "run", "--set", "train.epochs=1")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
+        load_weights(weights)
+    with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
+        HighMMT.from_pretrained(out)
+    state = out / "trainer_state" / "state.pt"
+    state.write_bytes(state.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"state.pt: damaged trainer state"):
+        train.load_trainer_state(out)
