@@ -72,13 +72,13 @@ ALIASES = {"suite": SUITE, "robot_failures": [t for t in SUITE if t.startswith("
 # ---- command line and config -----------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default", help="preset name in configs/ or a JSON file (default: default)")
+    p.add_argument("--preset", default=None, help="preset name in configs/ or a JSON file (default: default; --resume: the run's)")
     p.add_argument("--tasks", default=None, help="comma-separated task names and/or spec files (default: the preset's, else the suite)")
     p.add_argument("--output-dir", default=None, help="run folder (default runs/<date>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
     p.add_argument("--init-from", default=None, help="start from a trained checkpoint: matching weights are loaded")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="all randomness (default 0; --resume: the run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="typed config override, e.g. train.lr=5e-4")
     p.add_argument("--data-root", default=None, help="data folder (else $HIGHMMT_DATA, else ./data)")
     p.add_argument("--cache-dir", default=None, help="parsed-data cache (else $HIGHMMT_CACHE, else ~/.cache/highmmt)")
@@ -97,7 +97,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.overrides.append(f"train.train_fraction={args.train_fraction}")
     if args.labeled_fraction is not None:
         args.overrides.append(f"train.semi.labeled_fraction={args.labeled_fraction}")
+    if not args.resume:
+        args.preset = "default" if args.preset is None else args.preset
+        args.seed = 0 if args.seed is None else args.seed
     return args
+
+
+def resume_settings(args: argparse.Namespace, out: Path) -> None:
+    """``--resume`` continues the run as it started: its preset, tasks, seed and overrides come from
+    its ``config.json``. A flag given again must agree with them; one that contradicts them is an
+    error, not a silent change of a half-trained run."""
+    saved = json.loads((out / "config.json").read_text())
+    where = f"--resume: {out} was started with"
+    for flag, given, kept in (("--preset", args.preset, saved.get("preset")), ("--seed", args.seed, saved.get("seed"))):
+        if given is not None and kept is not None and given != kept:
+            raise ValueError(f"{where} {flag} {kept}, not {given}; a resumed run keeps its settings: drop {flag}, or start "
+                             "a new run in another --output-dir")
+    args.preset = saved.get("preset") or "default" if args.preset is None else args.preset
+    args.seed = int(saved.get("seed", 0)) if args.seed is None else args.seed
+    kept_tasks = list(saved.get("task_args", {}).values())
+    if args.tasks is None:
+        args.tasks = ",".join(kept_tasks) or None
+    elif kept_tasks:
+        given = [str(Path(t).resolve()) if Path(t).suffix in (".yaml", ".yml", ".json") else t
+                 for t in expand_tasks(args.tasks.split(","))]
+        if sorted(given) != sorted(kept_tasks):
+            raise ValueError(f"{where} --tasks {','.join(kept_tasks)}, not {args.tasks}; drop --tasks to continue it")
+    if "overrides" in saved:  # given ones go on top; check_resumed_config refuses any that changes the run
+        args.overrides = [*saved["overrides"], *(o for o in args.overrides if o not in saved["overrides"])]
+
+
+# How a run executes, not what it computes: these may change on --resume.
+EXECUTION_KEYS = ("threads", "prefetch_workers", "eval_batch_size")
+
+
+def check_resumed_config(saved: dict[str, Any], train_cfg: dict[str, Any], out: Path) -> None:
+    """The rebuilt training config must be the saved one, but for :data:`EXECUTION_KEYS`."""
+    differ = sorted(k for k in set(saved) | set(train_cfg) if k not in EXECUTION_KEYS and saved.get(k) != train_cfg.get(k))
+    if differ:
+        shown = ", ".join(f"train.{k}: {saved.get(k)!r} -> {train_cfg.get(k)!r}" for k in differ[:5])
+        raise ValueError(f"--resume: the command line changes the run in {out} ({shown}); a resumed run keeps its "
+                         "settings: drop the changing flags, or start a new run")
 
 
 def load_preset(name: str) -> tuple[RunConfig, list[str] | None]:
@@ -354,6 +394,11 @@ def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) ->
 # ---- main --------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
+    if args.resume and args.output_dir and (Path(args.output_dir) / "config.json").is_file():
+        resume_settings(args, Path(args.output_dir))
+    elif args.resume:
+        args.preset = "default" if args.preset is None else args.preset
+        args.seed = 0 if args.seed is None else args.seed
     run, preset_tasks = load_preset(args.preset)
     run = apply_overrides(run, args.overrides)
     task_names = expand_tasks((args.tasks.split(",") if args.tasks else preset_tasks) or SUITE)
@@ -469,10 +514,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         log(f"resumed {out} at epoch {start_epoch}, step {global_step}")
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
+        if args.resume and (out / "config.json").is_file():
+            saved_train = json.loads((out / "config.json").read_text()).get("train", {})
+            check_resumed_config(saved_train, json.loads(json.dumps(dataclasses.asdict(tc), default=str)), out)
         atomic_write_json(
             out / "config.json",
             {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
-             "task_args": task_args, "seed": args.seed, "preset": args.preset, "world_size": world, "precision": precision,
+             "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides), "world_size": world, "precision": precision,
              "init_from": transfer.to_dict() if transfer else None, "trainable_parameters": counts},
         )
         old = read_metrics(out / "metrics.jsonl", log) if args.resume else []

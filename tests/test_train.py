@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -392,3 +393,19 @@ def test_damaged_weights_and_trainer_state_are_errors_that_name_the_file(tmp_pat
     state.write_bytes(state.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"state.pt: damaged trainer state"):
         train.load_trainer_state(out)
+
+
+def test_resume_keeps_the_runs_settings_and_refuses_contradicting_flags(tmp_path):
+    out = tmp_path / "run"
+    base = ["--preset", "tiny", "--tasks", SYN, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet",
+            "--seed", "3", "--set", "train.steps_per_epoch=4", "--set", "train.epochs=2"]
+    train.main(base)
+    (out / "DONE").unlink()  # pretend it stopped after its last checkpoint
+    bare = ["--output-dir", str(out), "--resume", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    for extra, message in ((["--seed", "4"], "--seed 3, not 4"), (["--preset", "default"], "--preset tiny, not default"),
+                           (["--tasks", "synthetic_single"], "--tasks"), (["--set", "train.lr=0.5"], "train.lr")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train.main([*bare, *extra])
+    train.main([*bare, "--set", "train.threads=1"])  # bare --resume: the run's preset, tasks, seed and overrides
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 3 and cfg["preset"] == "tiny" and cfg["train"]["epochs"] == 2 and (out / "DONE").exists()
