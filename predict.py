@@ -1,0 +1,161 @@
+"""Predict with a trained model on new rows.
+
+    python predict.py --checkpoint runs/x --input new_rows.parquet --output predictions.csv [--task NAME]
+
+``--input`` is a bring-your-own spec file (its ``--split``, default ``test``), a folder written by
+``datasets.save_to_disk`` (a Dataset, or a DatasetDict and ``--split``), or a parquet file or a folder
+of parquet files. The rows need the task's modality columns, in the formats the task was trained on;
+the target column may be absent. The task's spec (modality kinds and the options the run inferred or
+was given) comes from the checkpoint's ``config.json``, so the rows are read as in training.
+
+``--output`` (``.csv`` or ``.parquet``) gets one row per input row, in input order: ``row``; for
+classification ``prediction`` (class index), ``prediction_name`` and ``probability_<class name>`` per
+class; for multilabel ``probability_<label>`` and ``prediction_<label>`` (0/1 at 0.5); for regression
+``prediction`` (or ``prediction_<i>`` per output). Nothing in the checkpoint is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+import modalities  # noqa: F401  (registers the embedders)
+import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+from highmmt import HighMMT
+from tasks.base import TaskSpec
+from tasks.cache import SPEC_SUFFIXES, load_task
+from tasks.loader import predict
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a train.py run folder (config.json + model.safetensors)")
+    p.add_argument("--input", required=True, help="spec file, save_to_disk folder, parquet file or folder of parquet files")
+    p.add_argument("--output", required=True, help="predictions file: .csv or .parquet")
+    p.add_argument("--task", default=None, help="the checkpoint's task to predict (needed when it has several)")
+    p.add_argument("--split", default="test", help="split of a spec file or DatasetDict (default: test)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cpu", action="store_true", help="predict on the CPU even if a GPU is present")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def checkpoint_task(ckpt: Path, name: str | None) -> TaskSpec:
+    """The spec of one of the checkpoint's tasks, as the run resolved it."""
+    cfg_path = ckpt / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"--checkpoint {ckpt}: no config.json (is it a train.py run folder?)")
+    saved = json.loads(cfg_path.read_text()).get("tasks", {})
+    if not saved:
+        raise ValueError(f"{cfg_path}: lists no tasks")
+    if name is None:
+        if len(saved) > 1:
+            raise ValueError(f"--checkpoint {ckpt} has {len(saved)} tasks {sorted(saved)}: pick one with --task")
+        name = next(iter(saved))
+    if name not in saved:
+        raise ValueError(f"--task {name!r}: the checkpoint {ckpt} has tasks {sorted(saved)}")
+    return TaskSpec.from_dict(saved[name])
+
+
+def read_rows(path: Path, split: str, args: argparse.Namespace) -> datasets.Dataset:
+    """The input rows as one Dataset (see the module docstring for the accepted forms)."""
+    if path.suffix.lower() in SPEC_SUFFIXES:
+        lt = load_task(path, data_root=args.data_root, cache_dir=args.cache_dir, quiet=args.quiet)
+        if split not in lt.splits:
+            raise ValueError(f"--input {path}: no split {split!r} (it has {sorted(lt.splits)})")
+        return lt.splits[split]
+    if not path.exists():
+        raise FileNotFoundError(f"--input {path} does not exist")
+    parquet = [path] if path.suffix == ".parquet" else sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if parquet:
+        return datasets.Dataset.from_parquet([str(p) for p in parquet])
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--input {path}: neither a spec file, a parquet file or folder, nor a save_to_disk folder ({e})") from e
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise ValueError(f"--input {path}: no split {split!r} (it has {sorted(data)})")
+        data = data[split]
+    return data
+
+
+def with_target(rows: datasets.Dataset, spec: TaskSpec, where: str) -> datasets.Dataset:
+    """Check the modality columns; add a placeholder target when the rows have none."""
+    missing = [m for m in spec.modalities if m not in rows.column_names]
+    if missing:
+        raise ValueError(f"{where}: lacks the modality column(s) {missing} of task {spec.name!r}; it has {rows.column_names}")
+    if spec.target in rows.column_names:
+        return rows
+    if spec.task_type == "classification":
+        return rows.add_column(spec.target, [0] * len(rows))
+    width = spec.num_classes or 1
+    value: Any = [0.0] * width if spec.task_type == "multilabel" or width > 1 else 0.0
+    return rows.add_column(spec.target, [value] * len(rows))
+
+
+def prediction_table(outputs: np.ndarray, spec: TaskSpec) -> dict[str, list[Any]]:
+    """Columns of the predictions file from model outputs [n, c]."""
+    n = len(outputs)
+    table: dict[str, list[Any]] = {"row": list(range(n))}
+    names = list(spec.class_names or []) or [str(i) for i in range(outputs.shape[1])]
+    if spec.task_type == "classification":
+        probs = torch.softmax(torch.from_numpy(outputs).float(), dim=-1).numpy()
+        pred = probs.argmax(axis=1)
+        table["prediction"] = pred.tolist()
+        table["prediction_name"] = [names[i] for i in pred]
+        for j, name in enumerate(names):
+            table[f"probability_{name}"] = probs[:, j].tolist()
+    elif spec.task_type == "multilabel":
+        probs = torch.sigmoid(torch.from_numpy(outputs).float()).numpy()
+        for j, name in enumerate(names):
+            table[f"probability_{name}"] = probs[:, j].tolist()
+            table[f"prediction_{name}"] = (probs[:, j] >= 0.5).astype(int).tolist()
+    elif outputs.shape[1] == 1:
+        table["prediction"] = outputs[:, 0].tolist()
+    else:
+        for j in range(outputs.shape[1]):
+            table[f"prediction_{j}"] = outputs[:, j].tolist()
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    ckpt, out = Path(args.checkpoint), Path(args.output)
+    if out.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"--output {out}: name a .csv or .parquet file")
+    spec = checkpoint_task(ckpt, args.task)
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
+    rows = with_target(read_rows(Path(args.input), args.split, args), spec, f"--input {args.input}")
+    if len(rows) == 0:
+        raise ValueError(f"--input {args.input}: no rows to predict")
+    outputs, _ = predict(model, rows, spec, batch_size=args.batch_size, device=device)
+    table = datasets.Dataset.from_dict(prediction_table(outputs, spec))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        table.to_csv(str(out), index=False)
+    else:
+        table.to_parquet(str(out))
+    if not args.quiet:
+        print(f"{len(rows)} predictions of task {spec.name!r} -> {out}")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,56 @@
+"""predict.py: predictions for new rows from a run folder, with or without a target column."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+
+import evaluate
+import predict
+import train
+from tasks.cache import load_task
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    out = train.main(["--preset", "tiny", "--tasks", "synthetic_pair", "--output-dir", str(tmp / "run"), "--cache-dir",
+                      str(tmp / "cache"), "--quiet", "--cpu", "--set", "train.precision=fp32", "--set", "train.threads=1",
+                      "--set", "train.epochs=3", "--set", "train.steps_per_epoch=15"])
+    return out, tmp
+
+
+def test_predictions_for_rows_without_a_target_match_evaluate(run, tmp_path):
+    out, tmp = run
+    test = load_task("synthetic_pair", cache_dir=tmp / "cache", quiet=True).splits["test"]
+    test.remove_columns("label").to_parquet(str(tmp_path / "rows.parquet"))
+    path = predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "rows.parquet"), "--output",
+                         str(tmp_path / "pred.csv"), "--quiet", "--cpu"])
+    table = datasets.Dataset.from_csv(str(path))
+    assert len(table) == len(test) and table["row"] == list(range(len(test)))
+    probs = np.array([table[f"probability_{c}"] for c in ("0", "1", "2")]).T
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert table["prediction"] == probs.argmax(axis=1).tolist()
+    evaluate.main(["--checkpoint", str(out), "--quiet", "--no-robustness", "--no-baselines", "--cache-dir", str(tmp / "cache")])
+    accuracy = json.loads((out / "eval" / "metrics.json").read_text())["synthetic_pair"]["accuracy"]
+    assert abs(np.mean(np.array(table["prediction"]) == np.array(test["label"])) - accuracy) < 1e-9
+
+
+def test_parquet_output_and_clear_errors(run, tmp_path):
+    out, tmp = run
+    test = load_task("synthetic_pair", cache_dir=tmp / "cache", quiet=True).splits["test"]
+    datasets.DatasetDict({"test": test}).save_to_disk(str(tmp_path / "dd"))
+    path = predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "dd"), "--output", str(tmp_path / "p.parquet"), "--quiet"])
+    assert len(datasets.Dataset.from_parquet(str(path))) == len(test)
+    test.remove_columns("syn_b").to_parquet(str(tmp_path / "short.parquet"))
+    with pytest.raises(ValueError, match=r"lacks the modality column\(s\) \['syn_b'\]"):
+        predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "short.parquet"), "--output", str(tmp_path / "x.csv")])
+    with pytest.raises(ValueError, match=r"--output .*\.csv or \.parquet"):
+        predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "short.parquet"), "--output", str(tmp_path / "x.txt")])
+    with pytest.raises(ValueError, match="--task 'nope'"):
+        predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "dd"), "--output", str(tmp_path / "x.csv"), "--task", "nope"])
+    with pytest.raises(ValueError, match="no split 'train'"):
+        predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "dd"), "--output", str(tmp_path / "x.csv"), "--split", "train"])
