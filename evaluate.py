@@ -158,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     robust: dict[str, Any] = {}
     reference = baselines.load_results(args.baselines) if args.baselines and not args.no_baselines else None
     used_baselines: dict[str, Any] = {}
+    card_tasks: dict[str, tuple[Any, dict[str, int]]] = {}
     train_options = run_cfg.get("train", {}).get("task_options", {})
     for name in tqdm(names, desc="tasks", disable=args.quiet):
         lt = load_task(task_args.get(name, name), data_root=args.data_root, cache_dir=args.cache_dir,
@@ -166,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if saved is not None:  # collate as the run did (inferred and overridden options), not as the spec says today
             lt = dataclasses.replace(lt, spec=dataclasses.replace(lt.spec, modality_options=saved))
         spec, ds = lt.spec, lt.splits[args.split]
+        card_tasks[name] = (spec, {k: len(v) for k, v in lt.splits.items()})
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
         metrics[name] = dict(clean)
@@ -201,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     atomic_write_bytes(out / "results.md", results_markdown(metrics, robust, counts, args.split).encode())
     if robust:
         plot_robustness(robust, out / "robustness.png")
+    try:
+        atomic_write_bytes(ckpt / "README.md", model_card(ckpt, run_cfg, card_tasks, metrics, counts, args.split).encode())
+    except OSError as e:  # a read-only checkpoint folder still gets its evaluation
+        warnings.warn(f"{ckpt / 'README.md'}: model card not written ({e})", stacklevel=1)
     if not args.quiet:
         print((out / "results.md").read_text())
     return metrics
@@ -229,6 +235,37 @@ def margin_over_baselines(entry: Mapping[str, Any], value: float, split: str) ->
     if best is None:
         return {}
     return {"baseline_best": best[1], "baseline_name": best[0], "margin": baselines.margin(value, best[1], entry["metric"])}
+
+
+def model_card(ckpt: Path, run_cfg: Mapping[str, Any], card_tasks: Mapping[str, Any], metrics: Mapping[str, Any],
+               counts: Mapping[str, Any], split: str) -> str:
+    """The run folder's README.md: what the model reads and predicts, how it scores beside the simple
+    baselines, and the command and versions that made it."""
+    import datasets as hf_datasets
+
+    lines = [f"# Model card: {ckpt.name}", "",
+             f"A HighMMT model trained by `train.py` (preset `{run_cfg.get('preset')}`, seed {run_cfg.get('seed')}, "
+             f"precision {run_cfg.get('precision', '?')}); {counts['total']:,} parameters, {counts['shared']:,} in the shared "
+             "encoder and fusion.", "", "## Tasks", "",
+             "| task | type | classes | modalities (kind) | rows (train / validation / test) |", "|---|---|---|---|---|"]
+    for name, (spec, sizes) in card_tasks.items():
+        mods = ", ".join(f"{m} ({k})" for m, k in spec.modalities.items())
+        rows = " / ".join(str(sizes.get(s, "-")) for s in ("train", "validation", "test"))
+        lines.append(f"| {name} | {spec.task_type} | {spec.num_classes or '-'} | {mods} | {rows} |")
+    lines += ["", f"## Metrics on the {split} split", "", "| task | metric | model | best simple baseline | margin |", "|---|---|---|---|---|"]
+    for name, (spec, _) in card_tasks.items():
+        m = metrics.get(name, {})
+        value = m.get(spec.metric)
+        base = f"{m['baseline_best']:.4f} ({m['baseline_name']})" if "baseline_best" in m else "-"
+        margin = f"{m['margin']:+.4f}" if "margin" in m else "-"
+        lines.append(f"| {name} | {spec.metric} | {'-' if value is None else f'{value:.4f}'} | {base} | {margin} |")
+    tasks_arg = ",".join(run_cfg.get("task_args", {}).values())
+    sets = " ".join(f"--set {o}" for o in run_cfg.get("overrides", []))
+    lines += ["", "## Reproduce", "", "```bash",
+              f"python train.py --preset {run_cfg.get('preset')} --tasks {tasks_arg} --seed {run_cfg.get('seed')} {sets}".rstrip(),
+              f"python evaluate.py --checkpoint {ckpt}", "```", "", "## Versions", "",
+              f"python {sys.version.split()[0]}, torch {torch.__version__}, datasets {hf_datasets.__version__}, numpy {np.__version__}."]
+    return "\n".join(lines) + "\n"
 
 
 def _noise_fn(modality: str, level: float) -> Callable[[Mapping[str, Any]], dict[str, Any]]:

@@ -54,3 +54,12 @@ def test_parquet_output_and_clear_errors(run, tmp_path):
         predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "dd"), "--output", str(tmp_path / "x.csv"), "--task", "nope"])
     with pytest.raises(ValueError, match="no split 'train'"):
         predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "dd"), "--output", str(tmp_path / "x.csv"), "--split", "train"])
+
+
+def test_evaluate_writes_a_model_card(run):
+    out, tmp = run
+    evaluate.main(["--checkpoint", str(out), "--quiet", "--no-robustness", "--cache-dir", str(tmp / "cache")])
+    card = (out / "README.md").read_text()
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())["synthetic_pair"]
+    assert "| synthetic_pair | classification | 3 |" in card and "python train.py --preset tiny --tasks synthetic_pair --seed 0" in card
+    assert f"| synthetic_pair | accuracy | {metrics['accuracy']:.4f} | {metrics['baseline_best']:.4f}" in card
