@@ -1,7 +1,8 @@
 """Atomic writes and ``config.json`` + ``model.safetensors`` save/load.
 
-Every file is written to a temporary name in the same folder and then ``os.replace``-d into place,
-so a crash never leaves a half-written file under the final name.
+Every file is written to a temporary name in the same folder, flushed to disk (fsync) and then
+``os.replace``-d into place with the mode the umask gives, so a crash never leaves a half-written
+file under the final name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _finish(tmp: str, path: Path) -> None:
+    """Give the temporary file the mode a plain ``open`` would (mkstemp makes it 0600), flush it to
+    disk, then rename it into place."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,9 +46,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _finish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -47,7 +64,7 @@ def atomic_save_torch(path: str | Path, obj: Any) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
+        _finish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -61,7 +78,7 @@ def atomic_save_safetensors(path: str | Path, tensors: Mapping[str, torch.Tensor
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        _finish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -409,3 +409,17 @@ def test_resume_keeps_the_runs_settings_and_refuses_contradicting_flags(tmp_path
     train.main([*bare, "--set", "train.threads=1"])  # bare --resume: the run's preset, tasks, seed and overrides
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["preset"] == "tiny" and cfg["train"]["epochs"] == 2 and (out / "DONE").exists()
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    from highmmt.checkpoint import atomic_save_safetensors, atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_save_safetensors(tmp_path / "w.safetensors", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".*.tmp"))
