@@ -420,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         atexit.register(lock.unlink, missing_ok=True)
         if args.overwrite and not args.resume:
             clear_run_files(out)
+        for leftover in [*out.glob(".*.tmp"), *out.glob("trainer_state/.*.tmp")]:  # a killed process's half-written files
+            leftover.unlink(missing_ok=True)
     # accelerate keeps one process-wide state that refuses a second precision; each run chooses its own
     # (the distributed part, PartialState, is kept)
     AcceleratorState._reset_state()

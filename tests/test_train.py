@@ -365,8 +365,10 @@ def test_a_run_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path)
     finally:
         holder.kill()
         holder.wait()
+    (out / ".model.safetensors.x1.tmp").write_bytes(b"half")  # a killed writer's leftover
     run_train(tmp_path, "run")  # the holder is gone: its lock is stale
     assert (out / "DONE").exists() and not (out / train.LOCK_FILE).exists()
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_overwrite_removes_the_old_run_before_the_new_one_writes(tmp_path, monkeypatch):
