@@ -234,3 +234,17 @@ def test_pretrained_table_compares_each_run_with_its_reference() -> None:
                               "runs": runs, "wall_s": 60.0, "cpu_s": 60.0})
     assert "| utd_mhad/embedders_head | w | 0,1 | 1 | 2 (50%) | 0.555 ± 0.007 (0.550, 0.560) | utd_mhad/full: -0.120 (loss) | 1 |" in md
     assert "seeds 0, 1 in all" in md and "prefix" not in md
+
+
+def test_compare_runs_reads_evaluated_folders_and_judges_by_the_seed_spread(tmp_path):
+    from benchmarks import compare_runs
+
+    for name, values in (("a", (0.80, 0.82, 0.81)), ("b", (0.70, 0.71, 0.69))):
+        for seed, v in enumerate(values):
+            d = tmp_path / name / f"s{seed}" / "eval"
+            d.mkdir(parents=True)
+            (d / "metrics.json").write_text(json.dumps({"t": {"accuracy": v, "latency_ms_per_sample": 1.0}}))
+    rows = compare_runs.main(["--tasks", "t", "--a", str(tmp_path / "a" / "s{seed}"), "--b", str(tmp_path / "b" / "s{seed}")])
+    assert rows[0][1] == "accuracy" and rows[0][4] == "+0.110 (gain)"
+    with pytest.raises(FileNotFoundError, match="no evaluation"):
+        compare_runs.main(["--tasks", "t", "--seeds", "0,5", "--a", str(tmp_path / "a" / "s{seed}"), "--b", str(tmp_path / "b" / "s{seed}")])
