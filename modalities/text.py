@@ -62,12 +62,13 @@ def hash_token(token: str, buckets: int) -> int:
     return zlib.crc32(token.encode("utf-8")) % (buckets - 1) + 1
 
 
-def encode_words(text: str, buckets: int = DEFAULT_BUCKETS) -> list[int]:
-    """str -> hashed ids of its tokens interleaved with their bigrams: w0, w0 w1, w1, w1 w2, w2, ..."""
+def encode_words(text: str, buckets: int = DEFAULT_BUCKETS, bigrams: bool = True) -> list[int]:
+    """str -> hashed ids of its tokens interleaved with their bigrams: w0, w0 w1, w1, w1 w2, w2, ...
+    (``bigrams=False``: the tokens alone)."""
     toks = words(text)
     ids = []
     for i, tok in enumerate(toks):
-        if i > 0:
+        if i > 0 and bigrams:
             ids.append(hash_token(f"{toks[i - 1]} {tok}", buckets))  # tokens hold no spaces: no clash
         ids.append(hash_token(tok, buckets))
     return ids
@@ -96,6 +97,9 @@ class TextEmbedder(Embedder):
         max_len: tokens kept per text.
         tokenizer: ``"bytes"`` (UTF-8 bytes) or ``"words"`` (hashed words and bigrams).
         buckets: hash buckets (table rows) of the ``"words"`` tokenizer, id 0 included; unused for bytes.
+        bigrams: the ``"words"`` tokenizer interleaves bigrams with the words (default) or not.
+        positions: add the sinusoidal position of each token (default); without, a text is a bag of
+            its tokens, as TF-IDF sees it.
     """
 
     kind = "text"
@@ -108,8 +112,14 @@ class TextEmbedder(Embedder):
         max_len: int = 256,
         tokenizer: str = "bytes",
         buckets: int = DEFAULT_BUCKETS,
+        bigrams: bool = True,
+        positions: bool = True,
     ) -> None:
         super().__init__(name=name, dim=dim)
+        for option, value in (("bigrams", bigrams), ("positions", positions)):
+            if not isinstance(value, bool):
+                raise ValueError(f"text embedder: option {option!r} must be true or false, got {value!r}")
+        self.bigrams, self.positions = bigrams, positions
         self.max_len = positive_int(self.kind, "max_len", max_len)
         self.tokenizer = tokenizer_option(tokenizer)
         self.buckets = buckets_option(buckets)
@@ -132,11 +142,12 @@ class TextEmbedder(Embedder):
         max_len = None if max_len is None else positive_int(cls.kind, "max_len", max_len)
         tokenizer = tokenizer_option(options.get("tokenizer", "bytes"))
         buckets = buckets_option(options.get("buckets", DEFAULT_BUCKETS))
+        bigrams = options.get("bigrams", True)
         ids = []
         for i, s in enumerate(samples):
             if not isinstance(s, str):
                 raise TypeError(f"{cls.kind} sample {i}: expected a str, got {type(s).__name__}")
-            row = encode(s) if tokenizer == "bytes" else encode_words(s, buckets)
+            row = encode(s) if tokenizer == "bytes" else encode_words(s, buckets, bigrams=bool(bigrams))
             ids.append(np.asarray(row[:max_len], dtype=np.int64))
         pad = PAD_ID if tokenizer == "bytes" else WORD_PAD_ID
         x, mask = pad_stack(cls.kind, ids, dtype=np.int64, pad_value=pad)
@@ -158,5 +169,6 @@ class TextEmbedder(Embedder):
             )
         x, mask = x[:, : self.max_len], mask[:, : self.max_len]
         tokens = self.token_embed(x.long())
-        tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
+        if self.positions:
+            tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
         return finish(tokens, mask)

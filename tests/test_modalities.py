@@ -628,3 +628,18 @@ def test_audio_utterance_normalization_removes_a_constant_gain_and_ignores_paddi
     assert torch.allclose(loud, quiet, atol=1e-4)  # a gain is a constant shift of the log-mel: removed
     with pytest.raises(ValueError, match="normalize"):
         AudioEmbedder(name="a", dim=8, normalize="global")
+
+
+def test_text_bag_of_words_options():
+    from modalities.text import TextEmbedder, encode_words
+
+    assert len(encode_words("not bad at all")) == 7 and len(encode_words("not bad at all", bigrams=False)) == 4
+    batch = TextEmbedder.collate(["not bad at all"], tokenizer="words", bigrams=False)
+    assert batch["x"].shape == (1, 4)
+    torch.manual_seed(0)
+    bag = TextEmbedder(name="t", dim=8, tokenizer="words", positions=False, bigrams=False)
+    a, _ = bag.embed(TextEmbedder.collate(["bad not"], tokenizer="words", bigrams=False))
+    b, _ = bag.embed(TextEmbedder.collate(["not bad"], tokenizer="words", bigrams=False))
+    assert torch.allclose(a.sort(dim=1).values, b.sort(dim=1).values)  # word order is gone: the same bag
+    with pytest.raises(ValueError, match="positions"):
+        TextEmbedder(name="t", dim=8, positions="no")
