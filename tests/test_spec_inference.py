@@ -269,7 +269,7 @@ def _reviews(n: int, seed: int, *, shuffle_labels: bool = False) -> datasets.Dat
 
 def _text_accuracy(folder: Path, *, shuffle_labels: bool) -> float:
     """Train the tiny preset (150 steps of 16, ~6 s) on a spec-file review task with no modality_options;
-    its test accuracy (seeds 0-2 gave 0.885, 0.91, 0.965)."""
+    its test accuracy (seed 0: 0.99 with the bag-of-words default; 0.885 with positional words + bigrams)."""
     splits = {"train": _reviews(800, 0, shuffle_labels=shuffle_labels), "test": _reviews(200, 1)}
     datasets.DatasetDict(splits).save_to_disk(str(folder / "hf"))
     spec_path = _write(folder, {"name": "reviews", "path": "hf", "modalities": {"review": "text", "stats": "tabular"},
