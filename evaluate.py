@@ -246,7 +246,8 @@ def model_card(ckpt: Path, run_cfg: Mapping[str, Any], card_tasks: Mapping[str, 
     lines = [f"# Model card: {ckpt.name}", "",
              f"A HighMMT model trained by `train.py` (preset `{run_cfg.get('preset')}`, seed {run_cfg.get('seed')}, "
              f"precision {run_cfg.get('precision', '?')}); {counts['total']:,} parameters, {counts['shared']:,} in the shared "
-             "encoder and fusion.", "", "## Tasks", "",
+             "encoder and fusion. Training: "
+             + ((ckpt / "DONE").read_text().strip() if (ckpt / "DONE").is_file() else "not finished") + ".", "", "## Tasks", "",
              "| task | type | classes | modalities (kind) | rows (train / validation / test) |", "|---|---|---|---|---|"]
     for name, (spec, sizes) in card_tasks.items():
         mods = ", ".join(f"{m} ({k})" for m, k in spec.modalities.items())

@@ -12,6 +12,7 @@ was given) comes from the checkpoint's ``config.json``, so the rows are read as 
 classification ``prediction`` (class index), ``prediction_name`` and ``probability_<class name>`` per
 class; for multilabel ``probability_<label>`` and ``prediction_<label>`` (0/1 at 0.5); for regression
 ``prediction`` (or ``prediction_<i>`` per output). Nothing in the checkpoint is unpickled.
+From Python: ``predict_rows(HighMMT.from_pretrained(run), rows, checkpoint_task(run, None))``.
 """
 
 from __future__ import annotations
@@ -130,6 +131,17 @@ def prediction_table(outputs: np.ndarray, spec: TaskSpec) -> dict[str, list[Any]
     return table
 
 
+def predict_rows(model: HighMMT, rows: datasets.Dataset, spec: TaskSpec, *, batch_size: int = 128,
+                 device: torch.device | str = "cpu") -> dict[str, list[Any]]:
+    """The Python equivalent of the command: the columns of the predictions file for ``rows`` (a
+    Dataset with the task's modality columns; the target may be absent) from a loaded model."""
+    rows = with_target(rows, spec, "rows")
+    if len(rows) == 0:
+        raise ValueError("rows: no rows to predict")
+    outputs, _ = predict(model, rows, spec, batch_size=batch_size, device=device)
+    return prediction_table(outputs, spec)
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     ckpt, out = Path(args.checkpoint), Path(args.output)
@@ -141,8 +153,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     rows = with_target(read_rows(Path(args.input), args.split, args), spec, f"--input {args.input}")
     if len(rows) == 0:
         raise ValueError(f"--input {args.input}: no rows to predict")
-    outputs, _ = predict(model, rows, spec, batch_size=args.batch_size, device=device)
-    table = datasets.Dataset.from_dict(prediction_table(outputs, spec))
+    table = datasets.Dataset.from_dict(predict_rows(model, rows, spec, batch_size=args.batch_size, device=device))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
         table.to_csv(str(out), index=False)

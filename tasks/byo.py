@@ -80,6 +80,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -637,4 +638,15 @@ def _carve_validation(splits: dict[str, datasets.Dataset], spec: TaskSpec) -> di
     else:
         labels = np.zeros(len(train), dtype=np.int64)
     kept, held = stratified_holdout(labels, VALIDATION_FRACTION, seed=0)
+    if spec.task_type == "classification":
+        # a class whose every row went to validation would never be trained on: give one row back
+        kept_set = set(kept.tolist())
+        for c in np.unique(labels):
+            rows = np.flatnonzero(labels == c)
+            if not kept_set & set(rows.tolist()):
+                back = int(rows[0])
+                kept, held = np.sort(np.append(kept, back)), held[held != back]
+                kept_set.add(back)
+                warnings.warn(f"task {spec.name!r}: class {c} has {len(rows)} training row(s); the carved validation split "
+                              "would have taken all of them, so one stays in training", stacklevel=2)
     return {**splits, "train": train.select(kept), "validation": train.select(held)}

@@ -475,3 +475,14 @@ def test_byo_empty_split_is_an_error_naming_the_task_and_split(tmp_path):
     with pytest.raises(ValueError, match=r"split 'test' of task '\w+' has no rows") as err:
         load_task(path)
     assert str(path) in str(err.value)
+
+
+def test_carved_validation_never_takes_a_class_out_of_training(monkeypatch):
+    from tasks import byo
+
+    train = datasets.Dataset.from_dict({"x": list(range(10)), "label": [0, 0, 0, 0, 1, 1, 1, 1, 1, 2]})
+    spec = TaskSpec(name="t", modalities={"x": "tabular"}, task_type="classification", num_classes=3, metric="accuracy")
+    monkeypatch.setattr(byo, "stratified_holdout", lambda y, f, seed=0: (np.arange(9), np.array([9])))  # class 2 held out
+    with pytest.warns(UserWarning, match="class 2 has 1 training row"):
+        out = byo._carve_validation({"train": train}, spec)
+    assert 2 in out["train"]["label"] and len(out["train"]) + len(out["validation"]) == 10

@@ -61,5 +61,19 @@ def test_evaluate_writes_a_model_card(run):
     evaluate.main(["--checkpoint", str(out), "--quiet", "--no-robustness", "--cache-dir", str(tmp / "cache")])
     card = (out / "README.md").read_text()
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["synthetic_pair"]
+    assert "Training: finished 3 epochs" in card
     assert "| synthetic_pair | classification | 3 |" in card and "python train.py --preset tiny --tasks synthetic_pair --seed 0" in card
     assert f"| synthetic_pair | accuracy | {metrics['accuracy']:.4f} | {metrics['baseline_best']:.4f}" in card
+
+
+def test_the_python_api_returns_what_the_command_writes(run, tmp_path):
+    from highmmt import HighMMT
+
+    out, tmp = run
+    test = load_task("synthetic_pair", cache_dir=tmp / "cache", quiet=True).splits["test"]
+    table = predict.predict_rows(HighMMT.from_pretrained(out), test.remove_columns("label"), predict.checkpoint_task(out, None))
+    test.save_to_disk(str(tmp_path / "in"))
+    path = predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "in"), "--output", str(tmp_path / "p.parquet"), "--quiet"])
+    written = datasets.Dataset.from_parquet(str(path))
+    assert written["prediction"] == table["prediction"]
+    np.testing.assert_allclose(written["probability_0"], table["probability_0"], atol=1e-6)
