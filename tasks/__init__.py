@@ -2,4 +2,4 @@
 
 from highmmt._autoimport import import_submodules
 
-import_submodules(__name__, __path__)
+import_submodules(__name__, __path__, skip=("caches", "check"))  # command-line modules: run with python -m

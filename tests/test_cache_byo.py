@@ -486,3 +486,20 @@ def test_carved_validation_never_takes_a_class_out_of_training(monkeypatch):
     with pytest.warns(UserWarning, match="class 2 has 1 training row"):
         out = byo._carve_validation({"train": train}, spec)
     assert 2 in out["train"]["label"] and len(out["train"]) + len(out["validation"]) == 10
+
+
+def test_cache_list_and_prune_keep_the_current_folder(fake_root, tmp_path, capsys):
+    from tasks import caches
+
+    task = _fake_task([])
+    cache = tmp_path / "c"
+    current = load_task(task.spec.name, data_root=fake_root, cache_dir=cache, quiet=True).path
+    other = load_task(task.spec.name, data_root=fake_root, cache_dir=cache, options={"scale": 5}, quiet=True).path
+    args = ["--cache-dir", str(cache), "--data-root", str(fake_root)]
+    assert caches.main(["list", *args]) == 0
+    listing = capsys.readouterr().out
+    assert f"{current.name}" in listing and "current" in listing and "old" in listing
+    caches.main(["prune", *args, "--dry-run"])
+    assert other.exists() and "would remove" in capsys.readouterr().out
+    caches.main(["prune", *args])
+    assert current.exists() and not other.exists()
