@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -49,7 +50,7 @@ from highmmt.plotting import pyplot, save_figure
 from highmmt.strategies import make_schedule
 from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
-from tasks.cache import LoadedTask, load_task
+from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -173,6 +174,28 @@ def model_config(sizes: HighMMTConfig, specs: Sequence[TaskSpec]) -> HighMMTConf
             mods[m] = mc
     heads = {s.name: TaskConfig(list(s.modalities), s.task_type, s.num_classes) for s in specs}
     return dataclasses.replace(sizes, modalities=mods, tasks=heads)
+
+
+def check_rows(loaded: dict[str, LoadedTask], policy: str, log: Any) -> dict[str, LoadedTask]:
+    """Find, before any training, every row with a missing value or NaN/inf where the kind needs
+    finite values (``tasks.cache.find_bad_rows``); ``train.bad_rows=error`` names them and stops,
+    ``drop`` removes them and logs the count."""
+    out = {}
+    for t, lt in loaded.items():
+        splits, changed = dict(lt.splits), False
+        for split, ds in lt.splits.items():
+            bad = find_bad_rows(ds, lt.spec)
+            if not bad:
+                continue
+            rows = np.unique(np.concatenate(list(bad.values())))
+            detail = "; ".join(f"column {m!r}: {len(v)} row(s), e.g. {v[:5].tolist()}" for m, v in bad.items())
+            if policy == "error":
+                raise ValueError(f"task {t!r}, split {split!r}: {len(rows)} row(s) hold a missing value, NaN or infinity "
+                                 f"({detail}); fix the data, or pass --set train.bad_rows=drop to leave them out")
+            splits[split], changed = ds.select(np.setdiff1d(np.arange(len(ds)), rows)), True
+            log(f"task {t}: {len(rows)} bad row(s) of split {split!r} dropped ({detail})")
+        out[t] = dataclasses.replace(lt, splits=datasets.DatasetDict(splits)) if changed else lt
+    return out
 
 
 def with_modality_options(loaded: dict[str, LoadedTask], overrides: dict[str, dict[str, Any]]) -> dict[str, LoadedTask]:
@@ -453,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             task_args[lt.spec.name] = str(Path(name).resolve()) if lt.source == "spec" else name
     if tc.modality_options:
         loaded = with_modality_options(loaded, tc.modality_options)
+    loaded = check_rows(loaded, tc.bad_rows, log)
     specs = [lt.spec for lt in loaded.values()]
     for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
         if t not in loaded:

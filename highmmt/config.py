@@ -320,6 +320,7 @@ class TrainConfig:
     train_fraction: float = 1.0
     augment_noise: float = 0.0
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
+    bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
     # modality a pretrained backbone, modalities/pretrained.py).
     modality_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -334,6 +335,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.augment_noise < 0.0:
             raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
+        if self.bad_rows not in ("error", "drop"):
+            raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.precision not in PRECISIONS:

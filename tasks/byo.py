@@ -645,6 +645,10 @@ def _carve_validation(splits: dict[str, datasets.Dataset], spec: TaskSpec) -> di
             rows = np.flatnonzero(labels == c)
             if not kept_set & set(rows.tolist()):
                 back = int(rows[0])
+                if len(held) <= 1:  # the validation split would be empty: keep it, say what it costs
+                    warnings.warn(f"task {spec.name!r}: class {c} has {len(rows)} training row(s), all in the carved "
+                                  "validation split; it is never trained on (give the task a validation split)", stacklevel=2)
+                    continue
                 kept, held = np.sort(np.append(kept, back)), held[held != back]
                 kept_set.add(back)
                 warnings.warn(f"task {spec.name!r}: class {c} has {len(rows)} training row(s); the carved validation split "

@@ -419,6 +419,54 @@ def source_groups(dataset: datasets.Dataset, columns: Sequence[str]) -> np.ndarr
     return rank[ids]
 
 
+# Kinds whose values must all be finite (tabular and irregular series read NaN as "not observed").
+FINITE_KINDS = ("image", "video", "audio", "timeseries", "pose", "set")
+
+
+def find_bad_rows(dataset: datasets.Dataset, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """Rows that training would fail on, found up front and vectorised over Arrow: modality -> sorted
+    row positions [k] whose value is missing (null) or, for :data:`FINITE_KINDS`, holds NaN or inf.
+    Only modalities with bad rows appear."""
+    table = dataset.with_format("arrow")[:] if getattr(dataset, "_indices", None) is not None else dataset.data.table
+    bad: dict[str, np.ndarray] = {}
+    for m, kind in spec.modalities.items():
+        if m not in table.column_names:
+            continue
+        rows, offset = [], 0
+        for chunk in table.column(m).chunks:
+            flags = ~np.asarray(chunk.is_valid())
+            if kind in FINITE_KINDS:
+                flags |= _nonfinite_rows(chunk)
+            rows.append(np.flatnonzero(flags) + offset)
+            offset += len(chunk)
+        found = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        if len(found):
+            bad[m] = found
+    return bad
+
+
+def _nonfinite_rows(arr: pa.Array) -> np.ndarray:
+    """bool [n]: rows of a (nested) list-of-floats array holding NaN or inf (False for other types)."""
+    if isinstance(arr, pa.ExtensionArray):
+        arr = arr.storage
+    n = len(arr)
+    start, end, child = np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64), arr
+    while pa.types.is_list(child.type) or pa.types.is_large_list(child.type) or pa.types.is_fixed_size_list(child.type):
+        if pa.types.is_fixed_size_list(child.type):
+            offsets = (child.offset + np.arange(len(child) + 1, dtype=np.int64)) * child.type.list_size
+        else:
+            offsets = np.asarray(child.offsets, dtype=np.int64)
+        start, end, child = offsets[start], offsets[end], child.values
+    if not pa.types.is_floating(child.type):
+        return np.zeros(n, dtype=bool)
+    leaf = child.to_numpy(zero_copy_only=False)
+    bad_leaf = ~np.isfinite(leaf) if len(leaf) else np.zeros(0, bool)
+    if child.null_count:
+        bad_leaf |= ~np.asarray(child.is_valid())
+    counts = np.concatenate([[0], np.cumsum(bad_leaf, dtype=np.int64)])
+    return (counts[end] - counts[start]) > 0
+
+
 def _row_digests(arr: pa.Array) -> list[bytes | None]:
     """One digest per row of ``arr`` (None for a null), over the bytes of its leaf values for
     (nested) lists of primitives, else over the row's Python ``repr``."""

@@ -482,10 +482,14 @@ def test_carved_validation_never_takes_a_class_out_of_training(monkeypatch):
 
     train = datasets.Dataset.from_dict({"x": list(range(10)), "label": [0, 0, 0, 0, 1, 1, 1, 1, 1, 2]})
     spec = TaskSpec(name="t", modalities={"x": "tabular"}, task_type="classification", num_classes=3, metric="accuracy")
-    monkeypatch.setattr(byo, "stratified_holdout", lambda y, f, seed=0: (np.arange(9), np.array([9])))  # class 2 held out
+    monkeypatch.setattr(byo, "stratified_holdout", lambda y, f, seed=0: (np.arange(8), np.array([8, 9])))  # class 2 held out
     with pytest.warns(UserWarning, match="class 2 has 1 training row"):
         out = byo._carve_validation({"train": train}, spec)
-    assert 2 in out["train"]["label"] and len(out["train"]) + len(out["validation"]) == 10
+    assert 2 in out["train"]["label"] and out["validation"]["x"] == [8]
+    monkeypatch.setattr(byo, "stratified_holdout", lambda y, f, seed=0: (np.arange(9), np.array([9])))  # nothing else to hold
+    with pytest.warns(UserWarning, match="class 2 .* never trained on"):
+        out = byo._carve_validation({"train": train}, spec)
+    assert out["validation"]["x"] == [9]
 
 
 def test_cache_list_and_prune_keep_the_current_folder(fake_root, tmp_path, capsys):

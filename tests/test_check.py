@@ -37,3 +37,24 @@ def test_check_passes_a_clean_task_and_reports_a_bad_spec(tmp_path, capsys):
     spec.write_text(spec.read_text().replace("target: label", "target: nope"))
     assert check.main([str(spec), "--cache-dir", str(tmp_path / "c")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_training_finds_bad_rows_up_front_and_can_drop_them(tmp_path):
+    import pytest
+
+    import train
+    from tasks.cache import find_bad_rows, load_task
+
+    rng = np.random.default_rng(0)
+    series = [rng.standard_normal((5, 2)).tolist() for _ in range(40)]
+    series[7][2][1] = float("inf")
+    series[12][0][0] = float("nan")
+    spec = _task(tmp_path, series)
+    lt = load_task(spec, cache_dir=tmp_path / "c", quiet=True)
+    assert find_bad_rows(lt.splits["test"], lt.spec)["imu"].tolist() == [7, 12]
+    base = ["--preset", "tiny", "--tasks", str(spec), "--cache-dir", str(tmp_path / "c"), "--quiet", "--cpu",
+            "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2"]
+    with pytest.raises(ValueError, match=r"task 'imu_task', split 'train': \d row\(s\) hold a missing value, NaN or infinity \(column 'imu'"):
+        train.main([*base, "--output-dir", str(tmp_path / "a")])
+    out = train.main([*base, "--output-dir", str(tmp_path / "b"), "--set", "train.bad_rows=drop"])
+    assert (out / "DONE").exists()
