@@ -329,7 +329,10 @@ LOCK_FILE = ".lock"
 def lock_run_folder(out: Path) -> Path:
     """Take the run folder for this process: ``out/.lock`` holds its pid. A second run on the same
     folder is refused while that process lives; a lock left by a dead process is taken over."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except PermissionError as e:
+        raise PermissionError(f"{out}: cannot create the run folder ({e.strerror}); pick a writable --output-dir") from e
     lock = out / LOCK_FILE
     for _ in range(2):
         try:

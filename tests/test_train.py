@@ -425,3 +425,17 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_run_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    """As root chmod does not stop writes, so the refusal is simulated where the run first writes."""
+    real_open = os.open
+
+    def refuse(path, flags, *a, **k):
+        if str(path).endswith(train.LOCK_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(PermissionError, match=r"run: cannot write the run folder \(Permission denied\); pick a writable --output-dir"):
+        run_train(tmp_path, "run")
