@@ -257,6 +257,11 @@ def _read_splits(spec_file: Path, data_path: Path, fmt: str, mapping: Any) -> di
         try:
             loaded = datasets.load_from_disk(str(data_path))
         except Exception as e:  # noqa: BLE001 - FileNotFoundError and datasets' own errors
+            empty = sorted(p.parent.name for p in data_path.glob("*/state.json")
+                           if not json.loads(p.read_text()).get("_data_files"))
+            if empty:  # datasets cannot read back a split saved with no rows ("list index out of range")
+                raise SpecError(spec_file, "path", f"split(s) {empty} of {str(data_path)!r} have no rows; every task needs "
+                                "training and test rows") from e
             raise SpecError(spec_file, "path", f"cannot load {str(data_path)!r} with datasets.load_from_disk ({e})") from e
         if not isinstance(loaded, datasets.DatasetDict):
             raise SpecError(spec_file, "path", f"{str(data_path)!r} holds a single Dataset; save a DatasetDict "

@@ -507,3 +507,10 @@ def test_cache_list_and_prune_keep_the_current_folder(fake_root, tmp_path, capsy
     assert other.exists() and "would remove" in capsys.readouterr().out
     caches.main(["prune", *args])
     assert current.exists() and not other.exists()
+
+
+def test_byo_empty_saved_split_is_named(tmp_path):
+    dd = _byo_splits()
+    datasets.DatasetDict({"train": dd["train"], "test": dd["test"].select([])}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match=r"split\(s\) \['test'\] of .* have no rows"):
+        load_task(_write_spec(tmp_path, SPEC))
