@@ -323,8 +323,6 @@ def plot_robustness(robust: Mapping[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from highmmt.cli import run_cli
+
+    run_cli(main)

@@ -20,13 +20,14 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+
+from highmmt.cli import run_cli  # noqa: F401  (the studies' entry point, re-exported)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -320,10 +321,3 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def run_cli(main: Callable[[], Any]) -> None:
-    """Run a study's ``main()``; a user error (bad flag value, missing file) prints one line and exits 2."""
-    try:
-        main()
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
