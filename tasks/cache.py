@@ -447,18 +447,9 @@ def find_bad_rows(dataset: datasets.Dataset, spec: TaskSpec) -> dict[str, np.nda
 
 def _nonfinite_rows(arr: pa.Array) -> np.ndarray:
     """bool [n]: rows of a (nested) list-of-floats array holding NaN or inf (False for other types)."""
-    if isinstance(arr, pa.ExtensionArray):
-        arr = arr.storage
-    n = len(arr)
-    start, end, child = np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64), arr
-    while pa.types.is_list(child.type) or pa.types.is_large_list(child.type) or pa.types.is_fixed_size_list(child.type):
-        if pa.types.is_fixed_size_list(child.type):
-            offsets = (child.offset + np.arange(len(child) + 1, dtype=np.int64)) * child.type.list_size
-        else:
-            offsets = np.asarray(child.offsets, dtype=np.int64)
-        start, end, child = offsets[start], offsets[end], child.values
+    start, end, child = _leaf_spans(arr)
     if not pa.types.is_floating(child.type):
-        return np.zeros(n, dtype=bool)
+        return np.zeros(len(arr), dtype=bool)
     leaf = child.to_numpy(zero_copy_only=False)
     bad_leaf = ~np.isfinite(leaf) if len(leaf) else np.zeros(0, bool)
     if child.null_count:
@@ -467,20 +458,30 @@ def _nonfinite_rows(arr: pa.Array) -> np.ndarray:
     return (counts[end] - counts[start]) > 0
 
 
-def _row_digests(arr: pa.Array) -> list[bytes | None]:
-    """One digest per row of ``arr`` (None for a null), over the bytes of its leaf values for
-    (nested) lists of primitives, else over the row's Python ``repr``."""
-    if isinstance(arr, pa.ExtensionArray):  # datasets' Array2D..Array5D: nested fixed-size lists
-        arr = arr.storage
-    n = len(arr)
-    start, end, child = np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64), arr
+def _storage(arr: pa.Array) -> pa.Array:
+    """datasets' Array2D..Array5D extension arrays are nested fixed-size lists underneath."""
+    return arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+
+
+def _leaf_spans(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(start [n], end [n], leaf): row i of a (nested) list array owns ``leaf[start[i]:end[i]]``;
+    for a flat array the leaf is the array itself, one value a row."""
+    child = _storage(arr)
+    n = len(child)
+    start, end = np.arange(n, dtype=np.int64), np.arange(1, n + 1, dtype=np.int64)
     while pa.types.is_list(child.type) or pa.types.is_large_list(child.type) or pa.types.is_fixed_size_list(child.type):
         if pa.types.is_fixed_size_list(child.type):
-            size = child.type.list_size
-            offsets = (child.offset + np.arange(len(child) + 1, dtype=np.int64)) * size
+            offsets = (child.offset + np.arange(len(child) + 1, dtype=np.int64)) * child.type.list_size
         else:
             offsets = np.asarray(child.offsets, dtype=np.int64)
         start, end, child = offsets[start], offsets[end], child.values
+    return start, end, child
+
+
+def _row_digests(arr: pa.Array) -> list[bytes | None]:
+    """One digest per row of ``arr`` (None for a null), over the bytes of its leaf values for
+    (nested) lists of primitives, else over the row's Python ``repr``."""
+    arr, (start, end, child) = _storage(arr), _leaf_spans(arr)
     valid = np.asarray(arr.is_valid())
     if pa.types.is_primitive(child.type) and child.null_count == 0:
         leaf = child.to_numpy(zero_copy_only=False)
