@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from highmmt.embedder import Embedder, sinusoidal_positions
 
@@ -244,3 +244,64 @@ def collate_float_sequences(
         arrays = [a[uniform_indices(a.shape[0], n)] for a in arrays]
     x, mask = pad_stack(kind, [a.astype(np.float32, copy=False) for a in arrays], dtype=np.float32)
     return {"x": x, "mask": mask}
+
+
+SUMMARY_STATS = ("log_count", "mean", "std", "min", "max", "first", "last")
+
+
+def masked_summary(x: Tensor, valid: Tensor) -> Tensor:
+    """Per-channel statistics of a series over its valid steps.
+
+    Args:
+        x: [b, t, c] values (anything where not valid).
+        valid: [b, t, c] bool, True where a value was observed (or the step is real).
+    Returns:
+        [b, c, 7] float32: log(1 + count), mean, std, min, max, first and last valid value
+        (``SUMMARY_STATS``); 0 for a channel with no valid value.
+    """
+    x = x.float()
+    v = valid.float()
+    count = v.sum(dim=1)  # [b, c]
+    n = count.clamp(min=1)
+    xz = torch.where(valid, x, torch.zeros((), device=x.device))
+    mean = xz.sum(dim=1) / n
+    var = (torch.where(valid, (x - mean.unsqueeze(1)) ** 2, torch.zeros((), device=x.device))).sum(dim=1) / n
+    big = torch.finfo(torch.float32).max
+    lo = torch.where(valid, x, torch.full((), big, device=x.device)).amin(dim=1)
+    hi = torch.where(valid, x, torch.full((), -big, device=x.device)).amax(dim=1)
+    t = x.shape[1]
+    steps = torch.arange(t, device=x.device).view(1, t, 1)
+    first_i = torch.where(valid, steps, t).amin(dim=1).clamp(max=t - 1)  # [b, c]
+    last_i = torch.where(valid, steps, -1).amax(dim=1).clamp(min=0)
+    first = xz.gather(1, first_i.unsqueeze(1)).squeeze(1)
+    last = xz.gather(1, last_i.unsqueeze(1)).squeeze(1)
+    seen = count > 0
+    stats = [torch.log1p(count), mean, var.sqrt(), lo, hi, first, last]
+    stats = [torch.where(seen, s, torch.zeros((), device=x.device)) if i else s for i, s in enumerate(stats)]
+    return torch.stack(stats, dim=-1)
+
+
+class SummaryToken(nn.Module):
+    """One extra token from a series' per-channel statistics (``masked_summary``).
+
+    The statistics are squashed by ``asinh`` (linear near 0, logarithmic for large values, so no
+    dataset statistics are needed) and projected to width d, plus a learned embedding that marks the
+    token as the summary. It hands the shared encoder what a random forest on summary features sees,
+    which a few hundred training series cannot teach the patch tokens to compute.
+    """
+
+    def __init__(self, channels: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(len(SUMMARY_STATS) * channels, dim)
+        self.marker = nn.Parameter(torch.randn(dim) * 0.02)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x [b, t, c], valid [b, t, c] -> token [b, 1, d]."""
+        stats = torch.asinh(masked_summary(x, valid)).flatten(1)
+        return (self.proj(stats.to(self.proj.weight.dtype)) + self.marker).unsqueeze(1)
+
+
+def append_token(tokens: Tensor, mask: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:
+    """tokens [b, n, d] + mask [b, n] with one always-real token [b, 1, d] appended."""
+    extra = torch.ones(mask.shape[0], 1, dtype=torch.bool, device=mask.device)
+    return torch.cat([tokens, token.to(tokens.dtype)], dim=1), torch.cat([mask, extra], dim=1)

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    SummaryToken,
+    append_token,
     batch_mask,
     check_axes,
     finish,
@@ -60,6 +62,8 @@ class IrregularTimeseriesEmbedder(Embedder):
         max_len: steps kept per sample (uniformly resampled when longer).
         time_bands: periods of the time features.
         min_period, max_period: shortest and longest period (hours).
+        summary: add one token of per-channel statistics over the observed values (count, mean, std,
+            min, max, first, last): what missingness-aware tabular baselines read.
     """
 
     kind = "irregular_timeseries"
@@ -74,6 +78,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         time_bands: int = 8,
         min_period: float = 0.5,
         max_period: float = 100.0,
+        summary: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -86,6 +91,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         periods = torch.tensor(np.geomspace(lo, hi, self.time_bands), dtype=torch.float32)
         self.register_buffer("periods", periods, persistent=False)
         self.to_tokens = nn.Linear(2 * self.channels + 2 * self.time_bands, dim)
+        self.summary = SummaryToken(self.channels, dim) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -142,7 +148,9 @@ class IrregularTimeseriesEmbedder(Embedder):
         dtype = self.to_tokens.weight.dtype
         x = zero_invalid(x, observed).to(dtype)
         times = zero_invalid(times.float(), mask)  # float32: hours need the precision bf16 lacks
+        summary = None if self.summary is None else self.summary(x, observed)
 
         mask, (x, observed, times) = resample(mask, self.max_len, x, observed, times)
         feats = torch.cat([x, observed.to(dtype), time_features(times, self.periods.float()).to(dtype)], dim=-1)
-        return finish(self.to_tokens(feats), mask)
+        tokens, mask = finish(self.to_tokens(feats), mask)
+        return (tokens, mask) if summary is None else append_token(tokens, mask, summary)

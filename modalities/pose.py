@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    SummaryToken,
+    append_token,
     collate_float_sequences,
     batch_mask,
     finish,
@@ -46,6 +48,7 @@ class PoseEmbedder(Embedder):
         coords: c, coordinates per joint.
         tokens: ``"frame"`` (one token per frame) or ``"joint"`` (one per joint per frame).
         max_frames: frames kept per sample (uniformly resampled when longer).
+        summary: add one token of per-(joint, coordinate) summary statistics.
     """
 
     kind = "pose"
@@ -59,6 +62,7 @@ class PoseEmbedder(Embedder):
         coords: int = 3,
         tokens: str = "frame",
         max_frames: int = 64,
+        summary: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.joints = positive_int(self.kind, "joints", joints)
@@ -72,6 +76,7 @@ class PoseEmbedder(Embedder):
         else:
             self.to_tokens = nn.Linear(self.coords, dim)
             self.joint_embed = nn.Parameter(torch.randn(self.joints, dim) * 0.02)
+        self.summary = SummaryToken(self.joints * self.coords, dim) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -95,13 +100,18 @@ class PoseEmbedder(Embedder):
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask[:, :, None, None])
         x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+        summary = None
+        if self.summary is not None:
+            flat = rearrange(x, "b t j c -> b t (j c)")
+            summary = self.summary(flat, mask.unsqueeze(-1).expand_as(flat))
         mask, (x,) = resample(mask, self.max_frames, x)
         t = x.shape[1]
         time = sinusoidal_positions(t, self.dim, device=x.device, dtype=x.dtype)  # [t, d]
 
         if self.tokens == "frame":
-            tokens = self.to_tokens(rearrange(x, "b t j c -> b t (j c)")) + time
-            return finish(tokens, mask)
-        tokens = self.to_tokens(x) + self.joint_embed + time.unsqueeze(1)  # [b, t, j, d]
-        tokens = rearrange(tokens, "b t j d -> b (t j) d")
-        return finish(tokens, repeat(mask, "b t -> b (t j)", j=self.joints))
+            tokens, mask = finish(self.to_tokens(rearrange(x, "b t j c -> b t (j c)")) + time, mask)
+        else:
+            tokens = self.to_tokens(x) + self.joint_embed + time.unsqueeze(1)  # [b, t, j, d]
+            tokens = rearrange(tokens, "b t j d -> b (t j) d")
+            tokens, mask = finish(tokens, repeat(mask, "b t -> b (t j)", j=self.joints))
+        return (tokens, mask) if summary is None else append_token(tokens, mask, summary)

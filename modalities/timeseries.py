@@ -8,6 +8,8 @@ Tokens: sequences longer than ``max_len`` steps are uniformly resampled down to 
 ``collate`` when it is given the option, else in ``embed``; the same rule either way); then groups of
 ``patch`` steps (zero-padded to a multiple), each ``Linear(patch * c -> d)`` + fixed sinusoidal
 position. A token is real if any of its steps is. At most ``max_len / patch`` tokens (256 by default).
+With ``summary=True``, one more token carries per-channel statistics of all real steps (count, mean,
+std, min, max, first, last; ``modalities._common.SummaryToken``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    SummaryToken,
+    append_token,
     collate_float_sequences,
     batch_mask,
     finish,
@@ -43,16 +47,19 @@ class TimeseriesEmbedder(Embedder):
         channels: c.
         max_len: steps kept per sample (uniformly resampled when longer).
         patch: steps per token.
+        summary: add one token of per-channel summary statistics.
     """
 
     kind = "timeseries"
 
-    def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1) -> None:
+    def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1,
+                 summary: bool = False) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.max_len = positive_int(self.kind, "max_len", max_len)
         self.patch = positive_int(self.kind, "patch", patch)
         self.to_tokens = nn.Linear(self.patch * self.channels, dim)
+        self.summary = SummaryToken(self.channels, dim) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -75,6 +82,7 @@ class TimeseriesEmbedder(Embedder):
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask.unsqueeze(-1))
         x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+        summary = None if self.summary is None else self.summary(x, mask.unsqueeze(-1).expand_as(x))
 
         mask, (x,) = resample(mask, self.max_len, x)
         x, mask = pad_axis(x, 1, self.patch), pad_axis(mask, 1, self.patch)
@@ -82,4 +90,5 @@ class TimeseriesEmbedder(Embedder):
         token_mask = rearrange(mask, "b (n p) -> b n p", p=self.patch).any(dim=-1)
         tokens = self.to_tokens(patches)
         tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
-        return finish(tokens, token_mask)
+        tokens, token_mask = finish(tokens, token_mask)
+        return (tokens, token_mask) if summary is None else append_token(tokens, token_mask, summary)
