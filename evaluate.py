@@ -129,9 +129,8 @@ def efficiency(model: HighMMT, dataset: Any, spec: TaskSpec, device: torch.devic
     return {"latency_ms_per_sample": 1000 * float(np.median(times)), "throughput_samples_per_s": thr, "peak_memory_mb": peak}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    ckpt = Path(args.checkpoint)
+def read_run_config(ckpt: Path) -> dict[str, Any]:
+    """A train.py run folder's ``config.json`` (model, training, task specs and how they were given)."""
     cfg_path = ckpt / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{ckpt} has no config.json; expected a run folder written by train.py")
@@ -139,7 +138,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "tasks" not in run_cfg or "model" not in run_cfg:
         raise ValueError(f"{cfg_path} is not a training run's config (needs 'model' and 'tasks'); "
                          "a bare save_pretrained folder has no task data to evaluate on")
-    task_args = run_cfg.get("task_args", {})
+    return run_cfg
+
+
+def load_run_task(run_cfg: Mapping[str, Any], name: str, *, data_root: str | None = None, cache_dir: str | None = None,
+                  quiet: bool = False) -> LoadedTask:
+    """One of a run's tasks, loaded as the run loaded it: a suite name or the spec file it was given,
+    the run's task options, and the modality options it inferred or was given (so batches collate
+    as in training, not as the spec says today)."""
+    arg = run_cfg.get("task_args", {}).get(name, name)
+    options = run_cfg.get("train", {}).get("task_options", {}).get(name)
+    lt = load_task(arg, data_root=data_root, cache_dir=cache_dir, options=options, quiet=quiet)
+    saved = run_cfg.get("tasks", {}).get(lt.spec.name, {}).get("modality_options")
+    if saved is not None:
+        lt = dataclasses.replace(lt, spec=dataclasses.replace(lt.spec, modality_options=saved))
+    return lt
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    run_cfg = read_run_config(ckpt)
     names = args.tasks.split(",") if args.tasks else list(run_cfg["tasks"])
     for n in names:
         if n not in run_cfg["tasks"]:
@@ -159,13 +178,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     reference = baselines.load_results(args.baselines) if args.baselines and not args.no_baselines else None
     used_baselines: dict[str, Any] = {}
     card_tasks: dict[str, tuple[Any, dict[str, int]]] = {}
-    train_options = run_cfg.get("train", {}).get("task_options", {})
     for name in tqdm(names, desc="tasks", disable=args.quiet):
-        lt = load_task(task_args.get(name, name), data_root=args.data_root, cache_dir=args.cache_dir,
-                       options=train_options.get(name), quiet=args.quiet)
-        saved = run_cfg.get("tasks", {}).get(lt.spec.name, {}).get("modality_options")
-        if saved is not None:  # collate as the run did (inferred and overridden options), not as the spec says today
-            lt = dataclasses.replace(lt, spec=dataclasses.replace(lt.spec, modality_options=saved))
+        lt = load_run_task(run_cfg, name, data_root=args.data_root, cache_dir=args.cache_dir, quiet=args.quiet)
         spec, ds = lt.spec, lt.splits[args.split]
         card_tasks[name] = (spec, {k: len(v) for k, v in lt.splits.items()})
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
