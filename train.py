@@ -5,6 +5,7 @@
     python train.py --tasks utd_mhad,my_task.yaml --set train.lr=5e-4 --output-dir runs/x
     python train.py --output-dir runs/x --resume # continue a killed run
     torchrun --nproc_per_node 2 train.py ...     # two processes (CPU: gloo)
+    accelerate launch --multi_gpu --num_processes 8 train.py ...  # GPUs, one node or many (no code change)
 
 Reads top to bottom: config -> accelerator -> data -> model -> optimizer -> loop (schedule, step,
 evaluate, checkpoint) -> curves. The run folder layout is in the README.
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -417,6 +420,51 @@ def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) ->
     return choice, f"auto: {why}"
 
 
+class TaskLoss(nn.Module):
+    """The model and the training methods' extra modules as one module whose forward is one task's
+    loss. This is what accelerate prepares: on several processes it becomes one DDP module, so every
+    trainable parameter (hook modules included) starts equal on every rank and has its gradient
+    averaged. Under mixed precision only the model's forward is autocast; the loss and the methods'
+    extra losses run as before, outside it.
+
+    Args:
+        model: the HighMMT model.
+        extra: the training hooks' modules (a ModuleDict, possibly empty).
+        hooks: the training hooks; ``extra_loss`` of each is added.
+        ctx: what the hooks see.
+        specs: task name -> TaskSpec.
+        tc: the training config (``label_smoothing``).
+        autocast: the accelerator's autocast context factory.
+    """
+
+    def __init__(self, model: HighMMT, extra: nn.ModuleDict, hooks: Sequence[Any], ctx: TrainContext,
+                 specs: dict[str, TaskSpec], tc: Any, autocast: Any) -> None:
+        super().__init__()
+        self.model, self.extra = model, extra
+        self.hooks, self.ctx, self.specs, self.tc, self.autocast = list(hooks), ctx, specs, tc, autocast
+
+    def forward(self, batch: dict[str, Any], task: str) -> torch.Tensor:
+        """One task's batch -> its scalar loss (supervised + the hooks' extra losses)."""
+        with self.autocast():
+            outputs = self.model(batch["inputs"], task)
+        with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
+            loss = task_loss(outputs, batch["target"], self.specs[task].task_type, label_smoothing=self.tc.label_smoothing)
+            for h in self.hooks:
+                aux = h.extra_loss(self.ctx, task, batch, outputs)
+                if aux is not None:
+                    loss = loss + aux
+        return loss
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of every parameter's bytes, in name order: equal digests mean identical weights."""
+    h = hashlib.sha256()
+    for name, p in sorted(module.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 # ---- main --------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
@@ -451,7 +499,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # accelerate keeps one process-wide state that refuses a second precision; each run chooses its own
     # (the distributed part, PartialState, is kept)
     AcceleratorState._reset_state()
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision))
+    # Several processes: DDP. A step's tasks use different embedders and heads, so parameters may go unused.
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     rank, world = accelerator.process_index, accelerator.num_processes
     main_process = accelerator.is_main_process
     log = (lambda msg: tqdm.write(msg)) if main_process else (lambda msg: None)
@@ -497,9 +547,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if tc.compile:  # in place: parameter names, checkpoints and hooks see the plain module
         model.compile()
         log("torch.compile on: the first step of each task (and of evaluation) compiles its graph")
-    if world > 1:  # identical start on every rank
-        for p in model.parameters():
-            torch.distributed.broadcast(p.data, src=0)
     # Hooks (training methods: semi-supervised, co-learning, ...) may reshape the training data first.
     ctx = TrainContext(model=model, loaded=loaded, run=run, device=accelerator.device, seed=args.seed, out=out,
                        log=log, autocast=accelerator.autocast)
@@ -533,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             extra.load_state_dict(st["extra"])
         optimizer.load_state_dict(st["optimizer"])
         scheduler.load_state_dict(st["scheduler"])
+        if accelerator.scaler is not None and "scaler" in st:  # fp16: the loss scale reached
+            accelerator.scaler.load_state_dict(st["scaler"])
         random.setstate(st["rng"]["python"])
         name, keys, pos, has_gauss, cached = st["rng"]["numpy"]
         np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -569,6 +618,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             for r in rows:
                 writer.add_scalar(f"{r['task']}/{r['split']}/{r['metric']}", r["value"], r["step"])
 
+    # accelerate: device placement, DDP on several processes (rank 0's weights broadcast), the fp16
+    # gradient scaler. The scheduler is stepped here, once per optimizer step that was not skipped.
+    step_loss, optimizer = accelerator.prepare(
+        TaskLoss(model, extra, hooks, ctx, {t: lt.spec for t, lt in loaded.items()}, tc, accelerator.autocast), optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     prefetch = Prefetcher(tc.prefetch_workers)
     fetch = lambda t, idx: collate_rows(loaded[t].splits["train"], idx, loaded[t].spec)  # noqa: E731
@@ -586,25 +639,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 pending.append([prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[i + 1]])
             step_batches = [f.result() for f in pending.pop(0)]
             optimizer.zero_grad(set_to_none=True)
-            for t, batch in zip(step_tasks, step_batches):
+            for k, (t, batch) in enumerate(zip(step_tasks, step_batches)):
                 batch = move_to(batch, accelerator.device)
                 if tc.augment_noise > 0:
                     augment_inputs(batch["inputs"], tc.augment_noise)
-                with accelerator.autocast():
-                    outputs = model(batch["inputs"], t)
-                loss = task_loss(outputs, batch["target"], loaded[t].spec.task_type, label_smoothing=tc.label_smoothing)
-                for h in hooks:
-                    aux = h.extra_loss(ctx, t, batch, outputs)
-                    if aux is not None:
-                        loss = loss + aux
-                accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
+                # Gradients are averaged over processes once per step, in the step's last backward.
+                with accelerator.no_sync(step_loss) if k + 1 < len(step_tasks) else contextlib.nullcontext():
+                    loss = step_loss(batch, t)
+                    accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
                 sums[t].append(loss.item())
-            if world > 1:
-                _all_reduce_grads(params, world)
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            if tc.grad_clip > 0:  # fp16: unscales first
+                accelerator.clip_grad_norm_(params, tc.grad_clip)
+            optimizer.step()  # fp16: skipped when a gradient is inf/nan
+            if not optimizer.step_was_skipped:
+                scheduler.step()
             global_step += 1
             if show:
                 bar.set_postfix({t[:12]: f"{np.mean(v[-10:]):.3f}" for t, v in sums.items() if v})
@@ -655,16 +703,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 out, model, optimizer, scheduler,
                 {"epoch": epoch + 1, "global_step": global_step, "best": best,
                  "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()},
-                 "hooks": {h.name: h.state_dict() for h in hooks}, "extra": extra.state_dict()},
+                 "hooks": {h.name: h.state_dict() for h in hooks}, "extra": extra.state_dict(),
+                 **({"scaler": accelerator.scaler.state_dict()} if accelerator.scaler is not None else {})},
             )
         accelerator.wait_for_everyone()
     prefetch.close()
-    if world > 1:  # the ranks must have stayed in step: compare a checksum of their weights
-        checksum = torch.tensor([sum(float(p.double().sum()) for p in model.parameters())], dtype=torch.float64)
-        gathered = [torch.zeros_like(checksum) for _ in range(world)]
-        torch.distributed.all_gather(gathered, checksum)
+    if world > 1:  # the ranks must have stayed in step: compare digests of their weights
+        digests = gather_object([weights_digest(accelerator.unwrap_model(step_loss))])
         if main_process:
-            atomic_write_json(out / "ranks.json", {"world_size": world, "checksums": [float(g) for g in gathered]})
+            atomic_write_json(out / "ranks.json", {"world_size": world, "weights_sha256": digests})
     if main_process:
         (out / "DONE").write_text(f"finished {tc.epochs} epochs, {global_step} steps in {time.time() - started:.0f}s\n")
         _plot_curves(history, out / "curves.png")
@@ -702,19 +749,6 @@ def augment_inputs(inputs: dict[str, Any], strength: float) -> None:
         scale = (1 + strength * torch.randn(x.shape[0], *([1] * (x.ndim - 1)), device=x.device)).clamp(0.5, 1.5)
         noisy = (x + strength * std * torch.randn_like(x)) * scale
         batch["x"] = torch.where(real, noisy, x).to(x.dtype)
-
-
-def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    """Average gradients over processes in one flat buffer (works with tasks that skip parameters)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
 
 
 def _tensorboard(out: Path) -> Any:
