@@ -305,3 +305,39 @@ def append_token(tokens: Tensor, mask: Tensor, token: Tensor) -> tuple[Tensor, T
     """tokens [b, n, d] + mask [b, n] with one always-real token [b, 1, d] appended."""
     extra = torch.ones(mask.shape[0], 1, dtype=torch.bool, device=mask.device)
     return torch.cat([tokens, token.to(tokens.dtype)], dim=1), torch.cat([mask, extra], dim=1)
+
+
+
+STEMS = ("linear", "conv")
+
+
+def check_stem(kind: str, stem: str) -> str:
+    if stem not in STEMS:
+        raise ValueError(f"{kind} embedder: option 'stem' must be one of {STEMS}, got {stem!r}")
+    return stem
+
+
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis (1) of [b, c, ...], each position on its own (so padding
+    never changes a real position's value, unlike GroupNorm or BatchNorm)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class ConvStem1d(nn.Module):
+    """Steps [b, c, t] -> tokens [b, t / stride, d] (t a multiple of ``stride``).
+
+    A convolutional stem instead of one linear map per patch: a 3-wide convolution over the steps
+    (``ChannelNorm``, GELU), then a ``stride``-wide convolution of stride ``stride`` to width d, so a token
+    sees its neighbours' steps as well as its own and a nonlinearity before the shared encoder.
+    """
+
+    def __init__(self, channels: int, dim: int, stride: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv1d(channels, dim, 3, padding=1), ChannelNorm(dim), nn.GELU(), nn.Conv1d(dim, dim, stride, stride)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x).transpose(1, 2)

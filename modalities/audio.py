@@ -7,7 +7,8 @@ Batch (from ``collate``): ``x`` [b, s] float32, ``mask`` [b, s] bool (True = rea
 Tokens: ``torchaudio.transforms.MelSpectrogram`` (window ``win_ms``, hop ``hop_ms``, ``n_mels`` bands,
 no centre padding, so a frame only sees its own sample's audio) -> log(power + 1e-6) -> groups of
 ``frames_per_token`` frames, each ``Linear(frames_per_token * n_mels -> d)`` + fixed sinusoidal
-position. A token is real when all its frames lie inside the sample's waveform. Longer waveforms are
+position (``stem="conv"``: a convolutional stem over the frames instead, ``modalities._common.ConvStem1d``).
+A token is real when all its frames lie inside the sample's waveform. Longer waveforms are
 cropped to ``max_tokens`` tokens. Defaults at 8 kHz: 25 ms window, 10 ms hop, 4 frames per token
 -> 25 tokens per second.
 """
@@ -28,6 +29,8 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    ConvStem1d,
+    check_stem,
     batch_mask,
     finish,
     nonempty,
@@ -74,6 +77,7 @@ class AudioEmbedder(Embedder):
         normalize: ``"none"`` keeps the log-mel values; ``"utterance"`` standardises each mel band
             over the sample's own real frames (cepstral mean and variance normalisation, per
             utterance), which removes a speaker's and a microphone's constant spectral colouring.
+        stem: ``"linear"`` (one linear map per group of frames) or ``"conv"`` (``ConvStem1d``).
     """
 
     kind = "audio"
@@ -91,6 +95,7 @@ class AudioEmbedder(Embedder):
         frames_per_token: int = 4,
         max_tokens: int = 512,
         normalize: str = "none",
+        stem: str = "linear",
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.sample_rate = positive_int(self.kind, "sample_rate", sample_rate)
@@ -119,7 +124,11 @@ class AudioEmbedder(Embedder):
             power=2.0,
         )
         object.__setattr__(self, "_mel", mel)
-        self.to_tokens = nn.Linear(self.frames_per_token * self.n_mels, dim)
+        self.stem = check_stem(self.kind, stem)
+        if stem == "linear":
+            self.to_tokens = nn.Linear(self.frames_per_token * self.n_mels, dim)
+        else:
+            self.to_tokens = ConvStem1d(self.n_mels, dim, self.frames_per_token)
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -154,13 +163,18 @@ class AudioEmbedder(Embedder):
                 spec = utterance_normalize(spec, real_frames.clamp(min=0))
         # pad with the log of silence, what a frame of zeros gives, so padding looks the same in any batch
         silence = 0.0 if self.normalize == "utterance" else math.log(LOG_EPS)
+        frame = torch.arange(spec.shape[2], device=x.device)
+        spec = torch.where(frame < real_frames[:, None, None], spec, torch.full((), silence, device=x.device))
         spec = F.pad(spec, (0, (-spec.shape[2]) % k), value=silence)
-        frames = rearrange(spec, "b m (n k) -> b n (k m)", k=k).to(self.to_tokens.weight.dtype)
-        n = frames.shape[1]
+        spec = spec.to(next(self.to_tokens.parameters()).dtype)
+        n = spec.shape[2] // k
 
         real_tokens = torch.div(real_frames.clamp(min=0), k, rounding_mode="floor")  # [b]
         token_mask = torch.arange(n, device=x.device).unsqueeze(0) < real_tokens.unsqueeze(1)
 
-        tokens = self.to_tokens(frames)
+        if self.stem == "linear":
+            tokens = self.to_tokens(rearrange(spec, "b m (n k) -> b n (k m)", k=k))
+        else:  # shifted so silence is 0, what the convolutions pad with: a batch's padding changes nothing
+            tokens = self.to_tokens(spec - silence)
         tokens = tokens + sinusoidal_positions(n, self.dim, device=x.device, dtype=tokens.dtype)
         return finish(tokens, token_mask)

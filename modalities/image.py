@@ -11,7 +11,9 @@ Tokens: a batch whose longest side exceeds ``max_size`` is first resized down (a
 side is ``max_size``; then [h / p, w / p] patches of p x p pixels (zero-padded to a multiple of p),
 row-major, each ``Linear(p * p * c -> d)`` + fixed 2-d sinusoidal position (rows: half the width,
 columns: the other half). A patch is real if any of its pixels is. 28 x 28 with p = 4 -> 49 tokens;
-at most (max_size / p)^2 = 256 tokens with the defaults.
+at most (max_size / p)^2 = 256 tokens with the defaults. ``stem="conv"`` replaces the linear patch
+projection with a small convolutional stem (``ConvStem``: 3 x 3 stride-2 convolutions down to the patch
+grid, after Xiao et al. 2021, "Early convolutions help transformers see better"); same token grid.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    ChannelNorm,
     batch_mask,
     check_axes,
+    check_stem,
     finish,
     nonempty,
     pad_axis,
@@ -43,6 +47,31 @@ from modalities._common import (
 )
 
 LAYOUT = "[h, w, c]"
+
+
+class ConvStem(nn.Module):
+    """Pixels [b, c, h, w] -> tokens [b, d, h / p, w / p] by 3 x 3 stride-2 convolutions (one per
+    factor 2 of p; any odd remainder r of p by an r x r stride-r convolution), each followed by
+    a per-pixel LayerNorm over channels (``ChannelNorm``) and GELU, widths doubling from d / 2^k up to d, then a 1 x 1 projection to d.
+    """
+
+    def __init__(self, channels: int, dim: int, patch: int) -> None:
+        super().__init__()
+        halvings, rest = 0, patch
+        while rest % 2 == 0:
+            halvings, rest = halvings + 1, rest // 2
+        steps = [(3, 2, 1)] * halvings + ([(rest, rest, 0)] if rest > 1 else [])
+        widths = [max(8, dim >> (len(steps) - 1 - i)) for i in range(len(steps))]
+        layers: list[nn.Module] = []
+        c = channels
+        for (kernel, stride, pad), width in zip(steps, widths):
+            layers += [nn.Conv2d(c, width, kernel, stride, pad), ChannelNorm(width), nn.GELU()]
+            c = width
+        layers.append(nn.Conv2d(c, dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
 
 
 def image_size_option(value: Any) -> tuple[int, int] | None:
@@ -78,6 +107,7 @@ class ImageEmbedder(Embedder):
         max_size: longest side (pixels) above which a batch is resized down before patching.
         image_size: [h, w] (or one int for square images) every image is resized to in ``collate``;
             None (default) keeps each image's own size.
+        stem: ``"linear"`` (one linear map per patch) or ``"conv"`` (``ConvStem``).
     """
 
     kind = "image"
@@ -91,13 +121,18 @@ class ImageEmbedder(Embedder):
         patch_size: int = 4,
         max_size: int = 64,
         image_size: int | Sequence[int] | None = None,
+        stem: str = "linear",
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.patch_size = positive_int(self.kind, "patch_size", patch_size)
         self.max_size = positive_int(self.kind, "max_size", max_size)
         self.image_size = image_size_option(image_size)
-        self.to_tokens = nn.Linear(self.patch_size * self.patch_size * self.channels, dim)
+        self.stem = check_stem(self.kind, stem)
+        if stem == "linear":
+            self.to_tokens = nn.Linear(self.patch_size * self.patch_size * self.channels, dim)
+        else:
+            self.to_tokens = ConvStem(self.channels, dim, self.patch_size)
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -129,7 +164,8 @@ class ImageEmbedder(Embedder):
         self.check_size(x, 3, self.channels, "channels")
         b, h, w, _ = x.shape
         mask = batch_mask(self, batch, (b, h, w))
-        x = zero_invalid(pixels_to_float(self, x, self.to_tokens.weight.dtype, where=mask.unsqueeze(-1)), mask)
+        dtype = next(self.to_tokens.parameters()).dtype
+        x = zero_invalid(pixels_to_float(self, x, dtype, where=mask.unsqueeze(-1)), mask)
 
         if max(h, w) > self.max_size:
             scale = self.max_size / max(h, w)
@@ -142,8 +178,10 @@ class ImageEmbedder(Embedder):
         x = pad_axis(pad_axis(x, 1, p), 2, p)
         mask = pad_axis(pad_axis(mask, 1, p), 2, p)
         rows, cols = x.shape[1] // p, x.shape[2] // p
-        patches = rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=p, p2=p)
         token_mask = rearrange(mask, "b (h p1) (w p2) -> b (h w) (p1 p2)", p1=p, p2=p).any(dim=-1)
-        tokens = self.to_tokens(patches)
+        if self.stem == "linear":
+            tokens = self.to_tokens(rearrange(x, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=p, p2=p))
+        else:
+            tokens = rearrange(self.to_tokens(rearrange(x, "b h w c -> b c h w")), "b d h w -> b (h w) d")
         tokens = tokens + sincos_grid((rows, cols), dim=self.dim, device=x.device, dtype=tokens.dtype)
         return finish(tokens, token_mask)

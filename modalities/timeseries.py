@@ -9,7 +9,8 @@ Tokens: sequences longer than ``max_len`` steps are uniformly resampled down to 
 ``patch`` steps (zero-padded to a multiple), each ``Linear(patch * c -> d)`` + fixed sinusoidal
 position. A token is real if any of its steps is. At most ``max_len / patch`` tokens (256 by default).
 With ``summary=True``, one more token carries per-channel statistics of all real steps (count, mean,
-std, min, max, first, last; ``modalities._common.SummaryToken``).
+std, min, max, first, last; ``modalities._common.SummaryToken``). ``stem="conv"`` replaces the linear
+patch projection with a convolutional stem (``modalities._common.ConvStem1d``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    ConvStem1d,
+    check_stem,
     SummaryToken,
     append_token,
     collate_float_sequences,
@@ -48,17 +51,22 @@ class TimeseriesEmbedder(Embedder):
         max_len: steps kept per sample (uniformly resampled when longer).
         patch: steps per token.
         summary: add one token of per-channel summary statistics.
+        stem: ``"linear"`` (one linear map per patch) or ``"conv"`` (``ConvStem1d``).
     """
 
     kind = "timeseries"
 
     def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1,
-                 summary: bool = False) -> None:
+                 summary: bool = False, stem: str = "linear") -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.max_len = positive_int(self.kind, "max_len", max_len)
         self.patch = positive_int(self.kind, "patch", patch)
-        self.to_tokens = nn.Linear(self.patch * self.channels, dim)
+        self.stem = check_stem(self.kind, stem)
+        if stem == "linear":
+            self.to_tokens = nn.Linear(self.patch * self.channels, dim)
+        else:
+            self.to_tokens = ConvStem1d(self.channels, dim, self.patch)
         self.summary = SummaryToken(self.channels, dim) if summary else None
 
     @classmethod
@@ -81,14 +89,16 @@ class TimeseriesEmbedder(Embedder):
         b, t, _ = x.shape
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask.unsqueeze(-1))
-        x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+        x = zero_invalid(x, mask).to(next(self.to_tokens.parameters()).dtype)
         summary = None if self.summary is None else self.summary(x, mask.unsqueeze(-1).expand_as(x))
 
         mask, (x,) = resample(mask, self.max_len, x)
         x, mask = pad_axis(x, 1, self.patch), pad_axis(mask, 1, self.patch)
-        patches = rearrange(x, "b (n p) c -> b n (p c)", p=self.patch)
         token_mask = rearrange(mask, "b (n p) -> b n p", p=self.patch).any(dim=-1)
-        tokens = self.to_tokens(patches)
+        if self.stem == "linear":
+            tokens = self.to_tokens(rearrange(x, "b (n p) c -> b n (p c)", p=self.patch))
+        else:
+            tokens = self.to_tokens(rearrange(x, "b t c -> b c t"))
         tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
         tokens, token_mask = finish(tokens, token_mask)
         return (tokens, token_mask) if summary is None else append_token(tokens, token_mask, summary)

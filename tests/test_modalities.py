@@ -70,7 +70,9 @@ def image(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((8, 8, 1)), np.zeros((8, 8, 3))]),
             (TypeError, [np.zeros((8, 8, 1), dtype=np.int64)]),
         ],
-        variants=[({"channels": 1, "patch_size": 2}, [16, 48, 4, 6])],
+        variants=[({"channels": 1, "patch_size": 2}, [16, 48, 4, 6]),
+                  ({"channels": 1, "patch_size": 2, "stem": "conv"}, [16, 48, 4, 6]),
+                  ({"channels": 1, "patch_size": 3, "stem": "conv"}, [9, 24, 4, 2])],
     )
 
 
@@ -109,7 +111,9 @@ def audio(rng: np.random.Generator) -> Example:
             "dtype": (TypeError, torch.ones(2, 800, dtype=torch.int16)),
         },
         bad_collate=[(ValueError, [np.zeros((100, 2), np.float32)])],
-        variants=[({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 1}, [24, 11, 1])],
+        variants=[({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 1}, [24, 11, 1]),
+                  ({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 2, "stem": "conv"},
+                   [12, 5, 1])],
     )
 
 
@@ -130,7 +134,9 @@ def timeseries(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5,), np.float32)]),
             (ValueError, [np.zeros((5, 3)), np.zeros((5, 2))]),
         ],
-        variants=[({"channels": 3, "max_len": 8, "patch": 1}, [5, 8, 1, 1])],
+        variants=[({"channels": 3, "max_len": 8, "patch": 1}, [5, 8, 1, 1]),
+                  # the summary token is one more real token per sample
+                  ({"channels": 3, "max_len": 8, "patch": 2, "summary": True, "stem": "conv"}, [4, 5, 2, 2])],
     )
 
 
@@ -157,7 +163,8 @@ def irregular_timeseries(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5, 2), np.float32)]),
             (ValueError, [{"values": np.zeros((5, 2)), "observed": np.ones((5, 2), bool), "times": np.zeros(4)}]),
         ],
-        variants=[({"channels": 2, "max_len": 4, "time_bands": 3}, [4, 4, 1])],
+        variants=[({"channels": 2, "max_len": 4, "time_bands": 3}, [4, 4, 1]),
+                  ({"channels": 2, "max_len": 4, "time_bands": 3, "summary": True}, [5, 5, 2])],
     )
 
 
@@ -229,7 +236,8 @@ def pose(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5, 12), np.float32)]),
             (ValueError, [np.zeros((5, 4, 3)), np.zeros((5, 5, 3))]),
         ],
-        variants=[({"joints": 4, "coords": 3, "max_frames": 6, "tokens": "joint"}, [20, 24, 8])],
+        variants=[({"joints": 4, "coords": 3, "max_frames": 6, "tokens": "joint"}, [20, 24, 8]),
+                  ({"joints": 4, "coords": 3, "max_frames": 6, "summary": True}, [6, 7, 3])],
     )
 
 
