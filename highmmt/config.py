@@ -144,10 +144,13 @@ class HighMMTConfig:
     sharing: SharingConfig = field(default_factory=SharingConfig)
     head_hidden: int = 0
     head_dropout: float = 0.0
+    token_dropout: float = 0.0
     gradient_checkpointing: bool = False
     representation_tuning: RepresentationTuningConfig = field(default_factory=RepresentationTuningConfig)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"model.token_dropout must be in [0, 1), got {self.token_dropout}")
         for name, task in self.tasks.items():
             for m in task.modalities:
                 if m not in self.modalities:
@@ -331,8 +334,14 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     layer_decay: float = 1.0
+    # Sharing analysis (analysis/interference.py): permute this task's training labels ("" = none), and train
+    # only this part besides the heads ("" = every part; embedders | encoders | fusion; the rest stays at its start).
+    shuffle_labels: str = ""
+    train_only: str = ""
 
     def __post_init__(self) -> None:
+        if self.train_only not in ("", "embedders", "encoders", "fusion"):
+            raise ValueError(f"train.train_only must be '', 'embedders', 'encoders' or 'fusion', got {self.train_only!r}")
         if self.augment_noise < 0.0:
             raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
         if self.bad_rows not in ("error", "drop"):

@@ -39,6 +39,15 @@ from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
 
 
+def drop_tokens(mask: Tensor, p: float) -> Tensor:
+    """Token dropout: each real token of mask [b, n] is hidden from the encoder with probability p
+    (training only; word dropout in Iyyer et al. 2015, time/patch masking for other modalities); a row
+    keeps at least one real token."""
+    kept = mask & (torch.rand(mask.shape, device=mask.device) >= p)
+    first_real = torch.zeros_like(mask).scatter_(1, mask.float().argmax(dim=1, keepdim=True), True) & mask
+    return torch.where(kept.any(dim=1, keepdim=True), kept, first_real)
+
+
 def _key(name: str) -> str:
     """ModuleDict keys may not contain dots."""
     return name.replace(".", "_")
@@ -135,6 +144,8 @@ class HighMMT(nn.Module):
     def encode_modality(self, name: str, value: Tensor | Mapping[str, Tensor]) -> Tensor:
         """One modality's input -> latents [b, l, d] through its embedder and encoder group."""
         tokens, mask = self.embedders[_key(name)](self._cast(value))
+        if self.training and self.config.token_dropout > 0:
+            mask = drop_tokens(mask, self.config.token_dropout)
         tokens = tokens + self.modality_embedding[_key(name)].to(tokens.dtype)
         return self.encoders[self.encoder_group[name]](tokens, mask)
 

@@ -232,3 +232,16 @@ def test_bf16_autocast_forward_and_backward_are_finite():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_token_dropout_hides_real_tokens_only_in_training() -> None:
+    from highmmt.model import drop_tokens
+
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool).repeat(500, 1)
+    kept = drop_tokens(mask, 0.3)
+    assert not (kept & ~mask).any()  # never reveals padding
+    assert kept.any(dim=1).all()  # every row keeps a real token
+    rate = 1 - kept.sum() / mask.sum()
+    assert 0.25 < float(rate) < 0.32  # ~p, a bit under (rows of one token keep it)
+    assert torch.equal(drop_tokens(mask, 0.999).sum(dim=1), torch.ones(1500, dtype=torch.long))
