@@ -50,11 +50,12 @@ from highmmt.heads import task_loss
 from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
-from highmmt.strategies import make_schedule
+from highmmt.strategies import make_schedule, warmup_cosine
 from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
+from tasks.splits import stratified_holdout
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SUITE = [
@@ -219,8 +220,8 @@ def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTas
     if fraction >= 1.0:
         return loaded
     train = loaded.splits["train"]
-    labels = train[loaded.spec.target] if loaded.spec.task_type == "classification" else None
-    keep = finetune.stratified_subset(labels, len(train), fraction, seed, what=f"training split of task {loaded.spec.name!r}")
+    labels = train[loaded.spec.target] if loaded.spec.task_type == "classification" else np.zeros(len(train))
+    _, keep = stratified_holdout(labels, fraction, seed, every_class=True, what=f"training split of task {loaded.spec.name!r}")
     splits = dict(loaded.splits)
     splits["train"] = train.select([int(i) for i in keep])
     return dataclasses.replace(loaded, splits=splits)
@@ -556,15 +557,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         h.setup(ctx, (st or {}).get("hooks", {}).get(h.name))
     extra = nn.ModuleDict({h.name: nn.ModuleDict(mods) for h in hooks if (mods := h.modules())}).to(accelerator.device)
     optimizer = build_optimizer(model, tc, extra)
-    total_steps = tc.epochs * tc.steps_per_epoch
-
-    def lr_lambda(step: int) -> float:
-        if step < tc.warmup_steps:
-            return (step + 1) / tc.warmup_steps
-        progress = (step - tc.warmup_steps) / max(1, total_steps - tc.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.epochs * tc.steps_per_epoch)
     streams = {
         t: TaskStream(len(lt.splits["train"]), tc.batch_sizes.get(t, tc.batch_size), seed=args.seed * 1000 + i, rank=rank, world_size=world)
         for i, (t, lt) in enumerate(loaded.items())

@@ -77,6 +77,7 @@ from highmmt.heterogeneity import (  # noqa: E402
 )
 from highmmt.plotting import pyplot, save_figure  # noqa: E402
 from highmmt.sharing import pair_key  # noqa: E402
+from highmmt.strategies import warmup_cosine  # noqa: E402
 from tasks.cache import LoadedTask, load_task  # noqa: E402
 from tasks.loader import collate_rows, move_to, score  # noqa: E402
 
@@ -216,13 +217,7 @@ def fit(
     tc = TrainConfig(lr=settings.lr, weight_decay=settings.weight_decay)
     optimizer = train.build_optimizer(model, tc, nn.ModuleDict())
     total = settings.steps
-
-    def lr_lambda(step: int) -> float:
-        if step < settings.warmup:
-            return (step + 1) / settings.warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - settings.warmup) / max(1, total - settings.warmup))))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = warmup_cosine(optimizer, settings.warmup, total)
     eval_at = {max(1, round(total * (i + 1) / settings.evals)) for i in range(settings.evals)}
     curve: list[tuple[int, float, float]] = []
     model.train()

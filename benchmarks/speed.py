@@ -51,7 +51,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -79,7 +78,6 @@ from highmmt import HighMMT, HighMMTConfig, autotune
 from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
 from highmmt.encoder import PerceiverEncoder
 from highmmt.heads import task_loss
-from highmmt.layers import dropout
 from highmmt.registry import EMBEDDERS
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"
@@ -512,20 +510,7 @@ def bench_efficiency(sizes: HighMMTConfig, cases: Sequence[Mapping[str, Any]], o
             row["time_breakdown"] = breakdown
         row["headline"] = bool(case.get("headline"))
         rows.append(row)
-    return {"encoder": {"dim": sizes.dim, **vars(sizes.encoder)}, "precision": precision, "sizes": rows,
-            "dropout_masks": bench_dropout(sizes, cases[0]["batch"], opts)}
-
-
-def bench_dropout(sizes: HighMMTConfig, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
-    """``F.dropout`` against ``highmmt.layers.dropout`` (16-bit CPU masks) on the encoder's feed-forward
-    hidden activations [b, latents, mlp_mult * d], forward only, timed turn by turn."""
-    device = torch.device(opts["device"])
-    p = sizes.encoder.dropout or 0.1
-    h = torch.randn(batch, sizes.encoder.num_latents, sizes.encoder.mlp_mult * sizes.dim, device=device)
-    times = time_interleaved({"torch": lambda: F.dropout(h, p, True), "highmmt": lambda: dropout(h, p)},
-                             warmup=opts["warmup"], repeats=opts["efficiency_repeats"], sync=synchronizer(device))
-    out = {name: summarize(t) for name, t in times.items()}
-    return {"shape": list(h.shape), "p": p, **out, "speedup": out["torch"]["median_ms"] / out["highmmt"]["median_ms"]}
+    return {"encoder": {"dim": sizes.dim, **vars(sizes.encoder)}, "precision": precision, "sizes": rows}
 
 
 @contextlib.contextmanager
@@ -776,11 +761,6 @@ def tables(report: dict[str, Any]) -> str:
                 "by turn:\n\n" + markdown_table(
                     ["case", "batch", "tokens", "d", "threads", "fwd+bwd ms", "encoder GFLOP/s", "matmul GFLOP/s",
                      "ratio (medians)", "ratio (best times)"], rows))
-        if "dropout_masks" in e:
-            dm = e["dropout_masks"]
-            text += (f"\n\nDropout on {'x'.join(map(str, dm['shape']))} (p={dm['p']:g}): F.dropout "
-                     f"{1000 * dm['torch']['median_ms']:.0f} us, highmmt.layers.dropout {1000 * dm['highmmt']['median_ms']:.0f} us "
-                     f"({dm['speedup']:.1f}x).")
         for r in e["sizes"]:
             if "time_breakdown" in r:
                 shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(r["time_breakdown"].items(), key=lambda kv: -kv[1]))

@@ -22,7 +22,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -116,20 +115,6 @@ class Embedder(nn.Module):
 
 
 # ---- helpers shared by embedders ---------------------------------------------------------------
-def fourier_features(pos: Tensor, num_bands: int, max_freq: float) -> Tensor:
-    """Fourier position features as in Perceiver.
-
-    Args:
-        pos: positions scaled to [-1, 1], shape [..., a] for a axes.
-    Returns:
-        [..., a * (2 * num_bands + 1)] features (sin, cos per band, plus the raw position).
-    """
-    freqs = torch.linspace(1.0, max_freq / 2, num_bands, device=pos.device, dtype=pos.dtype)
-    scaled = pos.unsqueeze(-1) * freqs * math.pi  # [..., a, bands]
-    feats = torch.cat([scaled.sin(), scaled.cos(), pos.unsqueeze(-1)], dim=-1)
-    return feats.flatten(-2)
-
-
 def sinusoidal_positions(n: int, dim: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Fixed 1-d sinusoidal table [n, dim] (works for any length, no max length)."""
     pos = torch.arange(n, device=device, dtype=torch.float32).unsqueeze(1)
@@ -139,25 +124,3 @@ def sinusoidal_positions(n: int, dim: int, *, device: torch.device, dtype: torch
     table[:, 0 : 2 * half : 2] = torch.sin(pos * div)
     table[:, 1 : 2 * half : 2] = torch.cos(pos * div)
     return table.to(dtype)
-
-
-def pad_sequences(arrays: Sequence[np.ndarray], *, dtype: Any = np.float32, pad_value: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Pad arrays of shape [t_i, ...] along axis 0.
-
-    Returns:
-        padded [b, t_max, ...] tensor and mask [b, t_max] bool (True = real step).
-    """
-    if len(arrays) == 0:
-        raise ValueError("cannot collate an empty list of samples")
-    arrays = [np.asarray(a) for a in arrays]
-    t_max = max(1, max(a.shape[0] for a in arrays))
-    rest = arrays[0].shape[1:]
-    for a in arrays:
-        if a.shape[1:] != rest:
-            raise ValueError(f"samples disagree on trailing shape: {rest} vs {a.shape[1:]}")
-    out = np.full((len(arrays), t_max, *rest), pad_value, dtype=dtype)
-    mask = np.zeros((len(arrays), t_max), dtype=bool)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-        mask[i, : a.shape[0]] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)

@@ -31,21 +31,17 @@
    earlier ``lr * decay**k``.
 4. :func:`export_state_dict`: the weights to save as ``model.safetensors``, LoRA merged into the
    base weights, so :meth:`HighMMT.from_pretrained` and ``evaluate.py`` load them unchanged.
-
-:func:`stratified_subset` keeps a seeded, stratified fraction of a training split
-(``--train-fraction``) in which every class keeps at least one example.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import Tensor, nn
 
 from highmmt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
@@ -397,53 +393,6 @@ def export_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 # ---- low-resource training splits --------------------------------------------------------------------
-def stratified_subset(labels: Iterable[Any] | None, n: int, fraction: float, seed: int, *, what: str = "training split") -> np.ndarray:
-    """Sorted row positions of a seeded ``fraction`` of ``n`` rows, stratified by ``labels``.
-
-    Each class keeps ``round(fraction * count)`` rows by largest remainder, and at least one, so
-    no class disappears. With ``labels=None`` (regression, multilabel) the rows are drawn at random.
-
-    Raises:
-        ValueError: ``fraction`` outside (0, 1], or nothing would be kept.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
-    if n == 0:
-        raise ValueError(f"the {what} is empty: nothing to subsample")
-    rng = np.random.default_rng(seed)
-    if fraction >= 1.0:
-        return np.arange(n)
-    if labels is None:
-        k = int(round(fraction * n))
-        if k < 1:
-            raise ValueError(
-                f"train_fraction={fraction} keeps none of the {n} rows of the {what}; use at least {1 / n:.3g}"
-            )
-        return np.sort(rng.choice(n, size=k, replace=False))
-    y = np.asarray(list(labels))
-    if len(y) != n:
-        raise ValueError(f"{what}: {len(y)} labels for {n} rows")
-    classes, inverse = np.unique(y, return_inverse=True)
-    counts = np.bincount(inverse, minlength=len(classes))
-    want = fraction * counts
-    keep = np.maximum(np.floor(want).astype(int), 1)
-    extra = int(round(fraction * n)) - int(keep.sum())
-    if extra > 0:  # hand the rounding remainder to the classes furthest below their share
-        deficit = np.where(keep < counts, want - keep, -np.inf)
-        for c in np.argsort(-deficit, kind="stable")[:extra]:
-            if np.isfinite(deficit[c]):
-                keep[c] += 1
-    chosen = [rng.permutation(np.flatnonzero(inverse == c))[: keep[c]] for c in range(len(classes))]
-    return np.sort(np.concatenate(chosen))
-
-
-def log_transfer(report: TransferReport | None, counts: Mapping[str, int], policy: str, log: Callable[[str], None]) -> None:
-    """One line for what was loaded (if anything) and one for what trains."""
-    if report is not None:
-        log(report.summary())
-    log(describe_counts(policy, counts))
-
-
 __all__ = [
     "FINETUNE_POLICIES",
     "TRAINABLE_PARTS",
@@ -458,6 +407,5 @@ __all__ = [
     "load_pretrained",
     "part_of",
     "read_checkpoint",
-    "stratified_subset",
     "trainable_counts",
 ]

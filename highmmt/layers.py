@@ -3,15 +3,11 @@
 Letters: b batch, n query tokens, m context tokens, h heads, e head width, d model width.
 Masks are boolean, True = a real token that may be attended to.
 
-Dropout on the CPU draws its random masks 16 bits per entry from 64-bit random words
-(:func:`keep_mask`): torch's CPU ``bernoulli_`` draws a 32-bit number per entry, which made dropout's
-masks 15-20% of the default encoder's training step here. Attention dropout defaults to dropping
-keys through the attention mask (see :class:`Attention`), which keeps the fused attention kernel.
+Attention dropout defaults to dropping keys through the attention mask (see :class:`Attention`),
+which keeps the fused attention kernel.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -20,63 +16,10 @@ from torch import Tensor, nn
 
 from highmmt.config import ATTENTION_DROPOUT_KINDS
 
-_SMALL_MASK = 4096  # below this many entries one torch.rand call is faster (measured on 2 CPU cores)
-
 
 def _check_probability(p: float, what: str = "dropout probability") -> None:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{what} must be in [0, 1), got {p}")
-
-
-def keep_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> Tensor:
-    """A boolean tensor of ``shape``, each entry False (dropped) with probability ``p`` in [0, 1).
-
-    On the CPU ``p`` is rounded to a multiple of 2^-16 (:func:`keep_probability` gives the exact
-    keep rate) and, from 4,096 entries, four entries share one 64-bit draw of torch's default
-    generator; seeding with ``torch.manual_seed`` makes the masks reproducible. Other devices use
-    ``torch.rand``.
-    """
-    _check_probability(p)
-    device = torch.device(device)
-    if device.type != "cpu":
-        return torch.rand(shape, device=device) >= p
-    steps = round(p * 65536)  # p rounded to a multiple of 2^-16, on both paths below
-    n = math.prod(shape)
-    if n < _SMALL_MASK:  # fewer calls win on small masks
-        return torch.rand(shape) >= steps / 65536
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-    return (words.view(torch.int16)[:n] >= -32768 + steps).view(shape)
-
-
-def keep_probability(p: float, device: torch.device | str = "cpu") -> float:
-    """The exact keep rate of :func:`keep_mask` for drop probability ``p``."""
-    return 1.0 - (round(p * 65536) / 65536 if torch.device(device).type == "cpu" else p)
-
-
-def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """``F.dropout`` (entries zeroed with probability ``p``, the rest scaled by 1 / keep rate),
-    with the cheaper CPU masks of :func:`keep_mask` from 4,096 entries; otherwise ``F.dropout``."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or x.numel() < _SMALL_MASK:
-        return F.dropout(x, p, True)
-    keep = keep_mask(tuple(x.shape), p, x.device)
-    return x * keep.to(x.dtype).mul_(1.0 / keep_probability(p))
-
-
-class Dropout(nn.Module):
-    """``nn.Dropout`` on :func:`dropout` (same state dict: none)."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        _check_probability(p)
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 class Attention(nn.Module):
@@ -146,7 +89,7 @@ class Attention(nn.Module):
 def drop_keys(attn_mask: Tensor | None, *, batch: int, keys: int, p: float, device: torch.device) -> Tensor:
     """``attn_mask`` [b, 1, 1, m] (or None = all keys real) with each key also hidden with probability
     ``p``; a row left with no key keeps the keys ``attn_mask`` allowed."""
-    allowed = keep_mask((batch, 1, 1, keys), p, device)
+    allowed = torch.rand((batch, 1, 1, keys), device=device) >= p
     if attn_mask is not None:
         allowed &= attn_mask
     emptied = ~allowed.any(dim=-1, keepdim=True)
@@ -164,7 +107,7 @@ class FeedForward(nn.Module):
             nn.LayerNorm(dim),
             nn.Linear(dim, dim * mlp_mult),
             nn.GELU(),
-            Dropout(dropout),
+            nn.Dropout(dropout),
             nn.Linear(dim * mlp_mult, dim),
         )
 
@@ -209,4 +152,4 @@ def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
     return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
-__all__ = ["Attention", "CrossBlock", "Dropout", "FeedForward", "drop_keys", "dropout", "keep_mask", "keep_probability", "masked_mean"]
+__all__ = ["Attention", "CrossBlock", "FeedForward", "drop_keys", "masked_mean"]

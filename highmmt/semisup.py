@@ -59,7 +59,8 @@ from highmmt.checkpoint import atomic_write_json
 from highmmt.config import HighMMTConfig, SemiConfig, TaskConfig, from_dict
 from highmmt.hooks import TrainContext, TrainHook, register_hook_factory
 from tasks.base import TaskSpec
-from tasks.cache import source_groups, stratified_holdout
+from tasks.cache import source_groups
+from tasks.splits import stratified_holdout
 from tasks.loader import TaskStream, collate_rows, move_to, predict, score
 
 HOOK_NAME = "semisup"
@@ -100,17 +101,8 @@ def labeled_split(labels: Sequence[int] | np.ndarray, fraction: float, seed: int
         return np.arange(len(y)), np.zeros(0, dtype=np.int64)
     if groups is not None:
         return _grouped_labeled_split(y, groups, fraction, seed)
-    if int(math.ceil(fraction * len(y))) >= len(y):
-        return np.arange(len(y)), np.zeros(0, dtype=np.int64)
-    _, labeled = stratified_holdout(y, fraction, seed=seed)
-    chosen = np.zeros(len(y), dtype=bool)
-    chosen[labeled] = True
-    rng = np.random.default_rng([seed, 7])
-    for c in np.unique(y):  # a class the split missed gets one seeded row
-        members = np.flatnonzero(y == c)
-        if not chosen[members].any():
-            chosen[rng.choice(members)] = True
-    return np.flatnonzero(chosen), np.flatnonzero(~chosen)
+    unlabeled, labeled = stratified_holdout(y, fraction, seed=seed, every_class=True, what=what)
+    return labeled, unlabeled
 
 
 def _grouped_labeled_split(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -366,24 +366,6 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 # helpers for task builders
 
 
-def stratified_holdout(labels: Sequence[int] | np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (kept, held-out) positions: a seeded ``fraction`` held out, stratified by label.
-
-    Falls back to an unstratified split when a class has a single member or there are fewer
-    held-out rows than classes (``train_test_split`` cannot stratify those).
-    """
-    from sklearn.model_selection import train_test_split
-
-    y = np.asarray(labels)
-    idx = np.arange(len(y))
-    _, counts = np.unique(y, return_counts=True)
-    n_held = int(np.ceil(fraction * len(y)))
-    smallest = counts.min() if len(counts) else 0
-    stratify = y if (smallest >= 2 and n_held >= len(counts) and len(y) - n_held >= len(counts)) else None
-    kept, held = train_test_split(idx, test_size=fraction, stratify=stratify, random_state=seed)
-    return np.sort(kept), np.sort(held)
-
-
 def source_groups(dataset: datasets.Dataset, columns: Sequence[str]) -> np.ndarray:
     """Group id per row [n]: rows holding an identical value in any of ``columns`` share a group.
 

@@ -40,7 +40,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from tasks.base import BuiltinTask, TaskSpec, register_task
-from tasks.cache import array_feature, samples_to_dataset, stratified_holdout
+from tasks.cache import array_feature, samples_to_dataset
+from tasks.splits import stratified_holdout
 
 CODE_VERSION = "2"
 FOLDER = "utd_mhad"

@@ -14,7 +14,8 @@ import scipy.io
 
 import tasks  # noqa: F401 - registers the built-in tasks
 from tasks import physionet, utd_mhad
-from tasks.cache import load_task, rows_to_samples, stratified_holdout
+from tasks.cache import load_task, rows_to_samples
+from tasks.splits import stratified_holdout
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("HIGHMMT_DATA") or REPO.parent / "shared" / "data")

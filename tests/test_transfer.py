@@ -170,8 +170,6 @@ def test_bad_policy_decay_and_fraction_in_the_functions():
         finetune.apply_policy(model, "adapters")
     with pytest.raises(ValueError, match="layer_decay"):
         finetune.layer_lr_scales(model, 0.0)
-    with pytest.raises(ValueError, match="train_fraction"):
-        finetune.stratified_subset([0, 1], 2, 0.0, seed=0)
 
 
 def test_the_retired_prefix_policy_says_it_was_embedders_head(capsys):
@@ -205,26 +203,6 @@ def test_bad_command_lines(tmp_path):
 
 
 # ---- training fractions --------------------------------------------------------------------------------
-def test_stratified_subset_keeps_every_class_and_is_seeded():
-    labels = np.array([0] * 200 + [1] * 60 + [2] * 3 + [3])
-    for fraction in (0.01, 0.05, 0.1, 0.5):
-        keep = finetune.stratified_subset(labels, len(labels), fraction, seed=0)
-        counts = np.bincount(labels[keep], minlength=4)
-        assert (counts >= 1).all(), (fraction, counts)
-        target = round(fraction * len(labels))  # at most one extra row per class lifted to its minimum of 1
-        assert target <= len(keep) <= target + 4, (fraction, len(keep))
-        assert len(set(keep.tolist())) == len(keep)
-    assert np.bincount(labels[finetune.stratified_subset(labels, len(labels), 0.5, seed=0)], minlength=4).tolist() == [100, 30, 1, 1]
-    a, b = (finetune.stratified_subset(labels, len(labels), 0.1, seed=s) for s in (0, 0))
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, finetune.stratified_subset(labels, len(labels), 0.1, seed=1))
-    assert len(finetune.stratified_subset(labels, len(labels), 1.0, seed=0)) == len(labels)
-    with pytest.raises(ValueError, match="keeps none of the 50 rows"):
-        finetune.stratified_subset(None, 50, 0.001, seed=0, what="training split of task 'r'")
-    with pytest.raises(ValueError, match="empty"):
-        finetune.stratified_subset([], 0, 0.5, seed=0)
-
-
 def test_train_fraction_subsamples_a_real_task_split(tmp_path):
     lt = load_task("synthetic_pair", cache_dir=tmp_path, quiet=True)
     small = train.subsample_train(lt, 0.05, seed=3)

@@ -18,15 +18,14 @@ Schedules are pure functions of (sizes, steps, seed, epoch), so a resumed run re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from highmmt.registry import STRATEGIES
-
-STRATEGY_NAMES = ("highmmt", "round_robin", "size_proportional", "temperature")
-
 
 @dataclass(frozen=True)
 class MultitaskSchedule:
@@ -106,3 +105,16 @@ def make_schedule(
 ) -> MultitaskSchedule:
     """Build the named schedule (see module docstring)."""
     return STRATEGIES.get(name)(batches, steps, seed=seed, epoch=epoch, temperature=temperature, min_fraction=min_fraction)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule of every training run: linear warmup over ``warmup_steps`` (step i
+    at (i + 1) / warmup of the peak), then cosine decay to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
