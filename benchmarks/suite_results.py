@@ -68,8 +68,12 @@ def goal(task: str) -> float | None:
     return max(values) if values else None
 
 
-def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[str], extra: list[str], threads: int) -> dict[str, Any]:
-    """Train (unless finished) and evaluate one run folder in subprocesses; return metrics and timing."""
+def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[str], extra: list[str], threads: int,
+        eval_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Train (unless finished) and evaluate one run folder in subprocesses; return metrics and timing.
+
+    ``common`` goes to both train.py and evaluate.py, ``extra`` to train.py only, ``eval_args`` to
+    evaluate.py only (e.g. ``--no-baselines``)."""
     started = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     py = [sys.executable]
@@ -81,7 +85,7 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
             subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     trained = time.time() - started
     subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet",
-                    *[a for a in common if a != "--quiet"]], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+                    *[a for a in common if a != "--quiet"], *eval_args], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     done = (out / "DONE").read_text().strip()
