@@ -40,6 +40,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_s
 from torch import nn
 from tqdm.auto import tqdm
 
+import analysis.interference  # noqa: F401  (registers the sharing-analysis hook: train.shuffle_labels, train.train_only)
 import highmmt.colearn  # noqa: F401  (registers the co-learning hook, train.colearn)
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)

@@ -16,6 +16,9 @@ Tasks with a planted structure, each built so that one training method must show
   same source); ``synthetic_offset`` draws its own samples, is labeled by the offset and reads them
   through ``offset_x``. An encoder trained on one slope modality transfers to the other; one
   trained to read offsets has to be unlearned for slopes.
+- ``synthetic_factor_slope`` / ``synthetic_factor_slope_b`` / ``synthetic_factor_offset`` (sharing
+  analyses): one shared modality ``factors_x`` holding the slope/offset samples above; the first
+  two need the same feature (the slope), the third another one (the offset). Each draws its own rows.
 - ``synthetic_clusters`` (semi-supervised): three classes, each a Gaussian cluster (unit variance)
   in ``clusters_x`` (32 channels, one step); the class means lie on a circle in two of the channels,
   the other 30 are noise. A few labels fix the class direction badly; unlabeled rows show where
@@ -130,6 +133,22 @@ def _build_offset(data_root: Path, *, size: int = 128, seed: int = 0, quiet: boo
     return _splits("synthetic_offset", (size, 64, 64), seed, make, {"offset_x": datasets.Array2D(shape=(None, 3), dtype="float32")})
 
 
+def _build_factor(label: str):
+    """A task of the factor family: one shared modality ``factors_x`` (the slope/offset samples),
+    labeled by ``label``; each task draws its own samples (seeded by its name)."""
+
+    def build(data_root: Path, *, size: int = 256, seed: int = 0, quiet: bool = False) -> datasets.DatasetDict:
+        name = f"synthetic_factor_{label}"
+
+        def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+            x, _, y = _slope_offset(n, rng, "slope" if label.startswith("slope") else "offset")
+            return {"factors_x": x, "label": y}
+
+        return _splits(name, (size, 64, 64), seed, make, {"factors_x": datasets.Array2D(shape=(None, 3), dtype="float32")})
+
+    return build
+
+
 # ---- semi-supervised: Gaussian clusters ----------------------------------------------------------------
 _CLUSTER_DIMS = 32
 
@@ -196,6 +215,9 @@ _register("synthetic_slope", {"slope_x": ("timeseries", 3), "slope_mixed": ("tim
           {"size": 128, "seed": 0}, "synthetic: slope class through two related modalities (heterogeneity tests)")
 _register("synthetic_offset", {"offset_x": ("timeseries", 3)}, 3, _build_offset,
           {"size": 128, "seed": 0}, "synthetic: offset class of independent samples (heterogeneity tests)")
+for _label, _what in (("slope", "the slope class"), ("slope_b", "the slope class (other samples)"), ("offset", "the offset class")):
+    _register(f"synthetic_factor_{_label}", {"factors_x": ("timeseries", 3)}, 3, _build_factor(_label), {"size": 256, "seed": 0},
+              f"synthetic: {_what} of the shared modality factors_x (sharing-analysis tests)")
 _register("synthetic_clusters", {"clusters_x": ("timeseries", _CLUSTER_DIMS)}, 3, _build_clusters,
           {"size": 600, "seed": 0, "radius": 3.5}, "synthetic: three Gaussian clusters in 32 dimensions (semi-supervised tests)")
 _register("synthetic_translate", {"translate_primary": ("timeseries", 8), "translate_secondary": ("timeseries", 5)}, 4,
