@@ -46,13 +46,14 @@ from tqdm.auto import tqdm
 
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
-from highmmt import HighMMT, colearn, semisup
+from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from highmmt.plotting import pyplot, save_figure
 from tasks import baselines
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, load_task, resolve_cache_dir
 from tasks.loader import collate_rows, move_to, predict, score
+from transference import colearn, semisup
 
 NOISE_LEVELS = (0.1, 0.25, 0.5, 1.0, 2.0)
 BASELINE_KEYS = ("baseline_best", "baseline_name", "margin")

@@ -41,22 +41,38 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import analysis.interference  # noqa: F401  (registers the sharing-analysis hook: train.shuffle_labels, train.train_only)
-import highmmt.colearn  # noqa: F401  (registers the co-learning hook, train.colearn)
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
-from highmmt import HighMMT, autotune, finetune, semisup  # semisup registers the unlabeled-data hook, train.semi
-from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
-from highmmt.config import FINETUNE_POLICIES, PRECISIONS, HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
+import transference  # noqa: F401  (registers the training methods)
+from highmmt import HighMMT
+from highmmt.checkpoint import (
+    atomic_save_safetensors,
+    atomic_save_torch,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_weights,
+)
+from highmmt.config import (
+    FINETUNE_POLICIES,
+    PRECISIONS,
+    HighMMTConfig,
+    ModalityConfig,
+    RunConfig,
+    TaskConfig,
+    apply_overrides,
+    from_dict,
+)
 from highmmt.heads import task_loss
-from highmmt.hooks import TrainContext, build_hooks
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
-from highmmt.strategies import make_schedule, warmup_cosine
 from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 from tasks.splits import stratified_holdout
+from transference import autotune, finetune, semisup
+from transference.hooks import TrainContext, build_hooks
+from transference.schedules import make_schedule, warmup_cosine
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SUITE = [
@@ -233,7 +249,7 @@ def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Op
     norms, latents and tokens.
 
     With ``train.layer_decay`` < 1 each depth gets its own lr (heads ``lr``, each earlier layer one
-    more factor of the decay; see highmmt/finetune.py); hook modules get ``lr``.
+    more factor of the decay; see transference/finetune.py); hook modules get ``lr``.
     """
     named = [(n, p) for n, p in [*model.named_parameters(), *extra.named_parameters(prefix="extra")] if p.requires_grad]
     is_decayed = lambda n, p: p.ndim >= 2 and "latents" not in n and "tokens" not in n  # noqa: E731
@@ -408,7 +424,7 @@ def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.Tran
 def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) -> tuple[str, str]:
     """``train.precision`` -> (``fp32`` | ``bf16`` | ``fp16``, how it was chosen).
 
-    ``auto`` follows the device's capabilities (``highmmt.autotune.pick_precision``: bf16 on a GPU
+    ``auto`` follows the device's capabilities (``transference.autotune.pick_precision``: bf16 on a GPU
     that supports it or a CPU with AMX tiles, else fp32), except that a resumed run keeps the choice
     it started with (its ``config.json``).
     """

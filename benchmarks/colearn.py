@@ -47,11 +47,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    compare,
+    format_mean_sd,
+    hardware_line,
+    machine_info,
+    markdown_table,
+    run_cli,
+    stats_note,
+    write_json,
+)
 from highmmt import HighMMT  # noqa: E402
-from highmmt.colearn import class_prototypes, load_predictor, nearest_prototype, trainable_parameters  # noqa: E402
 from tasks.cache import LoadedTask, load_task  # noqa: E402
 from tasks.loader import collate_rows, move_to, predict, score  # noqa: E402
+from transference.colearn import (  # noqa: E402
+    class_prototypes,
+    load_predictor,
+    nearest_prototype,
+    trainable_parameters,
+)
 
 STUDIES = ("missing", "label_transfer")
 RENAMED_STUDIES = {"zeroshot": "label_transfer"}  # every class is seen in training: label transfer, not zero-shot

@@ -49,11 +49,12 @@ from benchmarks.common import (
     synchronizer,
     write_json,
 )
-from highmmt import HighMMT, autotune
+from highmmt import HighMMT
 from highmmt.heads import task_loss
 from highmmt.registry import TASKS
 from tasks.cache import load_task, resolve_data_root
 from tasks.loader import collate_rows, move_to
+from transference import autotune
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "data.json"
 TARGET_RATIO = 5.0

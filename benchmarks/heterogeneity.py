@@ -12,7 +12,7 @@ restricted to the pair, through the pairwise fusion). For each node a model is t
 (source -> target) a model for the target starts from the source model's transferable part (encoder
 for modalities; encoder + fusion for pairs, or fusion only with ``--interaction-transfer fusion``),
 with the same embedder / head initialisation and the same batches as the target's scratch run, and
-is fully fine-tuned (``L*_{source->target}``). Then (see ``highmmt/heterogeneity.py``):
+is fully fine-tuned (``L*_{source->target}``). Then (see ``transference/heterogeneity.py``):
 ``T = L*_{s->t} - L*_t``, ``d = max(T_st, 0) + max(T_ts, 0)``, average-linkage clustering into k groups.
 
 Writes into ``--output-dir`` (default ``benchmarks/results/heterogeneity``):
@@ -61,11 +61,32 @@ from torch import nn  # noqa: E402
 import modalities  # noqa: E402,F401  (registers the embedders)
 import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
 import train  # noqa: E402
-from benchmarks.common import format_seeds, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    format_seeds,
+    hardware_line,
+    load_average,
+    machine_info,
+    markdown_table,
+    mean_sd,
+    run_cli,
+    write_json,
+)
 from highmmt import HighMMT  # noqa: E402
-from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, SharingConfig, TaskConfig, TrainConfig, apply_overrides  # noqa: E402
+from highmmt.config import (  # noqa: E402
+    HighMMTConfig,
+    ModalityConfig,
+    RunConfig,
+    SharingConfig,
+    TaskConfig,
+    TrainConfig,
+    apply_overrides,
+)
 from highmmt.heads import task_loss  # noqa: E402
-from highmmt.heterogeneity import (  # noqa: E402
+from highmmt.plotting import pyplot, save_figure  # noqa: E402
+from highmmt.sharing import pair_key  # noqa: E402
+from tasks.cache import LoadedTask, load_task  # noqa: E402
+from tasks.loader import collate_rows, move_to, score  # noqa: E402
+from transference.heterogeneity import (  # noqa: E402
     cluster,
     complete_low_rank,
     distance_matrix,
@@ -75,11 +96,7 @@ from highmmt.heterogeneity import (  # noqa: E402
     transfer_weights,
     triangle_fraction,
 )
-from highmmt.plotting import pyplot, save_figure  # noqa: E402
-from highmmt.sharing import pair_key  # noqa: E402
-from highmmt.strategies import warmup_cosine  # noqa: E402
-from tasks.cache import LoadedTask, load_task  # noqa: E402
-from tasks.loader import collate_rows, move_to, score  # noqa: E402
+from transference.schedules import warmup_cosine  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "heterogeneity"
 # Above this many rows the training batches are collated on the fly instead of kept in memory.

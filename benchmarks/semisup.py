@@ -37,7 +37,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import compare, hardware_line, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    compare,
+    hardware_line,
+    machine_info,
+    markdown_table,
+    mean_sd,
+    run_cli,
+    stats_note,
+    write_json,
+)
 from highmmt.plotting import pyplot, save_figure  # noqa: E402
 
 METHODS = ("none", "self_training", "co_training", "co_regularization", "views_only")
@@ -103,7 +112,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
     """Train (unless finished) and evaluate one run in this worker; return its figures."""
     import evaluate
     import train
-    from highmmt.semisup import load_summary
+    from transference.semisup import load_summary
 
     out = Path(job["out"])
     started, cpu0 = time.time(), _cpu_s()

@@ -40,15 +40,29 @@ import torch  # noqa: E402
 import modalities  # noqa: E402,F401  (registers the embedders)
 import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
 import train  # noqa: E402
-from benchmarks.common import (compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, num_threads,  # noqa: E402
-                               run_cli, stats_note, write_json)
+from benchmarks.common import (  # noqa: E402
+    compare,
+    format_seeds,
+    hardware_line,
+    machine_info,
+    markdown_table,
+    mean_sd,
+    num_threads,
+    run_cli,
+    stats_note,
+    write_json,
+)
 from highmmt import HighMMT  # noqa: E402
-from highmmt.heterogeneity import random_groups_like, restrict_groups, sharing_config  # noqa: E402
 from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
 from highmmt.plotting import pyplot, save_figure  # noqa: E402
 from highmmt.sharing import task_pairs  # noqa: E402
 from tasks.cache import load_task  # noqa: E402
 from tasks.loader import predict, score  # noqa: E402
+from transference.heterogeneity import (  # noqa: E402
+    random_groups_like,
+    restrict_groups,
+    sharing_config,
+)
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sharing"
 DEFAULT_GROUPS = ROOT / "benchmarks" / "results" / "heterogeneity"

@@ -74,11 +74,12 @@ from benchmarks.common import (
     time_interleaved,
     write_json,
 )
-from highmmt import HighMMT, HighMMTConfig, autotune
+from highmmt import HighMMT, HighMMTConfig
 from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
 from highmmt.encoder import PerceiverEncoder
 from highmmt.heads import task_loss
 from highmmt.registry import EMBEDDERS
+from transference import autotune
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"

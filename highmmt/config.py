@@ -177,7 +177,7 @@ MISSING_SLOTS = ("auto", "translation", "zero", "none")
 
 @dataclass
 class ColearnConfig:
-    """Co-learning between two modalities of a task (``highmmt/colearn.py``; off while ``method`` is none).
+    """Co-learning between two modalities of a task (``transference/colearn.py``; off while ``method`` is none).
 
     ``translation`` (Pham et al. 2019): a decoder maps the primary modality's latents to the secondary's
     (and back to the primary's when ``cyclic``); ``contrastive`` (CLIP / ALIGN): a symmetric InfoNCE
@@ -232,7 +232,7 @@ SEMI_PREDICT = ("views", "views+fused", "fused")
 
 @dataclass
 class SemiConfig:
-    """Learning from unlabeled data (``highmmt/semisup.py``): off while ``method`` is none and
+    """Learning from unlabeled data (``transference/semisup.py``): off while ``method`` is none and
     ``labeled_fraction`` is 1 (``method=none`` with a fraction < 1 is the supervised-only baseline).
 
     ``labeled_fraction`` keeps labels for a stratified, seeded fraction of each training split (at least
@@ -311,7 +311,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 50
     grad_clip: float = 1.0
-    # auto: from the device's capabilities (highmmt/autotune.py); compile: torch.compile the model (see the README's
+    # auto: from the device's capabilities (transference/autotune.py); compile: torch.compile the model (see the README's
     # Speed section for when it pays on a CPU)
     precision: str = "auto"
     compile: bool = False
@@ -328,8 +328,8 @@ class TrainConfig:
     # modality a pretrained backbone, modalities/pretrained.py).
     modality_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     colearn: ColearnConfig = field(default_factory=ColearnConfig)
-    semi: SemiConfig = field(default_factory=SemiConfig)  # learning from unlabeled data; see highmmt/semisup.py
-    # Transfer (--init-from): freezing policy, LoRA sizes, layer-wise lr decay (1.0 = off); see highmmt/finetune.py.
+    semi: SemiConfig = field(default_factory=SemiConfig)  # learning from unlabeled data; see transference/semisup.py
+    # Transfer (--init-from): freezing policy, LoRA sizes, layer-wise lr decay (1.0 = off); see transference/finetune.py.
     finetune: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0

@@ -8,7 +8,7 @@ Letters: b batch, n tokens, l latents, d width, f a backbone's feature width, C 
   ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file. The ``pretrained`` embedder kind
   (``modalities/pretrained.py``) turns one into a modality embedder.
 - **Embedders + heads over a frozen encoder**: ``train.py --init-from RUN --finetune embedders_head``
-  (``highmmt/finetune.py``) keeps the loaded shared encoder(s) and fusion frozen; only the embedders,
+  (``transference/finetune.py``) keeps the loaded shared encoder(s) and fusion frozen; only the embedders,
   their modality-type embeddings and the heads learn. This is not prefix tuning (Frozen, Tsimpoukelli
   et al. 2021, prepends k trainable prefix tokens to a frozen model's token sequence), which is not
   built; the former policy name ``prefix`` is an error that says so.

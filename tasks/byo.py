@@ -23,7 +23,7 @@ a folder of ``<split>.parquet`` files (``train.parquet``, ``test.parquet``, opti
 ``splits``, ``validation`` may also be called ``val``, ``valid`` or ``dev``. Without a validation
 split, a seeded (seed 0) 10% of train is held out, stratified by class for classification. An
 optional ``unlabeled`` split (``splits: {unlabeled: ...}``, or a split of that name) holds rows
-without labels for ``train.semi`` (highmmt/semisup.py): it needs the modality columns, not the target.
+without labels for ``train.semi`` (transference/semisup.py): it needs the modality columns, not the target.
 
 Column types accepted per kind (nested lists are Arrow lists, ``datasets.List``/``Sequence`` or
 ``Array2D``..``Array5D``; numbers may be any int/float/bool; each sample must be rectangular):

@@ -52,7 +52,7 @@ from highmmt.registry import TASKS
 from tasks.base import BuiltinTask, TaskSpec
 
 SPLITS = ("train", "validation", "test")
-# A task may also carry rows without labels (semi-supervised learning, highmmt/semisup.py).
+# A task may also carry rows without labels (semi-supervised learning, transference/semisup.py).
 OPTIONAL_SPLITS = ("unlabeled",)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 # Bump when the cache folder layout or the key recipe changes (2: source content digests, manifest).

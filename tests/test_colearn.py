@@ -1,4 +1,4 @@
-"""Co-learning hooks (highmmt/colearn.py): translation, contrastive alignment, label transfer through prototypes."""
+"""Co-learning hooks (transference/colearn.py): translation, contrastive alignment, label transfer through prototypes."""
 
 from __future__ import annotations
 
@@ -8,13 +8,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import killed_after_epoch
 from safetensors.torch import load_file
 
 import evaluate
 import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
-from highmmt.colearn import (
+from highmmt.config import (
+    ColearnConfig,
+    EncoderConfig,
+    FusionConfig,
+    RunConfig,
+    TrainConfig,
+)
+from highmmt.heads import task_loss
+from transference.colearn import (
     ColearnHook,
     ColearnPredictor,
     class_prototypes,
@@ -24,10 +33,7 @@ from highmmt.colearn import (
     normalized_mse,
     target_tasks,
 )
-from highmmt.config import ColearnConfig, EncoderConfig, FusionConfig, RunConfig, TrainConfig
-from highmmt.heads import task_loss
-from highmmt.hooks import TrainContext
-from _helpers import killed_after_epoch
+from transference.hooks import TrainContext
 
 SYN = "synthetic_pair,synthetic_single"
 PAIR = ["--set", "train.colearn.primary=syn_a", "--set", "train.colearn.secondary=syn_b"]

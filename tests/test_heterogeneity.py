@@ -14,7 +14,8 @@ import torch
 import modalities  # noqa: F401  (registers the embedders)
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import EncoderConfig, FusionConfig, SharingConfig
-from highmmt.heterogeneity import (
+from highmmt.sharing import task_pairs
+from transference.heterogeneity import (
     check_distance,
     cluster,
     complete_low_rank,
@@ -29,7 +30,6 @@ from highmmt.heterogeneity import (
     transfer_weights,
     triangle_fraction,
 )
-from highmmt.sharing import task_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package

@@ -69,7 +69,7 @@ def test_attention_dropout_kind_is_checked_and_overridable():
 
 
 def test_adamw_is_fused_on_cpu_and_steps_like_the_reference():
-    from highmmt.autotune import adamw
+    from transference.autotune import adamw
 
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]

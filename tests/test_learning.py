@@ -22,10 +22,10 @@ from accelerate.state import AcceleratorState
 import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
-from highmmt.colearn import load_predictor
 from highmmt.config import EncoderConfig, FusionConfig
 from tasks.cache import load_task
 from tasks.loader import predict, score
+from transference.colearn import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package

@@ -15,9 +15,14 @@ import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import EMBEDDERS, HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import RepresentationTuningConfig
-from highmmt.finetune import apply_policy
-from highmmt.pretrained import MultimodalAdaptationGate, RepresentationTuning, build_backbone, load_backbone_weights
+from highmmt.pretrained import (
+    MultimodalAdaptationGate,
+    RepresentationTuning,
+    build_backbone,
+    load_backbone_weights,
+)
 from modalities.pretrained import PretrainedEmbedder, modality_config
+from transference.finetune import apply_policy
 
 SYN = "synthetic_pair,synthetic_single"
 RESNET = {"backbone": "timm:test_resnet", "channels": 1, "image_size": 32}

@@ -1,4 +1,4 @@
-"""Learning from unlabeled data (highmmt/semisup.py): labeled subset, self-training, co-training,
+"""Learning from unlabeled data (transference/semisup.py): labeled subset, self-training, co-training,
 co-regularization; their mechanics on tiny synthetic data, resume, and that the pool's labels are never read."""
 
 from __future__ import annotations
@@ -10,16 +10,17 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from _helpers import killed_after_epoch
 from safetensors.torch import load_file
 
 import evaluate
 import train
-from highmmt import HighMMT, semisup
+from highmmt import HighMMT
 from highmmt.config import RunConfig, SemiConfig, apply_overrides
-from highmmt.hooks import TrainContext, build_hooks
 from tasks.base import TaskSpec
 from tasks.cache import load_task
-from _helpers import killed_after_epoch
+from transference import semisup
+from transference.hooks import TrainContext, build_hooks
 
 PAIR = TaskSpec(name="pair", modalities={"img": "image", "snd": "audio", "imu": "timeseries"}, task_type="classification",
                 num_classes=3, metric="accuracy")

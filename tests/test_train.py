@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import killed_after_epoch
 from safetensors.torch import load_file
 
 import evaluate
 import train
 from highmmt import HighMMT
-from highmmt.strategies import make_schedule
-from _helpers import killed_after_epoch
+from transference.schedules import make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = "synthetic_pair,synthetic_single"
@@ -223,7 +223,7 @@ def test_noise_corrupts_each_input_type_and_only_the_named_modality():
 
 
 def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, monkeypatch):
-    from highmmt import hooks as hooks_mod
+    from transference import hooks as hooks_mod
 
     calls = {"loss": 0, "epochs": []}
 
@@ -281,7 +281,7 @@ def test_a_busy_cpu_is_reported_when_threads_are_not_set(tmp_path, monkeypatch, 
 
 
 def test_auto_precision_follows_the_device_and_is_kept_on_resume(tmp_path, monkeypatch):
-    from highmmt import autotune
+    from transference import autotune
 
     assert train.resolve_precision("fp32", True, None) == ("fp32", "set")
     monkeypatch.setattr(autotune, "cpu_has_amx", lambda: True)
@@ -297,8 +297,8 @@ def test_auto_precision_follows_the_device_and_is_kept_on_resume(tmp_path, monke
 
 
 def test_precision_probe_times_both_and_leaves_the_rng_alone():
-    from highmmt import autotune
     from highmmt.config import EncoderConfig, HighMMTConfig
+    from transference import autotune
 
     torch.manual_seed(5)
     expected = torch.rand(3)

@@ -7,19 +7,18 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from _helpers import killed_after_epoch
 from safetensors.torch import load_file
 
 import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
-from highmmt import finetune
 from highmmt.checkpoint import atomic_save_safetensors, atomic_write_json
 from highmmt.config import EncoderConfig, FusionConfig, SharingConfig, TrainConfig
 from tasks.cache import load_task
-from _helpers import killed_after_epoch
+from transference import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -1,6 +1,6 @@
 """Co-learning: one modality helps another during training; at test time one may be missing.
 
-Two training hooks (``highmmt.hooks``), switched on by ``train.colearn`` (:class:`ColearnConfig`):
+Two training hooks (``transference.hooks``), switched on by ``train.colearn`` (:class:`ColearnConfig`):
 
 - ``translation`` (Pham et al. 2019, MCTN): a :class:`Translator` maps the primary modality's latents
   to the secondary's (normalised MSE against the secondary's latents, detached by default so the
@@ -39,9 +39,9 @@ from torch import Tensor, nn
 
 from highmmt.config import ColearnConfig, HighMMTConfig, from_dict
 from highmmt.heads import task_loss
-from highmmt.hooks import TrainContext, TrainHook, register_hook_factory
 from highmmt.layers import CrossBlock
 from highmmt.model import HighMMT, _key
+from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 HOOK_NAME = "colearn"
 HOOK_WEIGHTS = "hooks.safetensors"

@@ -57,11 +57,11 @@ from torch import Tensor, nn
 
 from highmmt.checkpoint import atomic_write_json
 from highmmt.config import HighMMTConfig, SemiConfig, TaskConfig, from_dict
-from highmmt.hooks import TrainContext, TrainHook, register_hook_factory
 from tasks.base import TaskSpec
 from tasks.cache import source_groups
-from tasks.splits import stratified_holdout
 from tasks.loader import TaskStream, collate_rows, move_to, predict, score
+from tasks.splits import stratified_holdout
+from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 HOOK_NAME = "semisup"
 VIEW_METHODS = ("co_training", "co_regularization")
