@@ -45,23 +45,8 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
-from highmmt.checkpoint import (
-    atomic_save_safetensors,
-    atomic_save_torch,
-    atomic_write_bytes,
-    atomic_write_json,
-    load_weights,
-)
-from highmmt.config import (
-    FINETUNE_POLICIES,
-    PRECISIONS,
-    HighMMTConfig,
-    ModalityConfig,
-    RunConfig,
-    TaskConfig,
-    apply_overrides,
-    from_dict,
-)
+from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
+from highmmt.config import FINETUNE_POLICIES, PRECISIONS, HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure

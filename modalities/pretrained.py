@@ -40,23 +40,9 @@ from torch import Tensor, nn
 
 from highmmt.config import ModalityConfig
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
-from highmmt.pretrained import (
-    backbone_weights_wanted,
-    build_backbone,
-    feature_width,
-    load_backbone_weights,
-)
+from highmmt.pretrained import backbone_weights_wanted, build_backbone, feature_width, load_backbone_weights
 from highmmt.registry import EMBEDDERS
-from modalities._common import (
-    batch_mask,
-    finish,
-    pixels_to_float,
-    positive_int,
-    resample,
-    sincos_grid,
-    who,
-    zero_invalid,
-)
+from modalities._common import batch_mask, finish, pixels_to_float, positive_int, resample, sincos_grid, who, zero_invalid
 
 TOKEN_MODES = ("spatial", "pooled")
 PIXEL_KINDS = ("image", "video")

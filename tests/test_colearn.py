@@ -15,24 +15,9 @@ import evaluate
 import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
-from highmmt.config import (
-    ColearnConfig,
-    EncoderConfig,
-    FusionConfig,
-    RunConfig,
-    TrainConfig,
-)
+from highmmt.config import ColearnConfig, EncoderConfig, FusionConfig, RunConfig, TrainConfig
 from highmmt.heads import task_loss
-from transference.colearn import (
-    ColearnHook,
-    ColearnPredictor,
-    class_prototypes,
-    info_nce,
-    load_predictor,
-    nearest_prototype,
-    normalized_mse,
-    target_tasks,
-)
+from transference.colearn import ColearnHook, ColearnPredictor, class_prototypes, info_nce, load_predictor, nearest_prototype, normalized_mse, target_tasks
 from transference.hooks import TrainContext
 
 SYN = "synthetic_pair,synthetic_single"

@@ -15,12 +15,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import EMBEDDERS, HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import RepresentationTuningConfig
-from highmmt.pretrained import (
-    MultimodalAdaptationGate,
-    RepresentationTuning,
-    build_backbone,
-    load_backbone_weights,
-)
+from highmmt.pretrained import MultimodalAdaptationGate, RepresentationTuning, build_backbone, load_backbone_weights
 from modalities.pretrained import PretrainedEmbedder, modality_config
 from transference.finetune import apply_policy
 
