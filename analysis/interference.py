@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ import datasets
 import numpy as np
 
 from analysis.report import fmt_mean_sd, mean_sd
+from highmmt.config import parse_override_value
+from highmmt.sharing import pair_key, task_pairs
 from transference.finetune import part_of
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
 from tasks.cache import LoadedTask
@@ -98,6 +101,31 @@ def final_scores(run_dir: Path, loaded: Mapping[str, LoadedTask], limit: int) ->
     return {t: score(lt.spec, *predict(model, lt.splits["test"], lt.spec, limit=limit))[lt.spec.metric] for t, lt in loaded.items()}
 
 
+PER_TASK_KEYS = ("train.batch_sizes", "train.loss_weights", "train.eval_weights", "train.task_options")
+
+
+def restrict_override(override: str, cfg: Mapping[str, Any], names: Sequence[str]) -> str:
+    """One of the run's ``--set`` overrides, restricted to the tasks ``names`` (a subset of the run's):
+    per-task dicts keep those tasks; explicit sharing groups keep those tasks' modalities / pairs and
+    drop groups left empty. Other overrides are returned unchanged."""
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    if key not in (*PER_TASK_KEYS, "model.sharing.encoder", "model.sharing.fusion"):
+        return override
+    value = parse_override_value(raw)
+    if not isinstance(value, Mapping):
+        return override
+    if key in PER_TASK_KEYS:
+        kept: dict[str, Any] = {t: v for t, v in value.items() if t in names}
+    else:
+        mods = [list(cfg["tasks"][n]["modalities"]) for n in names]
+        items = {m for ms in mods for m in ms} if key.endswith("encoder") else set(task_pairs(mods))
+        canon = (lambda m: m) if key.endswith("encoder") else (lambda m: pair_key(*m.split("|", 1)))
+        kept = {g: [m for m in members if canon(m) in items] for g, members in value.items()}
+        kept = {g: members for g, members in kept.items() if members}
+    return f"{key}={json.dumps(kept)}"
+
+
 def train_command(cfg: Mapping[str, Any], run_dir: Path, names: Sequence[str], *, epochs: int, steps: int, train_only: str,
                   from_run: bool, data_root: str | None, cache_dir: str | None) -> list[str]:
     """``train.py`` arguments that repeat the analysed run on ``names`` with a shorter schedule."""
@@ -105,7 +133,7 @@ def train_command(cfg: Mapping[str, Any], run_dir: Path, names: Sequence[str], *
     argv = ["--preset", str(cfg.get("preset") or "default"), "--tasks", ",".join(task_args.get(n, n) for n in names), "--quiet"]
     for o in cfg.get("overrides", []):
         if not o.startswith(("train.shuffle_labels=", "train.train_only=")):
-            argv += ["--set", o]
+            argv += ["--set", restrict_override(o, cfg, names)]
     argv += ["--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps}"]
     if train_only:
         argv += ["--set", f"train.train_only={train_only}"]

@@ -18,7 +18,7 @@ from accelerate.state import AcceleratorState
 
 import analyze
 import train
-from analysis.interference import InterferenceHook, shuffle_train_labels
+from analysis.interference import InterferenceHook, restrict_override, shuffle_train_labels
 from highmmt import HighMMT
 from transference.finetune import part_of
 from transference.hooks import TrainContext
@@ -78,6 +78,10 @@ def test_gradients_align_for_the_same_feature_and_oppose_for_another_one(factor_
     cos = analyse("conflict", factor_run, cache, "--batches", "16")["groups"]["all"]["mean"]
     assert cos[SLOPE][SLOPE_B] >= 0.1, cos  # measured +0.41
     assert cos[SLOPE][OFFSET] < -0.1 and cos[SLOPE_B][OFFSET] < -0.1, cos  # measured -0.37, -0.43
+    from analysis import summary
+
+    table = summary.main([f"shared={factor_run / 'analysis'}", "--groups", str(factor_run)])
+    assert "| shared | encoders | 1 | 3 |" in table and "Gradient conflict" in table, table
 
 
 def test_shuffled_labels_hurt_the_other_task_only_through_shared_parameters(tmp_path, cache):
@@ -116,3 +120,14 @@ def test_shuffled_labels_are_a_permutation_and_train_only_freezes_the_other_part
     assert ctx.loaded["synthetic_pair"].splits["train"]["label"] == shuffle_train_labels(lt, seed=0).splits["train"]["label"]
     with pytest.raises(ValueError, match="not being trained"):
         InterferenceHook("nope", "").setup(ctx, None)
+
+
+def test_a_task_subset_keeps_the_runs_overrides_restricted_to_its_tasks():
+    cfg = {"tasks": {"a": {"modalities": {"x": "image", "y": "audio"}}, "b": {"modalities": {"z": "text"}},
+                     "c": {"modalities": {"w": "set", "v": "set"}}}}
+    enc = restrict_override('model.sharing.encoder={"g1": ["x", "w"], "g2": ["v"], "g3": ["y", "z"]}', cfg, ["a", "b"])
+    assert json.loads(enc.split("=", 1)[1]) == {"g1": ["x"], "g3": ["y", "z"]}
+    fus = restrict_override('model.sharing.fusion={"f1": ["y|x"], "f2": ["v|w"]}', cfg, ["a", "b"])
+    assert json.loads(fus.split("=", 1)[1]) == {"f1": ["y|x"]}
+    assert json.loads(restrict_override('train.loss_weights={"a": 2, "c": 3}', cfg, ["a"]).split("=", 1)[1]) == {"a": 2}
+    assert restrict_override("train.epochs=5", cfg, ["a"]) == "train.epochs=5"
