@@ -18,25 +18,15 @@ from accelerate.state import AcceleratorState
 
 import analyze
 import train
+from _helpers import fast_isolated_training, fit  # noqa: F401  (a fixture, used through pytestmark)
 from analysis.interference import InterferenceHook, restrict_override, shuffle_train_labels
 from highmmt import HighMMT
+from tasks.cache import load_task
 from transference.finetune import part_of
 from transference.hooks import TrainContext
-from tasks.cache import load_task
 
-FIXED = ["--preset", "tiny", "--quiet", "--set", "train.precision=fp32", "--set", "train.threads=1"]
 SLOPE, SLOPE_B, OFFSET = "synthetic_factor_slope", "synthetic_factor_slope_b", "synthetic_factor_offset"
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch: pytest.MonkeyPatch):
-    """No curve plots; torch's thread count and accelerate's process-wide state left as found."""
-    monkeypatch.setattr(train, "_plot_curves", lambda history, path: None)
-    threads = torch.get_num_threads()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fast_isolated_training")
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +34,10 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def fit(out: Path, cache: Path, tasks: str, *extra: str, seed: int = 0, epochs: int = 3, steps: int = 15) -> Path:
-    train.main([*FIXED, "--tasks", tasks, "--output-dir", str(out), "--cache-dir", str(cache), "--seed", str(seed),
-                "--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps}", *extra])
-    return out
-
-
 @pytest.fixture(scope="module")
 def factor_run(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> Path:
     AcceleratorState._reset_state(reset_partial_state=True)
-    return fit(tmp_path_factory.mktemp("factor") / "run", cache, f"{SLOPE},{SLOPE_B},{OFFSET}")
+    return fit(tmp_path_factory.mktemp("factor") / "run", cache, f"{SLOPE},{SLOPE_B},{OFFSET}", seed=0, epochs=3, steps=15)
 
 
 def analyse(kind: str, run: Path, cache: Path, *extra: str) -> dict:
@@ -93,7 +77,7 @@ def test_shuffled_labels_hurt_the_other_task_only_through_shared_parameters(tmp_
     for sharing, seeds in (("all", "0,1"), ("none", "0")):
         run = fit(tmp_path / sharing, cache, "synthetic_pair,synthetic_offset", "--set", f"train.task_options={opts}",
                   "--set", "train.grad_clip=0", "--set", f"model.sharing.encoder={sharing}", "--set", f"model.sharing.fusion={sharing}",
-                  epochs=1, steps=1)
+                  seed=0, epochs=1, steps=1)
         res = analyse("interference", run, cache, "--shuffle", "synthetic_offset", "--epochs", "3", "--steps-per-epoch", "15",
                       "--seeds", seeds)
         change[sharing] = res["change"]["synthetic_offset"]

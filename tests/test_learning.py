@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 
 import modalities  # noqa: F401  (registers the embedders)
-import train
+from _helpers import fast_isolated_training, fit  # noqa: F401  (a fixture, used through pytestmark)
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import EncoderConfig, FusionConfig
 from tasks.cache import load_task
@@ -31,33 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package
     sys.path.insert(0, str(ROOT))
 
-FIXED = ["--preset", "tiny", "--quiet", "--set", "train.precision=fp32", "--set", "train.threads=1"]
 SEEDS = (0, 1, 2)
-
-
-@pytest.fixture(autouse=True)
-def _fast_and_isolated(monkeypatch: pytest.MonkeyPatch):
-    """No training-curve plots (a third of a tiny run; tests/test_train.py covers them). Process-wide
-    state left as found: torch's thread count (``train.threads=1`` and the heterogeneity study set
-    it), and accelerate's singleton state, which keeps the first run's mixed precision and refuses
-    any other (these runs are fp32; another test file's ``precision=auto`` may have measured bf16)."""
-    monkeypatch.setattr(train, "_plot_curves", lambda history, path: None)
-    threads = torch.get_num_threads()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("fast_isolated_training")
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
-
-
-def fit(out: Path, cache: Path, tasks: str, *extra: str, seed: int, epochs: int, steps: int) -> Path:
-    train.main([*FIXED, "--tasks", tasks, "--output-dir", str(out), "--cache-dir", str(cache), "--seed", str(seed),
-                "--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps}", *extra])
-    return out
 
 
 def options(task: str, opts: dict) -> list[str]:
