@@ -33,7 +33,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from analysis.report import fmt_mean_sd, mean_sd
+from analysis.report import fmt_mean_sd, mean_sd, short
 from highmmt.config import parse_override_value
 from highmmt.sharing import pair_key, task_pairs
 from transference.finetune import part_of
@@ -212,11 +212,11 @@ def markdown(result: Mapping[str, Any]) -> list[str]:
              f"{'; from the run' if result['from_run'] else '; from scratch'})", "",
              "Rows: the shuffled task; columns: the task measured (test split, final weights, at most "
              f"{result['eval_limit']} rows). Negative: worse than in the normal run. The diagonal is the shuffled task itself.", "",
-             "| shuffled \\ measured | " + " | ".join(n[:18] for n in names) + " |", "|---" * (len(names) + 1) + "|",
+             "| shuffled \\ measured | " + " | ".join(short(n, 18) for n in names) + " |", "|---" * (len(names) + 1) + "|",
              "| (normal run) | " + " | ".join(fmt_mean_sd(result["normal"][b]["mean"], result["normal"][b]["sd"]) for b in names) + " |"]
     for a in shuffled:
         cells = [fmt_mean_sd(result["change"][a][b]["mean"], result["change"][a][b]["sd"], 3, True) for b in names]
-        lines.append(f"| {a[:18]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {short(a, 18)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

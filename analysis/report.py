@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,37 +47,44 @@ def fmt_mean_sd(mean: float | None, sd: float | None, digits: int = 3, signed: b
     return fmt(mean, digits, signed) + ("" if sd is None or math.isnan(sd) else f" ± {sd:.{digits}f}")
 
 
+def short(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters, keeping its end (robot_failures_lp1 -> robot_fa…es_lp1)."""
+    if len(name) <= width:
+        return name
+    tail = width // 2
+    return name[: width - tail - 1] + "…" + name[-tail:]
+
+
 def matrix_table(title: str, names: Sequence[str], cell: Any, corner: str = "") -> list[str]:
     """A markdown table, rows and columns ``names``; ``cell(row, col)`` gives the text."""
-    short = [n[:18] for n in names]
-    lines = [f"### {title}", "", f"| {corner} | " + " | ".join(short) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [f"### {title}", "", f"| {corner} | " + " | ".join(short(n, 18) for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for r in names:
-        lines.append(f"| {r[:18]} | " + " | ".join(cell(r, c) for c in names) + " |")
+        lines.append(f"| {short(r, 18)} | " + " | ".join(cell(r, c) for c in names) + " |")
     return lines + [""]
 
 
 def heatmaps(panels: Mapping[str, np.ndarray], names: Sequence[str], path: Path, *, title: str, vmin: float, vmax: float,
              cmap: str = "RdBu_r", row_names: Sequence[str] | None = None) -> None:
-    """One heatmap per panel (square task x task matrices; NaN cells left blank), side by side."""
+    """One heatmap per panel (task x task matrices; NaN cells left blank) side by side, one colour bar."""
     plt = pyplot()
     n = len(panels)
+    rows = row_names or names
     size = max(3.0, 0.45 * len(names) + 1.5)
-    fig, axes = plt.subplots(1, n, figsize=(size * n + 1, size), squeeze=False)
+    fig, axes = plt.subplots(1, n + 1, figsize=(size * n + 1, size * max(0.5, len(rows) / len(names))),
+                             gridspec_kw={"width_ratios": [1.0] * n + [0.05]}, squeeze=False)
     image = None
-    for ax, (panel, m) in zip(axes.flat, panels.items()):
+    for ax, (panel, m) in zip(axes[0, :n], panels.items()):
         image = ax.imshow(np.ma.masked_invalid(m), vmin=vmin, vmax=vmax, cmap=cmap)
         ax.set_title(panel, fontsize=9)
-        ax.set_xticks(range(len(names)), [s[:14] for s in names], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(row_names or names)), [s[:14] for s in (row_names or names)], fontsize=7)
+        ax.set_xticks(range(len(names)), [short(s, 16) for s in names], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(rows)), [short(s, 16) for s in rows], fontsize=7)
         for (i, j), v in np.ndenumerate(m):
             if not np.isnan(v) and m.size <= 144:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6)
     if image is not None:
-        fig.colorbar(image, ax=list(axes.flat), shrink=0.8)
+        fig.colorbar(image, cax=axes[0, n])
     fig.suptitle(title, fontsize=10)
-    with warnings.catch_warnings():  # tight_layout cannot place the shared colorbar's axes; the figure is fine
-        warnings.filterwarnings("ignore", message="This figure includes Axes")
-        save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def write(out: Path, name: str, result: Mapping[str, Any], markdown: str) -> dict[str, str]:
