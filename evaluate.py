@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from highmmt.plotting import pyplot, save_figure
@@ -53,7 +54,7 @@ from tasks import baselines
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, load_task, resolve_cache_dir
 from tasks.loader import collate_rows, move_to, predict, score
-from transference import colearn, semisup
+from transference.hooks import hooks_for_run
 
 NOISE_LEVELS = (0.1, 0.25, 0.5, 1.0, 2.0)
 BASELINE_KEYS = ("baseline_best", "baseline_name", "margin")
@@ -166,10 +167,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"task {n!r} is not in checkpoint {ckpt}; it has {sorted(run_cfg['tasks'])}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
-    predictor = semisup.prediction_model(model, run_cfg)  # co-training runs predict with their views' ensemble
-    # Co-learning runs: also score the path without the secondary modality (its slot translated or zero).
-    colearn_method = run_cfg.get("train", {}).get("colearn", {}).get("method", "none")
-    colearned = colearn.load_predictor(ckpt, map_location=device, model=model) if colearn_method != "none" else None
+    methods = hooks_for_run(run_cfg)  # the run's training methods: what it predicts with, extra metrics
+    predictors = [p for p in (h.predictor(model, ckpt, run_cfg, device) for h in methods) if p is not None and p is not model]
+    if len(predictors) > 1:
+        raise ValueError(f"two training methods replace the predictor: {[h.name for h in methods]}")
+    predictor = predictors[0] if predictors else model
     levels = [float(v) for v in args.noise_levels.split(",") if v]
     out = Path(args.output_dir or ckpt / "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -186,11 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
         metrics[name] = dict(clean)
-        metrics[name].update(semisup.view_metrics(model, run_cfg, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device))
-        if colearned is not None and name in colearned.tasks:
-            kept = [m for m in spec.modalities if m != colearned.cfg.secondary]
-            without = score(spec, *predict(colearned, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, modalities=kept))
-            metrics[name][f"{spec.metric}_without_{colearned.cfg.secondary}"] = without[spec.metric]
+        for h in methods:
+            metrics[name].update(h.task_metrics(model, spec, ds, run_dir=ckpt, run_config=run_cfg, device=device,
+                                                batch_size=args.batch_size, limit=args.limit))
         metrics[name]["num_samples"] = float(min(len(ds), args.limit) if args.limit else len(ds))
         if not args.no_robustness:
             primary = spec.metric

@@ -55,7 +55,7 @@ from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 from tasks.splits import stratified_holdout
-from transference import autotune, finetune, semisup
+from transference import autotune
 from transference.hooks import TrainContext, build_hooks
 from transference.schedules import make_schedule, warmup_cosine
 
@@ -229,7 +229,7 @@ def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTas
     return dataclasses.replace(loaded, splits=splits)
 
 
-def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module, lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """AdamW (fused where it can be) over the trainable parameters; no weight decay on biases,
     norms, latents and tokens.
 
@@ -238,7 +238,7 @@ def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module) -> torch.optim.Op
     """
     named = [(n, p) for n, p in [*model.named_parameters(), *extra.named_parameters(prefix="extra")] if p.requires_grad]
     is_decayed = lambda n, p: p.ndim >= 2 and "latents" not in n and "tokens" not in n  # noqa: E731
-    scales = finetune.layer_lr_scales(model, tc.layer_decay) if tc.layer_decay < 1.0 else {}
+    scales = lr_scales or {}
     keys = sorted({(not is_decayed(n, p), -scales.get(n, 1.0)) for n, p in named})  # decayed first, then by lr
     groups = [
         {"params": [p for n, p in named if (not is_decayed(n, p), -scales.get(n, 1.0)) == key],
@@ -254,32 +254,6 @@ def busy_cpu() -> bool:
         return os.getloadavg()[0] >= (os.cpu_count() or 1)
     except OSError:  # no load average on this platform
         return False
-
-
-ARCHITECTURE_FIELDS = ("dim", "encoder", "fusion", "head_hidden")
-
-
-def architecture_from_checkpoint(run: RunConfig, checkpoint: str | Path, overrides: Sequence[str], log: Any) -> RunConfig:
-    """With ``--init-from``, the model's widths and depths are the checkpoint's (the preset still sets
-    training), so that its weights fit; a ``--set model...`` override that contradicts them is an error."""
-    path = Path(checkpoint) / "config.json"
-    if not path.is_file():
-        return run
-    raw = json.loads(path.read_text())
-    ckpt = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
-    differ = [f for f in ARCHITECTURE_FIELDS if getattr(ckpt, f) != getattr(run.model, f)]
-    if not differ:
-        return run
-    keys = [o.split("=", 1)[0] for o in overrides]
-    forced = [k for k in keys if k.split(".")[0] == "model" and k.split(".")[1:2] and k.split(".")[1] in differ]
-    if forced:
-        raise ValueError(
-            f"--init-from {checkpoint}: {', '.join(forced)} contradicts the checkpoint's model "
-            f"({', '.join(f'{f}={getattr(ckpt, f)}' for f in differ)}); its weights would not fit. Drop the override."
-        )
-    log(f"init-from {checkpoint}: model {', '.join(differ)} taken from the checkpoint (the preset's differ)")
-    model = dataclasses.replace(run.model, **{f: getattr(ckpt, f) for f in differ})
-    return dataclasses.replace(run, model=model)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -398,14 +372,6 @@ def load_trainer_state(out: Path) -> dict[str, Any] | None:
                          "resume is impossible, start the run again with --overwrite") from e
 
 
-def init_from(model: HighMMT, checkpoint: str | Path, log: Any) -> finetune.TransferReport:
-    """Load every weight whose name and shape match (transfer; new sharing groups are copied from
-    the checkpoint's); log what was loaded and what stayed new."""
-    report = finetune.load_pretrained(model, checkpoint)
-    log(report.summary())
-    return report
-
-
 def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) -> tuple[str, str]:
     """``train.precision`` -> (``fp32`` | ``bf16`` | ``fp16``, how it was chosen).
 
@@ -471,229 +437,106 @@ def weights_digest(module: nn.Module) -> str:
 # ---- main --------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    if args.resume and args.output_dir and (Path(args.output_dir) / "config.json").is_file():
-        resume_settings(args, Path(args.output_dir))
-    elif args.resume:
-        args.preset = "default" if args.preset is None else args.preset
-        args.seed = 0 if args.seed is None else args.seed
-    run, preset_tasks = load_preset(args.preset)
-    run = apply_overrides(run, args.overrides)
-    task_names = expand_tasks((args.tasks.split(",") if args.tasks else preset_tasks) or SUITE)
+    run, task_names = resolve_run(args)
     tc = run.train
-
-    # Accelerator: one process, or several under torchrun (CPU: gloo). Precision chosen once.
     use_cpu = args.cpu or not torch.cuda.is_available()
     if tc.threads > 0:  # 0 = torch's default; 1 is much faster on a CPU shared with other work
         torch.set_num_threads(tc.threads)
     out = Path(args.output_dir or f"runs/{dt.datetime.now():%Y%m%d-%H%M%S}")
-    if args.resume:  # fail before measuring or parsing anything
-        if not (out / "trainer_state" / "state.pt").is_file():
-            raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
-    elif (out / "config.json").exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    take_run_folder(args, out)
     precision, precision_note = resolve_precision(tc.precision, use_cpu, out if args.resume else None)
-    if int(os.environ.get("RANK", "0")) == 0:  # one process owns the folder (rank 0 under torchrun)
-        lock = lock_run_folder(out)
-        atexit.register(lock.unlink, missing_ok=True)
-        if args.overwrite and not args.resume:
-            clear_run_files(out)
-        for leftover in [*out.glob(".*.tmp"), *out.glob("trainer_state/.*.tmp")]:  # a killed process's half-written files
-            leftover.unlink(missing_ok=True)
     # accelerate keeps one process-wide state that refuses a second precision; each run chooses its own
     # (the distributed part, PartialState, is kept)
     AcceleratorState._reset_state()
     # Several processes: DDP. A step's tasks use different embedders and heads, so parameters may go unused.
     accelerator = Accelerator(cpu=use_cpu, mixed_precision={"fp32": "no"}.get(precision, precision),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main_process = accelerator.is_main_process
+    rank, world, main_process = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     log = (lambda msg: tqdm.write(msg)) if main_process else (lambda msg: None)
     show = main_process and not args.quiet
     log(f"precision {precision} ({precision_note})")
     set_seed(args.seed)
-    if tc.threads <= 0 and use_cpu and busy_cpu():
-        log(f"warning: the CPU is busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and torch uses "
-            f"{torch.get_num_threads()} threads; threads that wait for each other can make training many times slower: "
-            "consider --set train.threads=1")
+    warn_if_busy(tc, use_cpu, log)
 
-    if args.init_from:  # fail before parsing any data
-        finetune.check_checkpoint(args.init_from)
-        run = architecture_from_checkpoint(run, args.init_from, args.overrides, log)
-
-    # Data: every task parsed once into the Arrow cache (main process first, the others then read it).
-    loaded: dict[str, LoadedTask] = {}
-    task_args: dict[str, str] = {}
-    with accelerator.main_process_first():
-        for name in task_names:
-            lt = load_task(name, data_root=args.data_root, cache_dir=args.cache_dir, options=tc.task_options.get(name), quiet=not show)
-            if lt.spec.name in loaded:
-                raise ValueError(f"two tasks are named {lt.spec.name!r} ({task_args[lt.spec.name]} and {name})")
-            loaded[lt.spec.name] = subsample_train(lt, tc.train_fraction, args.seed)
-            task_args[lt.spec.name] = str(Path(name).resolve()) if lt.source == "spec" else name
-    if tc.modality_options:
-        loaded = with_modality_options(loaded, tc.modality_options)
-    loaded = check_rows(loaded, tc.bad_rows, log)
+    # Training methods (transference/): chosen by the config; they may check the run before any data is parsed.
+    hooks = build_hooks(run)
+    for h in hooks:
+        run = h.check_run(run, init_from=args.init_from, overrides=args.overrides, log=log)
+    loaded, task_args = load_tasks(args, task_names, tc, accelerator, log)
     specs = [lt.spec for lt in loaded.values()]
-    for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
-        if t not in loaded:
-            raise ValueError(f"the train config names task {t!r}, which is not being trained ({sorted(loaded)})")
 
-    # Model (+ transfer), optimizer, schedule.
-    cfg = semisup.add_view_heads(model_config(run.model, specs), tc.semi, specs)  # co-training: one head per view
+    # Model (+ what the methods do to it: extra heads, loaded weights, frozen parts), optimizer, schedule.
+    cfg = model_config(run.model, specs)
+    for h in hooks:
+        cfg = h.model_config(cfg, specs)
     model = HighMMT(cfg)
-    transfer = init_from(model, args.init_from, log) if args.init_from else None
-    # Freezing policy (+ LoRA adapters); parameters the checkpoint did not provide always train.
-    counts = finetune.apply_policy(model, tc.finetune, new=transfer.new if transfer else (),
-                                   lora_rank=tc.lora_rank, lora_alpha=tc.lora_alpha)
-    log(finetune.describe_counts(tc.finetune, counts))
+    ctx = TrainContext(model=model, loaded=loaded, run=run, device=accelerator.device, seed=args.seed, out=out,
+                       log=log, autocast=accelerator.autocast, init_from=args.init_from)
+    model_notes: dict[str, Any] = {}
+    for h in hooks:
+        model_notes.update(h.prepare_model(ctx))
     model.to(accelerator.device)
     if tc.compile:  # in place: parameter names, checkpoints and hooks see the plain module
         model.compile()
         log("torch.compile on: the first step of each task (and of evaluation) compiles its graph")
-    # Hooks (training methods: semi-supervised, co-learning, ...) may reshape the training data first.
-    ctx = TrainContext(model=model, loaded=loaded, run=run, device=accelerator.device, seed=args.seed, out=out,
-                       log=log, autocast=accelerator.autocast)
-    hooks = build_hooks(run)
     st = load_trainer_state(out) if args.resume else None
-    for h in hooks:
+    for h in hooks:  # they may reshape the training data first
         h.setup(ctx, (st or {}).get("hooks", {}).get(h.name))
     extra = nn.ModuleDict({h.name: nn.ModuleDict(mods) for h in hooks if (mods := h.modules())}).to(accelerator.device)
-    optimizer = build_optimizer(model, tc, extra)
+    optimizer = build_optimizer(model, tc, extra, {k: v for h in hooks for k, v in h.lr_scales(model).items()})
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.epochs * tc.steps_per_epoch)
-    streams = {
-        t: TaskStream(len(lt.splits["train"]), tc.batch_sizes.get(t, tc.batch_size), seed=args.seed * 1000 + i, rank=rank, world_size=world)
-        for i, (t, lt) in enumerate(loaded.items())
-    }
-    batches = {t: s.batches_per_pass() for t, s in streams.items()}
+    streams = {t: TaskStream(len(lt.splits["train"]), tc.batch_sizes.get(t, tc.batch_size), seed=args.seed * 1000 + i,
+                             rank=rank, world_size=world) for i, (t, lt) in enumerate(loaded.items())}
 
-    # State: fresh or resumed.
-    start_epoch, global_step, best = 0, 0, -math.inf
-    history: list[dict[str, Any]] = []
-    if st is not None:
-        model.load_state_dict(load_weights(out / "trainer_state" / st["weights"]))
-        if "extra" in st:
-            extra.load_state_dict(st["extra"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        if accelerator.scaler is not None and "scaler" in st:  # fp16: the loss scale reached
-            accelerator.scaler.load_state_dict(st["scaler"])
-        random.setstate(st["rng"]["python"])
-        name, keys, pos, has_gauss, cached = st["rng"]["numpy"]
-        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-        torch.set_rng_state(st["rng"]["torch"])
-        start_epoch, global_step, best = st["epoch"], st["global_step"], st["best"]
-        for t, (passes, pos) in st["streams"].items():
-            streams[t].state.passes, streams[t].state.position = passes, pos
-        log(f"resumed {out} at epoch {start_epoch}, step {global_step}")
+    # State: fresh or resumed; the run folder's config.json and metrics.jsonl.
+    start_epoch, global_step, best = restore_trainer_state(st, out, model, extra, optimizer, scheduler, accelerator, streams, log)
     if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        if args.resume and (out / "config.json").is_file():
-            saved_train = json.loads((out / "config.json").read_text()).get("train", {})
-            check_resumed_config(saved_train, json.loads(json.dumps(dataclasses.asdict(tc), default=str)), out)
-        atomic_write_json(
-            out / "config.json",
-            {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
-             "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides), "world_size": world, "precision": precision,
-             "init_from": transfer.to_dict() if transfer else None, "trainable_parameters": counts},
-        )
-        old = read_metrics(out / "metrics.jsonl", log) if args.resume else []
-        # Rows of an epoch that was logged but not checkpointed before a kill are dropped (it reruns).
-        history = [r for r in old if r["epoch"] <= start_epoch]
-        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
-    writer = _tensorboard(out) if main_process else None
-
-    def record(rows: list[dict[str, Any]]) -> None:
-        if not main_process:
-            return
-        history.extend(rows)
-        with open(out / "metrics.jsonl", "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        if writer is not None:
-            for r in rows:
-                writer.add_scalar(f"{r['task']}/{r['split']}/{r['metric']}", r["value"], r["step"])
+        run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
+                      "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides),
+                      "world_size": world, "precision": precision, **model_notes}
+        write_run_config(out, run_config, args.resume)
+    log_rows = MetricsLog(out, args.resume, start_epoch, log) if main_process else None
 
     # accelerate: device placement, DDP on several processes (rank 0's weights broadcast), the fp16
-    # gradient scaler. The scheduler is stepped here, once per optimizer step that was not skipped.
+    # gradient scaler. The scheduler is stepped in train_step, once per optimizer step that was not skipped.
     step_loss, optimizer = accelerator.prepare(
         TaskLoss(model, extra, hooks, ctx, {t: lt.spec for t, lt in loaded.items()}, tc, accelerator.autocast), optimizer)
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     prefetch = Prefetcher(tc.prefetch_workers)
     fetch = lambda t, idx: collate_rows(loaded[t].splits["train"], idx, loaded[t].spec)  # noqa: E731
     model.train()
     started = time.time()
     for epoch in range(start_epoch, tc.epochs):
+        batches = {t: s.batches_per_pass() for t, s in streams.items()}
         schedule = make_schedule(tc.strategy, batches, tc.steps_per_epoch, seed=args.seed, epoch=epoch,
                                  temperature=tc.temperature, min_fraction=tc.min_task_fraction)
         pending = [[prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[0]]]
         sums: dict[str, list[float]] = {t: [] for t in loaded}
         bar = tqdm(range(tc.steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False)
         for i in bar:
-            step_tasks = schedule.steps[i]
             if i + 1 < len(schedule):  # collate the next step's batches while this one computes
                 pending.append([prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[i + 1]])
-            step_batches = [f.result() for f in pending.pop(0)]
-            optimizer.zero_grad(set_to_none=True)
-            for k, (t, batch) in enumerate(zip(step_tasks, step_batches)):
-                batch = move_to(batch, accelerator.device)
-                if tc.augment_noise > 0:
-                    augment_inputs(batch["inputs"], tc.augment_noise)
-                # Gradients are averaged over processes once per step, in the step's last backward.
-                with accelerator.no_sync(step_loss) if k + 1 < len(step_tasks) else contextlib.nullcontext():
-                    loss = step_loss(batch, t)
-                    accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
-                sums[t].append(loss.item())
-            if tc.grad_clip > 0:  # fp16: unscales first
-                accelerator.clip_grad_norm_(params, tc.grad_clip)
-            optimizer.step()  # fp16: skipped when a gradient is inf/nan
-            if not optimizer.step_was_skipped:
-                scheduler.step()
+            step_batches = list(zip(schedule.steps[i], [f.result() for f in pending.pop(0)]))
+            for t, loss in train_step(step_loss, step_batches, optimizer, scheduler, accelerator, tc):
+                sums[t].append(loss)
             global_step += 1
             if show:
                 bar.set_postfix({t[:12]: f"{np.mean(v[-10:]):.3f}" for t, v in sums.items() if v})
         bar.close()
-        for h in hooks:
-            hook_rows = h.end_epoch(ctx, epoch)
-            if main_process:
-                record(hook_rows)
+        hook_rows = [row for h in hooks for row in h.end_epoch(ctx, epoch)]
         for t, lt in loaded.items():  # a hook changed a training split: restart its stream
             if len(lt.splits["train"]) != streams[t].size:
-                streams[t] = TaskStream(len(lt.splits["train"]), streams[t].batch_size, seed=streams[t].seed,
-                                        rank=rank, world_size=world)
-                batches[t] = streams[t].batches_per_pass()
-        eval_models = [m for m in (h.eval_model(ctx) for h in hooks) if m is not model]
-        if len(eval_models) > 1:
-            raise ValueError(f"two training hooks replace the validation model: {[h.name for h in hooks]}")
-        eval_model = eval_models[0] if eval_models else model
+                streams[t] = TaskStream(len(lt.splits["train"]), streams[t].batch_size, seed=streams[t].seed, rank=rank, world_size=world)
 
-        # Evaluate on validation (main process), select on the weighted mean of primary metrics.
-        rows = [
-            {"step": global_step, "epoch": epoch + 1, "task": t, "split": "train", "metric": "loss", "value": float(np.mean(v))}
-            for t, v in sums.items() if v
-        ]
-        selection = 0.0
+        # Evaluate on validation (main process), select on the weighted mean of primary metrics; checkpoint.
         if main_process:
-            for t, lt in loaded.items():
-                o, y = predict(eval_model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
-                               limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
-                scores = score(lt.spec, o, y)
-                for m, v in scores.items():
-                    rows.append({"step": global_step, "epoch": epoch + 1, "task": t, "split": "validation", "metric": m, "value": v})
-                primary = scores[lt.spec.metric]
-                sign = 1.0 if HIGHER_IS_BETTER[lt.spec.metric] else -1.0
-                selection += tc.eval_weights.get(t, 1.0) * sign * (0.0 if math.isnan(primary) else primary)
-            selection /= sum(tc.eval_weights.get(t, 1.0) for t in loaded)
-            record(rows)
+            log_rows.add(hook_rows)
+            rows, selection = validate(eval_model_of(hooks, ctx), loaded, tc, accelerator, global_step, epoch, sums)
+            log_rows.add(rows)
             summary = " ".join(f"{r['task']}={r['value']:.3f}" for r in rows if r["split"] == "validation" and r["metric"] == loaded[r["task"]].spec.metric)
             log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
             if selection > best:
                 best = selection
-                # config.json (written above) already holds the model config; from_pretrained reads it.
-                # LoRA adapters are merged into the base weights: the file loads into a plain HighMMT.
-                atomic_save_safetensors(out / "model.safetensors", finetune.export_state_dict(model), metadata={"format": "pt"})
-                if len(extra):  # hook modules (e.g. a translation decoder) that belong to these weights
-                    atomic_save_safetensors(out / "hooks.safetensors", extra.state_dict(), metadata={"format": "pt"})
-                atomic_write_json(out / "best.json", {"epoch": epoch + 1, "step": global_step, "selection": best})
+                save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
             save_trainer_state(
                 out, model, optimizer, scheduler,
                 {"epoch": epoch + 1, "global_step": global_step, "best": best,
@@ -709,14 +552,205 @@ def main(argv: Sequence[str] | None = None) -> Path:
             atomic_write_json(out / "ranks.json", {"world_size": world, "weights_sha256": digests})
     if main_process:
         (out / "DONE").write_text(f"finished {tc.epochs} epochs, {global_step} steps in {time.time() - started:.0f}s\n")
-        _plot_curves(history, out / "curves.png")
-        if writer is not None:
-            writer.close()
+        _plot_curves(log_rows.history, out / "curves.png")
+        log_rows.close()
         log(f"done: {out} (best validation selection score {best:.4f})")
     accelerator.end_training()
     if int(os.environ.get("RANK", "0")) == 0:
         (out / LOCK_FILE).unlink(missing_ok=True)
     return out
+
+
+# ---- the steps of main ---------------------------------------------------------------------------
+def resolve_run(args: argparse.Namespace) -> tuple[RunConfig, list[str]]:
+    """The run config (preset + overrides; a resumed run's own settings) and the task names."""
+    if args.resume and args.output_dir and (Path(args.output_dir) / "config.json").is_file():
+        resume_settings(args, Path(args.output_dir))
+    elif args.resume:
+        args.preset = "default" if args.preset is None else args.preset
+        args.seed = 0 if args.seed is None else args.seed
+    run, preset_tasks = load_preset(args.preset)
+    run = apply_overrides(run, args.overrides)
+    return run, expand_tasks((args.tasks.split(",") if args.tasks else preset_tasks) or SUITE)
+
+
+def take_run_folder(args: argparse.Namespace, out: Path) -> None:
+    """Refuse a folder that holds a run unless --resume / --overwrite (before measuring or parsing
+    anything); then rank 0 locks it, clears an overwritten run and a killed process's .tmp files."""
+    if args.resume:
+        if not (out / "trainer_state" / "state.pt").is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no trainer_state/state.pt to continue from")
+    elif (out / "config.json").exists() and not args.overwrite:
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    if int(os.environ.get("RANK", "0")) != 0:  # one process owns the folder (rank 0 under torchrun)
+        return
+    lock = lock_run_folder(out)
+    atexit.register(lock.unlink, missing_ok=True)
+    if args.overwrite and not args.resume:
+        clear_run_files(out)
+    for leftover in [*out.glob(".*.tmp"), *out.glob("trainer_state/.*.tmp")]:  # a killed process's half-written files
+        leftover.unlink(missing_ok=True)
+
+
+def warn_if_busy(tc: Any, use_cpu: bool, log: Any) -> None:
+    """A warning (nothing is measured or changed) when torch's threads share a CPU that is already busy."""
+    if tc.threads <= 0 and use_cpu and busy_cpu():
+        log(f"warning: the CPU is busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores) and torch uses "
+            f"{torch.get_num_threads()} threads; threads that wait for each other can make training many times slower: "
+            "consider --set train.threads=1")
+
+
+def load_tasks(args: argparse.Namespace, task_names: Sequence[str], tc: Any, accelerator: Accelerator,
+               log: Any) -> tuple[dict[str, LoadedTask], dict[str, str]]:
+    """Every task parsed once into the Arrow cache (main process first, the others then read it),
+    subsampled, with the config's modality options and bad rows checked; and how each was named."""
+    loaded: dict[str, LoadedTask] = {}
+    task_args: dict[str, str] = {}
+    with accelerator.main_process_first():
+        for name in task_names:
+            lt = load_task(name, data_root=args.data_root, cache_dir=args.cache_dir, options=tc.task_options.get(name),
+                           quiet=args.quiet or not accelerator.is_main_process)
+            if lt.spec.name in loaded:
+                raise ValueError(f"two tasks are named {lt.spec.name!r} ({task_args[lt.spec.name]} and {name})")
+            loaded[lt.spec.name] = subsample_train(lt, tc.train_fraction, args.seed)
+            task_args[lt.spec.name] = str(Path(name).resolve()) if lt.source == "spec" else name
+    if tc.modality_options:
+        loaded = with_modality_options(loaded, tc.modality_options)
+    loaded = check_rows(loaded, tc.bad_rows, log)
+    for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
+        if t not in loaded:
+            raise ValueError(f"the train config names task {t!r}, which is not being trained ({sorted(loaded)})")
+    return loaded, task_args
+
+
+def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]]], optimizer: Any, scheduler: Any,
+               accelerator: Accelerator, tc: Any) -> list[tuple[str, float]]:
+    """One optimizer step over one batch of each of the step's tasks: forward and backward per task
+    (gradients averaged over processes once, in the step's last backward), clip, step. The one
+    training step of the project; the studies that train outside ``main`` call it too.
+
+    Args:
+        step_loss: :class:`TaskLoss` as prepared by ``accelerator.prepare``.
+        batches: (task, collated batch) pairs of this step.
+        optimizer, scheduler: as prepared; the scheduler steps only when the optimizer did (fp16
+            skips steps with inf/nan gradients).
+        tc: the training config (``augment_noise``, ``loss_weights``, ``grad_clip``).
+    Returns:
+        (task, loss) per batch.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    losses = []
+    for k, (t, batch) in enumerate(batches):
+        batch = move_to(batch, accelerator.device)
+        if tc.augment_noise > 0:
+            augment_inputs(batch["inputs"], tc.augment_noise)
+        with accelerator.no_sync(step_loss) if k + 1 < len(batches) else contextlib.nullcontext():
+            loss = step_loss(batch, t)
+            accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
+        losses.append((t, loss.item()))
+    if tc.grad_clip > 0:  # fp16: unscales first
+        accelerator.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], tc.grad_clip)
+    optimizer.step()  # fp16: skipped when a gradient is inf/nan
+    if not optimizer.step_was_skipped:
+        scheduler.step()
+    return losses
+
+
+def eval_model_of(hooks: Sequence[Any], ctx: TrainContext) -> nn.Module:
+    """The module validation runs through: the model, or the one a training method replaces it with."""
+    eval_models = [m for m in (h.eval_model(ctx) for h in hooks) if m is not ctx.model]
+    if len(eval_models) > 1:
+        raise ValueError(f"two training hooks replace the validation model: {[h.name for h in hooks]}")
+    return eval_models[0] if eval_models else ctx.model
+
+
+def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, accelerator: Accelerator, step: int, epoch: int,
+             sums: dict[str, list[float]]) -> tuple[list[dict[str, Any]], float]:
+    """The epoch's metrics rows (training loss, every validation metric) and the selection score:
+    the weighted mean of the primary metrics (negated where lower is better)."""
+    rows = [{"step": step, "epoch": epoch + 1, "task": t, "split": "train", "metric": "loss", "value": float(np.mean(v))}
+            for t, v in sums.items() if v]
+    selection = 0.0
+    for t, lt in loaded.items():
+        o, y = predict(eval_model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
+                       limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
+        scores = score(lt.spec, o, y)
+        for m, v in scores.items():
+            rows.append({"step": step, "epoch": epoch + 1, "task": t, "split": "validation", "metric": m, "value": v})
+        primary = scores[lt.spec.metric]
+        sign = 1.0 if HIGHER_IS_BETTER[lt.spec.metric] else -1.0
+        selection += tc.eval_weights.get(t, 1.0) * sign * (0.0 if math.isnan(primary) else primary)
+    return rows, selection / sum(tc.eval_weights.get(t, 1.0) for t in loaded)
+
+
+def save_best(out: Path, model: HighMMT, extra: nn.ModuleDict, hooks: Sequence[Any], best: dict[str, Any]) -> None:
+    """The best weights so far: ``model.safetensors`` as the methods export it (LoRA merged: it loads
+    into a plain HighMMT; config.json already holds the model config), the methods' modules beside it."""
+    state = model.state_dict()
+    for h in hooks:
+        state = h.export_weights(model, state)
+    atomic_save_safetensors(out / "model.safetensors", state, metadata={"format": "pt"})
+    if len(extra):  # hook modules (e.g. a translation decoder) that belong to these weights
+        atomic_save_safetensors(out / "hooks.safetensors", extra.state_dict(), metadata={"format": "pt"})
+    atomic_write_json(out / "best.json", best)
+
+
+def restore_trainer_state(st: dict[str, Any] | None, out: Path, model: HighMMT, extra: nn.Module, optimizer: Any,
+                          scheduler: Any, accelerator: Accelerator, streams: dict[str, TaskStream], log: Any) -> tuple[int, int, float]:
+    """A resumed run's weights, optimizer, scheduler, loss scale, RNGs and stream positions;
+    returns (epoch, global step, best selection score), (0, 0, -inf) for a fresh run."""
+    if st is None:
+        return 0, 0, -math.inf
+    model.load_state_dict(load_weights(out / "trainer_state" / st["weights"]))
+    if "extra" in st:
+        extra.load_state_dict(st["extra"])
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    if accelerator.scaler is not None and "scaler" in st:  # fp16: the loss scale reached
+        accelerator.scaler.load_state_dict(st["scaler"])
+    random.setstate(st["rng"]["python"])
+    name, keys, pos, has_gauss, cached = st["rng"]["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(st["rng"]["torch"])
+    for t, (passes, position) in st["streams"].items():
+        streams[t].state.passes, streams[t].state.position = passes, position
+    log(f"resumed {out} at epoch {st['epoch']}, step {st['global_step']}")
+    return st["epoch"], st["global_step"], st["best"]
+
+
+def write_run_config(out: Path, run_config: dict[str, Any], resume: bool) -> None:
+    """``config.json``; a resumed run must not change its training config (but for :data:`EXECUTION_KEYS`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and (out / "config.json").is_file():
+        saved_train = json.loads((out / "config.json").read_text()).get("train", {})
+        check_resumed_config(saved_train, json.loads(json.dumps(run_config["train"], default=str)), out)
+    atomic_write_json(out / "config.json", run_config)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (and tensorboard when installed): rows appended as they come. A resumed run
+    keeps the rows of the epochs it checkpointed; an epoch logged but not checkpointed before a kill
+    is dropped (it reruns)."""
+
+    def __init__(self, out: Path, resume: bool, start_epoch: int, log: Any) -> None:
+        self.path = out / "metrics.jsonl"
+        old = read_metrics(self.path, log) if resume else []
+        self.history = [r for r in old if r["epoch"] <= start_epoch]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.history).encode())
+        self.writer = _tensorboard(out)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.history.extend(rows)
+        with open(self.path, "a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+        if self.writer is not None:
+            for r in rows:
+                self.writer.add_scalar(f"{r['task']}/{r['split']}/{r['metric']}", r["value"], r["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def augment_inputs(inputs: dict[str, Any], strength: float) -> None:

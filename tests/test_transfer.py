@@ -16,7 +16,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.checkpoint import atomic_save_safetensors, atomic_write_json
-from highmmt.config import EncoderConfig, FusionConfig, SharingConfig, TrainConfig
+from highmmt.config import EncoderConfig, FusionConfig, RunConfig, SharingConfig, TrainConfig
 from tasks.cache import load_task
 from transference import finetune
 
@@ -124,7 +124,7 @@ def test_lora_trains_only_adapters_and_heads_and_saves_a_plain_model(tmp_path):
 def test_layer_decay_gives_each_depth_its_lr():
     model = HighMMT(tiny_config(encoder_depth=2))
     tc = TrainConfig(lr=1.0, layer_decay=0.5, weight_decay=0.1)
-    optimizer = train.build_optimizer(model, tc, torch.nn.ModuleDict())
+    optimizer = train.build_optimizer(model, tc, torch.nn.ModuleDict(), finetune.FinetuneHook(RunConfig(train=tc)).lr_scales(model))
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     expected = {  # heads lr; fusion one step down; encoder layers 1 and 0 (latents with 0); embedders last
         "heads.pair.to_logits.2.weight": 1.0,

@@ -15,4 +15,4 @@ registers them all.
 Imports run one way: transference -> tasks -> modalities -> highmmt.
 """
 
-from transference import colearn, semisup  # noqa: F401  (register their hooks)
+from transference import colearn, finetune, semisup  # noqa: F401  (register their hooks; finetune first)

@@ -41,6 +41,7 @@ from highmmt.config import ColearnConfig, HighMMTConfig, from_dict
 from highmmt.heads import task_loss
 from highmmt.layers import CrossBlock
 from highmmt.model import HighMMT, _key
+from tasks.loader import predict, score
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 HOOK_NAME = "colearn"
@@ -206,11 +207,24 @@ class ColearnHook(TrainHook):
         self.cfg = cfg
         self.tasks: list[str] = []
         self._modules = nn.ModuleDict()
+        self._predictor: ColearnPredictor | None = None  # evaluate.py: the primary-only path
         self._open: dict[str, Any] | None = None  # the capture of the forward now running
         self._records: list[dict[str, Any]] = []  # finished forwards: task, latents, outputs
         self._busy = False
         self._parts: dict[str, dict[str, list[float]]] = {}
         self._handles: list[Any] = []
+
+    def task_metrics(self, model: nn.Module, spec: Any, dataset: Any, *, run_dir: Path, run_config: Mapping[str, Any],
+                     device: torch.device, batch_size: int, limit: int) -> dict[str, float]:
+        """``<metric>_without_<secondary>``: the task scored with the secondary modality missing (its slot
+        translated or zero)."""
+        if self._predictor is None:
+            self._predictor = load_predictor(run_dir, map_location=device, model=model)
+        if spec.name not in self._predictor.tasks:
+            return {}
+        kept = [m for m in spec.modalities if m != self.cfg.secondary]
+        without = score(spec, *predict(self._predictor, dataset, spec, batch_size=batch_size, limit=limit, device=device, modalities=kept))
+        return {f"{spec.metric}_without_{self.cfg.secondary}": without[spec.metric]}
 
     # -- protocol --
     def setup(self, ctx: TrainContext, state: dict[str, Any] | None) -> None:

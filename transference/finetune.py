@@ -37,16 +37,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from highmmt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
-from highmmt.config import FINETUNE_POLICIES, RETIRED_FINETUNE_POLICIES, HighMMTConfig
+from highmmt.config import FINETUNE_POLICIES, RETIRED_FINETUNE_POLICIES, HighMMTConfig, RunConfig, TrainConfig
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
+from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 PARTS = ("embedders", "encoders", "fusion", "heads", "other")  # other: any module added to HighMMT later
 TRAINABLE_PARTS: dict[str, frozenset[str]] = {
@@ -392,13 +393,81 @@ def export_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-# ---- low-resource training splits --------------------------------------------------------------------
+# ---- 5. the method: train.finetune (and --init-from) ------------------------------------------------
+ARCHITECTURE_FIELDS = ("dim", "encoder", "fusion", "head_hidden")
+
+
+def architecture_from_checkpoint(run: RunConfig, checkpoint: str | Path, overrides: Sequence[str], log: Callable[[str], None]) -> RunConfig:
+    """With ``--init-from``, the model's widths and depths are the checkpoint's (the preset still sets
+    training), so that its weights fit; a ``--set model...`` override that contradicts them is an error."""
+    path = Path(checkpoint) / "config.json"
+    if not path.is_file():
+        return run
+    raw = json.loads(path.read_text())
+    ckpt = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
+    differ = [f for f in ARCHITECTURE_FIELDS if getattr(ckpt, f) != getattr(run.model, f)]
+    if not differ:
+        return run
+    keys = [o.split("=", 1)[0] for o in overrides]
+    forced = [k for k in keys if k.split(".")[0] == "model" and k.split(".")[1:2] and k.split(".")[1] in differ]
+    if forced:
+        raise ValueError(
+            f"--init-from {checkpoint}: {', '.join(forced)} contradicts the checkpoint's model "
+            f"({', '.join(f'{f}={getattr(ckpt, f)}' for f in differ)}); its weights would not fit. Drop the override."
+        )
+    log(f"init-from {checkpoint}: model {', '.join(differ)} taken from the checkpoint (the preset's differ)")
+    model = replace(run.model, **{f: getattr(ckpt, f) for f in differ})
+    return replace(run, model=model)
+
+
+class FinetuneHook(TrainHook):
+    """``--init-from`` and ``train.finetune``: load the matching weights of a checkpoint, freeze by
+    policy (LoRA adapters for ``lora``), layer-wise lr decay, LoRA merged into the saved weights.
+    Always on (the ``full`` policy without ``--init-from`` trains every parameter from scratch)."""
+
+    name = "finetune"
+
+    def __init__(self, run: RunConfig) -> None:
+        self.tc = run.train
+
+    def check_run(self, run: Any, *, init_from: str | Path | None, overrides: Sequence[str], log: Callable[[str], None]) -> Any:
+        if not init_from:
+            return run
+        check_checkpoint(init_from)  # before any data is parsed
+        return architecture_from_checkpoint(run, init_from, overrides, log)
+
+    def prepare_model(self, ctx: TrainContext) -> dict[str, Any]:
+        report = None
+        if ctx.init_from:
+            report = load_pretrained(ctx.model, ctx.init_from)
+            ctx.log(report.summary())
+        # Parameters the checkpoint did not provide always train.
+        counts = apply_policy(ctx.model, self.tc.finetune, new=report.new if report else (),
+                              lora_rank=self.tc.lora_rank, lora_alpha=self.tc.lora_alpha)
+        ctx.log(describe_counts(self.tc.finetune, counts))
+        return {"init_from": report.to_dict() if report else None, "trainable_parameters": counts}
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
+        return layer_lr_scales(model, self.tc.layer_decay) if self.tc.layer_decay < 1.0 else {}
+
+    def export_weights(self, model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return export_state_dict(model)
+
+
+@register_hook_factory
+def _factory(run: Any) -> FinetuneHook | None:
+    return FinetuneHook(run) if isinstance(getattr(run, "train", None), TrainConfig) else None
+
+
 __all__ = [
+    "ARCHITECTURE_FIELDS",
     "FINETUNE_POLICIES",
+    "FinetuneHook",
     "TRAINABLE_PARTS",
     "TransferReport",
     "add_lora",
     "apply_policy",
+    "architecture_from_checkpoint",
     "check_checkpoint",
     "export_state_dict",
     "group_sources",

@@ -1,33 +1,48 @@
-"""Training hooks: the points where training methods plug into ``train.py``'s loop.
+"""The method protocol: the points where a training method plugs into ``train.py`` and ``evaluate.py``.
 
-Semi-supervised learning, co-learning and similar methods change *what* is learned (extra losses,
-extra modules, a training set that grows) but not the loop itself. A method is a :class:`TrainHook`
-subclass; ``train.py`` calls, in order:
+Fine-tuning policies, semi-supervised learning, co-learning and similar methods change *what* is
+learned (frozen parts, extra heads, extra losses, extra modules, a training set that grows) but not
+the loop. A method is a :class:`TrainHook` subclass whose factory is registered with
+:func:`register_hook_factory` and returns a hook when the run config switches the method on; the
+scripts never name a method. ``train.py`` calls, in order:
 
-1. ``setup(ctx, state)`` once, before the index streams are built. It may replace entries of
+1. ``check_run(run, init_from=, overrides=, log=)`` before any data is parsed: fail fast, or return the run
+   config changed (e.g. the model's widths taken from the ``--init-from`` checkpoint).
+2. ``model_config(cfg, specs)``: the model config the method needs (e.g. one head per view).
+3. ``prepare_model(ctx)`` once the model is built: load weights, freeze parts, add adapters; returns
+   entries for the run's ``config.json``.
+4. ``setup(ctx, state)`` once, before the index streams are built. It may replace entries of
    ``ctx.loaded`` (e.g. keep a labeled subset of a training split). ``state`` is what
    ``state_dict()`` returned at the last checkpoint when the run is resumed, else ``None``.
-2. ``modules()``: extra trainable modules (e.g. a translation decoder). Their parameters join the
+5. ``modules()``: extra trainable modules (e.g. a translation decoder). Their parameters join the
    optimizer and their weights are saved with the trainer state (not in ``model.safetensors``).
-3. per step and task: ``extra_loss(ctx, task, batch, outputs)``, added to the supervised loss.
-4. per epoch, after the optimizer steps and before validation: ``end_epoch(ctx, epoch)``; it may
+   ``lr_scales(model)``: per-parameter learning-rate factors (e.g. layer-wise decay).
+6. per step and task: ``extra_loss(ctx, task, batch, outputs)``, added to the supervised loss.
+7. per epoch, after the optimizer steps and before validation: ``end_epoch(ctx, epoch)``; it may
    replace ``ctx.loaded[task]`` (e.g. add pseudo-labeled rows); ``train.py`` then rebuilds the
    streams of tasks whose training split changed size. It returns rows for ``metrics.jsonl``.
-5. ``eval_model(ctx)``: the module validation runs through (default: the model itself), e.g. an
-   ensemble of two views.
+8. ``eval_model(ctx)``: the module validation runs through (default: the model itself), e.g. an
+   ensemble of two views. ``export_weights(model, state)``: the weights written as
+   ``model.safetensors`` (e.g. LoRA merged into the base weights).
+
+``evaluate.py`` builds the same hooks from a finished run's ``config.json`` (:func:`hooks_for_run`)
+and calls ``predictor(...)`` (what the run predicts with) and ``task_metrics(...)`` (extra test
+figures of one task).
 
 The context carries no hidden globals: everything a hook may touch is on :class:`TrainContext`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from highmmt.config import HighMMTConfig, RunConfig, TrainConfig, from_dict
 
 
 @dataclass
@@ -42,6 +57,7 @@ class TrainContext:
     out: Path
     log: Callable[[str], None] = print
     autocast: Callable[[], Any] | None = None
+    init_from: str | Path | None = None  # --init-from: the checkpoint the model starts from
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,10 +66,23 @@ class TrainHook:
 
     name = "hook"
 
+    # ---- training (train.py) ----
+    def check_run(self, run: Any, *, init_from: str | Path | None, overrides: Sequence[str], log: Callable[[str], None]) -> Any:
+        return run
+
+    def model_config(self, cfg: HighMMTConfig, specs: Sequence[Any]) -> HighMMTConfig:
+        return cfg
+
+    def prepare_model(self, ctx: TrainContext) -> dict[str, Any]:
+        return {}
+
     def setup(self, ctx: TrainContext, state: dict[str, Any] | None) -> None:
         pass
 
     def modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return {}
 
     def extra_loss(self, ctx: TrainContext, task: str, batch: dict[str, Any], outputs: Tensor) -> Tensor | None:
@@ -65,7 +94,20 @@ class TrainHook:
     def eval_model(self, ctx: TrainContext) -> nn.Module:
         return ctx.model
 
+    def export_weights(self, model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return state
+
     def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    # ---- a finished run (evaluate.py) ----
+    def predictor(self, model: nn.Module, run_dir: Path, run_config: Mapping[str, Any], device: torch.device) -> nn.Module | None:
+        """The module the run predicts with instead of ``model`` (None: ``model``)."""
+        return None
+
+    def task_metrics(self, model: nn.Module, spec: Any, dataset: Any, *, run_dir: Path, run_config: Mapping[str, Any],
+                     device: torch.device, batch_size: int, limit: int) -> dict[str, float]:
+        """Extra test figures of task ``spec`` on ``dataset`` (added to its metrics)."""
         return {}
 
 
@@ -86,3 +128,10 @@ def build_hooks(run: Any) -> list[TrainHook]:
     if len(set(names)) != len(names):
         raise ValueError(f"two training hooks share a name: {names}")
     return hooks
+
+
+def hooks_for_run(run_config: Mapping[str, Any]) -> list[TrainHook]:
+    """The hooks of a finished run, from its ``config.json`` (``model`` and ``train`` sections)."""
+    run = RunConfig(model=HighMMTConfig.from_dict(run_config.get("model", {})),
+                    train=from_dict(TrainConfig, run_config.get("train", {}), prefix="train."))
+    return build_hooks(run)

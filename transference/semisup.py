@@ -47,6 +47,7 @@ import math
 import warnings
 import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -427,6 +428,16 @@ class SemiSupervisedHook(TrainHook):
         self.tc = run.train
         self.tasks: dict[str, _TaskState] = {}
         self._ensemble: ViewEnsemble | None = None
+
+    def model_config(self, cfg: HighMMTConfig, specs: Sequence[TaskSpec]) -> HighMMTConfig:
+        return add_view_heads(cfg, self.semi, specs)  # co-training: one head per view
+
+    def predictor(self, model: nn.Module, run_dir: Path, run_config: Mapping[str, Any], device: torch.device) -> nn.Module | None:
+        return prediction_model(model, run_config)  # co-training runs predict with their views' ensemble
+
+    def task_metrics(self, model: nn.Module, spec: TaskSpec, dataset: Any, *, run_dir: Path, run_config: Mapping[str, Any],
+                     device: torch.device, batch_size: int, limit: int) -> dict[str, float]:
+        return view_metrics(model, run_config, dataset, spec, batch_size=batch_size, limit=limit, device=device)
 
     # -- setup: labeled subset and pool (fresh, or as saved) --
     def setup(self, ctx: TrainContext, state: dict[str, Any] | None) -> None:
