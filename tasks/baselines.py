@@ -56,8 +56,8 @@ from tqdm.auto import tqdm
 from highmmt.checkpoint import atomic_write_json
 from highmmt.metrics import HIGHER_IS_BETTER
 from tasks.base import TaskSpec
-from tasks.cache import SPLITS, LoadedTask, rows_to_samples
-from tasks.splits import stratified_holdout
+from tasks.cache import LoadedTask, rows_to_samples
+from tasks.splits import SPLITS, stratified_holdout
 from tasks.features import blocks_of, featurize, fit_params
 from tasks.loader import score
 

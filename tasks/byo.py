@@ -92,8 +92,7 @@ import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 
 from tasks.base import KINDS, TASK_TYPES, TaskSpec
-from tasks.cache import OPTIONAL_SPLITS, SPLITS, check_splits
-from tasks.splits import stratified_holdout
+from tasks.splits import OPTIONAL_SPLITS, SPLITS, check_splits, stratified_holdout
 
 FORMATS = ("huggingface_datasets_save_to_disk", "parquet")
 REQUIRED_KEYS = ("name", "path", "modalities", "target")

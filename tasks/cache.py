@@ -50,10 +50,9 @@ from datasets.table import InMemoryTable
 
 from highmmt.registry import TASKS
 from tasks.base import BuiltinTask, TaskSpec
+from tasks.byo import load_byo_spec
+from tasks.splits import check_splits
 
-SPLITS = ("train", "validation", "test")
-# A task may also carry rows without labels (semi-supervised learning, transference/semisup.py).
-OPTIONAL_SPLITS = ("unlabeled",)
 SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 # Bump when the cache folder layout or the key recipe changes (2: source content digests, manifest).
 CACHE_FORMAT = 2
@@ -129,8 +128,6 @@ def load_task(
             ``$HIGHMMT_OFFLINE=1`` turns this off whatever the argument says.
     """
     if is_spec_path(task):
-        from tasks.byo import load_byo_spec
-
         if options:
             raise ValueError(f"task spec {str(task)!r}: options {sorted(options)} are only for built-in tasks")
         with progress_bars(not quiet):
@@ -326,23 +323,6 @@ def _remove_stale_tmp(parent: Path, name: str) -> None:
         with contextlib.suppress(OSError):
             if now - p.stat().st_mtime > STALE_TMP_SECONDS:
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def check_splits(spec: TaskSpec, splits: Any, *, where: str) -> None:
-    """Check splits are train/validation/test (+ optionally ``unlabeled``) and hold every modality
-    column and the target (the ``unlabeled`` split needs no target)."""
-    if not isinstance(splits, datasets.DatasetDict):
-        raise TypeError(f"{where}: expected a datasets.DatasetDict, got {type(splits).__name__}")
-    if not set(SPLITS) <= set(splits) <= set(SPLITS) | set(OPTIONAL_SPLITS):
-        raise ValueError(f"{where}: expected splits {list(SPLITS)} (and optionally {list(OPTIONAL_SPLITS)}), got {sorted(splits)}")
-    for split, ds in splits.items():
-        needed = spec.modalities if split in OPTIONAL_SPLITS else (*spec.modalities, spec.target)
-        missing = [c for c in needed if c not in ds.column_names]
-        if missing:
-            raise ValueError(f"{where}: split {split!r} lacks column(s) {missing}; it has {ds.column_names}")
-        if len(ds) == 0 and split in SPLITS:
-            raise ValueError(f"{where}: split {split!r} of task {spec.name!r} has no rows; every task needs training, "
-                             "validation and test rows")
 
 
 @contextlib.contextmanager

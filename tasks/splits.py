@@ -1,13 +1,38 @@
-"""The one seeded, stratified row splitter: dataset validation splits, the carved validation split
-of a bring-your-own task, the training fraction (``train.train_fraction``), the labeled subset of
-semi-supervised runs and the baselines' subsets all draw their rows here."""
+"""A task's splits: their names, the check every task's ``DatasetDict`` passes, and the one seeded,
+stratified row splitter (dataset validation splits, the carved validation split of a bring-your-own
+task, the training fraction ``train.train_fraction``, the labeled subset of semi-supervised runs and
+the baselines' subsets all draw their rows here)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+import datasets
 import numpy as np
+
+from tasks.base import TaskSpec
+
+SPLITS = ("train", "validation", "test")
+# A task may also carry rows without labels (semi-supervised learning, transference/semisup.py).
+OPTIONAL_SPLITS = ("unlabeled",)
+
+
+def check_splits(spec: TaskSpec, splits: Any, *, where: str) -> None:
+    """Check splits are train/validation/test (+ optionally ``unlabeled``) and hold every modality
+    column and the target (the ``unlabeled`` split needs no target)."""
+    if not isinstance(splits, datasets.DatasetDict):
+        raise TypeError(f"{where}: expected a datasets.DatasetDict, got {type(splits).__name__}")
+    if not set(SPLITS) <= set(splits) <= set(SPLITS) | set(OPTIONAL_SPLITS):
+        raise ValueError(f"{where}: expected splits {list(SPLITS)} (and optionally {list(OPTIONAL_SPLITS)}), got {sorted(splits)}")
+    for split, ds in splits.items():
+        needed = spec.modalities if split in OPTIONAL_SPLITS else (*spec.modalities, spec.target)
+        missing = [c for c in needed if c not in ds.column_names]
+        if missing:
+            raise ValueError(f"{where}: split {split!r} lacks column(s) {missing}; it has {ds.column_names}")
+        if len(ds) == 0 and split in SPLITS:
+            raise ValueError(f"{where}: split {split!r} of task {spec.name!r} has no rows; every task needs training, "
+                             "validation and test rows")
 
 
 def stratified_holdout(labels: Sequence[Any] | np.ndarray, fraction: float, seed: int = 0, *, every_class: bool = False,
