@@ -53,8 +53,9 @@ from benchmarks.common import compare, format_mean_sd, machine_info, markdown_ta
 from benchmarks.suite_results import run  # noqa: E402
 from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
 from tasks.baselines import BaselineSettings, Plan, TaskFeatures, cached_run, fingerprint, load_results, plans, protocol  # noqa: E402
-from tasks.cache import SPLITS, LoadedTask, load_task, progress_bars, resolve_cache_dir  # noqa: E402
+from tasks.cache import LoadedTask, load_task, progress_bars, resolve_cache_dir  # noqa: E402
 from tasks.robot_failures import ROBOT_TASKS  # noqa: E402
+from tasks.splits import SPLITS  # noqa: E402
 
 SPEC_KEYS = ("name", "modalities", "target", "task_type", "num_classes", "metric", "class_names", "description", "modality_options")
 
