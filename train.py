@@ -414,14 +414,18 @@ class TaskLoss(nn.Module):
 
     def forward(self, batch: dict[str, Any], task: str) -> torch.Tensor:
         """One task's batch -> its scalar loss (supervised + the hooks' extra losses)."""
+        inputs = batch["inputs"]
+        for h in self.hooks:
+            inputs = h.training_inputs(task, inputs)
         with self.autocast():
-            outputs = self.model(batch["inputs"], task)
+            outputs, self.ctx.latents = self.model(inputs, task, return_latents=True)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
             loss = task_loss(outputs, batch["target"], self.specs[task].task_type, label_smoothing=self.tc.label_smoothing)
             for h in self.hooks:
                 aux = h.extra_loss(self.ctx, task, batch, outputs)
                 if aux is not None:
                     loss = loss + aux
+        self.ctx.latents = None
         return loss
 
 

@@ -149,8 +149,9 @@ class HighMMT(nn.Module):
         tokens = tokens + self.modality_embedding[_key(name)].to(tokens.dtype)
         return self.encoders[self.encoder_group[name]](tokens, mask)
 
-    def encode(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
-        """inputs -> fused [b, M * d] (the head's input)."""
+    def latents(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> dict[str, Tensor]:
+        """inputs -> {modality: latents [b, l, d]} for each of ``task``'s modalities present, as the
+        fusion reads them (after representation tuning)."""
         tc = self._check_inputs(inputs, task)
         latents = {m: self.encode_modality(m, inputs[m]) for m in tc.modalities if m in inputs}
         sizes = {m: z.shape[0] for m, z in latents.items()}
@@ -158,12 +159,19 @@ class HighMMT(nn.Module):
             raise ValueError(f"task {task!r}: modalities disagree on batch size: {sizes}")
         if self.representation_tuning is not None:
             latents = self.representation_tuning(latents)
-        return self.fusion(latents, tc.modalities, _key(task))
+        return latents
 
-    def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
-        """inputs -> outputs [b, c] of ``task``'s head."""
-        fused = self.encode(inputs, task)
-        return self.heads[_key(task)](fused)
+    def encode(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:
+        """inputs -> fused [b, M * d] (the head's input)."""
+        return self.fusion(self.latents(inputs, task), self.config.tasks[task].modalities, _key(task))
+
+    def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str, *,
+                return_latents: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """inputs -> outputs [b, c] of ``task``'s head; with ``return_latents`` also the latents
+        {modality: [b, l, d]} the fusion read (training methods that work on latents use them)."""
+        latents = self.latents(inputs, task)
+        outputs = self.heads[_key(task)](self.fusion(latents, self.config.tasks[task].modalities, _key(task)))
+        return (outputs, latents) if return_latents else outputs
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, Any]:

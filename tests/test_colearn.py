@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +18,6 @@ import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import ColearnConfig, EncoderConfig, FusionConfig, RunConfig, TrainConfig
-from highmmt.heads import task_loss
 from transference.colearn import ColearnHook, ColearnPredictor, class_prototypes, info_nce, load_predictor, nearest_prototype, normalized_mse, target_tasks
 from transference.hooks import TrainContext
 
@@ -54,17 +55,17 @@ def hooked(tmp_path: Path, **colearn) -> tuple[HighMMT, ColearnHook, TrainContex
 
 
 def fit(model: HighMMT, hook: ColearnHook, ctx: TrainContext, steps: int) -> list[dict]:
-    """Train on one fixed batch the way train.py does; the hook's per-step loss parts."""
+    """Train on one fixed batch through train.py's loss module; the hook's per-step loss parts."""
     batch = pair_batch()
-    params = [*model.parameters(), *torch.nn.ModuleDict(hook.modules()).parameters()]
-    opt = torch.optim.AdamW(params, lr=3e-3)
+    extra = torch.nn.ModuleDict(hook.modules())
+    step_loss = train.TaskLoss(model, extra, [hook], ctx, {"pair": SimpleNamespace(task_type="classification")},
+                               TrainConfig(), contextlib.nullcontext)
+    opt = torch.optim.AdamW(step_loss.parameters(), lr=3e-3)
     model.train()
     history = []
     for epoch in range(steps):
         opt.zero_grad()
-        out = model(batch["inputs"], "pair")
-        loss = task_loss(out, batch["target"], "classification") + hook.extra_loss(ctx, "pair", batch, out)
-        loss.backward()
+        step_loss(batch, "pair").backward()
         opt.step()
         history.append({r["metric"]: r["value"] for r in hook.end_epoch(ctx, epoch)})
     return history
@@ -96,13 +97,12 @@ def test_withheld_secondary_never_reaches_the_supervised_head(tmp_path):
     model, hook, ctx = hooked(tmp_path, method="contrastive", supervise_secondary=False)
     batch = pair_batch()
     model.train()
+    inputs = hook.training_inputs("pair", batch["inputs"])
+    assert set(inputs) == {"a"} and set(batch["inputs"]) == {"a", "b"}
+    out, ctx.latents = model(inputs, "pair", return_latents=True)
     with torch.no_grad():
-        hooked_out = model(batch["inputs"], "pair")
-        hook._records = []
-        alone = model({"a": batch["inputs"]["a"]}, "pair")
-    torch.testing.assert_close(hooked_out, alone)
+        torch.testing.assert_close(out, model({"a": batch["inputs"]["a"]}, "pair"))
     # ... but the secondary is encoded for the contrastive loss, and gets its gradient.
-    out = model(batch["inputs"], "pair")
     hook.extra_loss(ctx, "pair", batch, out).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.embedders["b"].parameters())
 

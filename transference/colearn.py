@@ -208,11 +208,7 @@ class ColearnHook(TrainHook):
         self.tasks: list[str] = []
         self._modules = nn.ModuleDict()
         self._predictor: ColearnPredictor | None = None  # evaluate.py: the primary-only path
-        self._open: dict[str, Any] | None = None  # the capture of the forward now running
-        self._records: list[dict[str, Any]] = []  # finished forwards: task, latents, outputs
-        self._busy = False
         self._parts: dict[str, dict[str, list[float]]] = {}
-        self._handles: list[Any] = []
 
     def task_metrics(self, model: nn.Module, spec: Any, dataset: Any, *, run_dir: Path, run_config: Mapping[str, Any],
                      device: torch.device, batch_size: int, limit: int) -> dict[str, float]:
@@ -234,35 +230,31 @@ class ColearnHook(TrainHook):
             raise ValueError(f"--resume: the run was trained with train.colearn={state.get('config')}, "
                              f"now it is {self._config_record()}; resume with the same co-learning settings")
         self._modules = build_modules(self.cfg, model.config)
-        self._handles = [
-            model.register_forward_pre_hook(self._start_capture, with_kwargs=True),
-            model.fusion.register_forward_pre_hook(self._capture_latents),
-            model.register_forward_hook(self._finish_capture),
-        ]
         ctx.log(f"co-learning: {self.cfg.method} {self.cfg.primary} -> {self.cfg.secondary} on {self.tasks} "
                 f"({sum(p.numel() for p in self._modules.parameters()):,} extra parameters)")
 
     def modules(self) -> dict[str, nn.Module]:
         return dict(self._modules.items())
 
+    def training_inputs(self, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """With ``supervise_secondary=false`` the supervised forward does not see the secondary."""
+        if task not in self.tasks or self.cfg.supervise_secondary or self.cfg.secondary not in inputs:
+            return inputs
+        kept = {m: v for m, v in inputs.items() if m != self.cfg.secondary}
+        return kept or inputs
+
     def extra_loss(self, ctx: TrainContext, task: str, batch: dict[str, Any], outputs: Tensor) -> Tensor | None:
-        records, self._records = self._records, []
         if task not in self.tasks:
             return None
         model: HighMMT = ctx.model
-        # The latents of the forward that made ``outputs``; recomputed if another forward intervened.
-        found = next((r for r in records if r["outputs"] is outputs and r["latents"] is not None), None)
-        latents: dict[str, Tensor] = dict(found["latents"]) if found else {}
+        # The latents of the forward that made ``outputs``; a withheld secondary is encoded here.
+        latents: dict[str, Tensor] = dict(ctx.latents or {})
         autocast = ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
-        self._busy = True
-        try:
-            with autocast:
-                for m in model.config.tasks[task].modalities:
-                    if m not in latents and m in batch["inputs"] and (found is None or m == self.cfg.secondary):
-                        latents[m] = model.encode_modality(m, batch["inputs"][m])
-                parts = self._losses(model, task, latents, batch["target"])
-        finally:
-            self._busy = False
+        with autocast:
+            for m in model.config.tasks[task].modalities:
+                if m not in latents and m in batch["inputs"]:
+                    latents[m] = model.encode_modality(m, batch["inputs"][m])
+            parts = self._losses(model, task, latents, batch["target"])
         total = sum(parts.values(), outputs.new_zeros((), dtype=torch.float32))
         record = self._parts.setdefault(task, {})
         for k, v in parts.items():
@@ -318,32 +310,6 @@ class ColearnHook(TrainHook):
             out = model.heads[_key(task)](model.fusion(kept, order, _key(task)))
             parts["head_" + slot] = task_loss(out, target, model.config.tasks[task].task_type)
         return parts
-
-    def _start_capture(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        """Model forward pre-hook (training only): open a capture; withhold the secondary if it may not be supervised."""
-        if not module.training or self._busy:
-            return None
-        inputs, task = (args[0] if args else kwargs["inputs"]), (args[1] if len(args) > 1 else kwargs.get("task"))
-        if task not in self.tasks:
-            return None
-        self._open = {"task": task, "latents": None}
-        if self.cfg.supervise_secondary or self.cfg.secondary not in inputs:
-            return None
-        kept = {m: v for m, v in inputs.items() if m != self.cfg.secondary}
-        if not kept:
-            return None
-        if args:
-            return (kept, *args[1:]), kwargs
-        return args, {**kwargs, "inputs": kept}
-
-    def _capture_latents(self, module: nn.Module, args: tuple) -> None:
-        if self._open is not None and self._open["latents"] is None and not self._busy:
-            self._open["latents"] = args[0]
-
-    def _finish_capture(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        if self._open is not None and not self._busy:
-            self._records.append({**self._open, "outputs": output})
-            self._open = None
 
 
 @register_hook_factory

@@ -17,7 +17,9 @@ scripts never name a method. ``train.py`` calls, in order:
 5. ``modules()``: extra trainable modules (e.g. a translation decoder). Their parameters join the
    optimizer and their weights are saved with the trainer state (not in ``model.safetensors``).
    ``lr_scales(model)``: per-parameter learning-rate factors (e.g. layer-wise decay).
-6. per step and task: ``extra_loss(ctx, task, batch, outputs)``, added to the supervised loss.
+6. per step and task: ``training_inputs(task, inputs)``: the inputs the model's forward gets (e.g.
+   a modality withheld); then ``extra_loss(ctx, task, batch, outputs)``, added to the supervised loss;
+   ``ctx.latents`` holds the latents {modality: [b, l, d]} of the forward that made ``outputs``.
 7. per epoch, after the optimizer steps and before validation: ``end_epoch(ctx, epoch)``; it may
    replace ``ctx.loaded[task]`` (e.g. add pseudo-labeled rows); ``train.py`` then rebuilds the
    streams of tasks whose training split changed size. It returns rows for ``metrics.jsonl``.
@@ -58,6 +60,7 @@ class TrainContext:
     log: Callable[[str], None] = print
     autocast: Callable[[], Any] | None = None
     init_from: str | Path | None = None  # --init-from: the checkpoint the model starts from
+    latents: dict[str, Tensor] | None = None  # during extra_loss: the latents of the forward that made ``outputs``
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +87,9 @@ class TrainHook:
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return {}
+
+    def training_inputs(self, task: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        return inputs
 
     def extra_loss(self, ctx: TrainContext, task: str, batch: dict[str, Any], outputs: Tensor) -> Tensor | None:
         return None
