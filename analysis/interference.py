@@ -47,8 +47,8 @@ def shuffle_train_labels(lt: LoadedTask, seed: int) -> LoadedTask:
     train = lt.splits["train"]
     target = lt.spec.target
     perm = np.random.default_rng([seed, 7, *lt.spec.name.encode()]).permutation(len(train))
-    labels = train.select_columns([target]).select(perm).flatten_indices()
-    shuffled = datasets.concatenate_datasets([train.remove_columns([target]).flatten_indices(), labels], axis=1)
+    labels = train[target]
+    shuffled = train.remove_columns([target]).add_column(target, [labels[i] for i in perm], feature=train.features[target])
     return dataclasses.replace(lt, splits=datasets.DatasetDict({**lt.splits, "train": shuffled}))
 
 
@@ -106,17 +106,19 @@ PER_TASK_KEYS = ("train.batch_sizes", "train.loss_weights", "train.eval_weights"
 
 def restrict_override(override: str, cfg: Mapping[str, Any], names: Sequence[str]) -> str:
     """One of the run's ``--set`` overrides, restricted to the tasks ``names`` (a subset of the run's):
-    per-task dicts keep those tasks; explicit sharing groups keep those tasks' modalities / pairs and
-    drop groups left empty. Other overrides are returned unchanged."""
+    per-task dicts keep those tasks, modality options those tasks' modalities; explicit sharing groups
+    keep those tasks' modalities / pairs and drop groups left empty. Other overrides are returned unchanged."""
     key, raw = override.split("=", 1)
     key = key.strip()
-    if key not in (*PER_TASK_KEYS, "model.sharing.encoder", "model.sharing.fusion"):
+    if key not in (*PER_TASK_KEYS, "train.modality_options", "model.sharing.encoder", "model.sharing.fusion"):
         return override
     value = parse_override_value(raw)
     if not isinstance(value, Mapping):
         return override
     if key in PER_TASK_KEYS:
         kept: dict[str, Any] = {t: v for t, v in value.items() if t in names}
+    elif key == "train.modality_options":
+        kept = {m: v for m, v in value.items() if any(m in cfg["tasks"][n]["modalities"] for n in names)}
     else:
         mods = [list(cfg["tasks"][n]["modalities"]) for n in names]
         items = {m for ms in mods for m in ms} if key.endswith("encoder") else set(task_pairs(mods))
@@ -135,6 +137,9 @@ def train_command(cfg: Mapping[str, Any], run_dir: Path, names: Sequence[str], *
         if not o.startswith(("train.shuffle_labels=", "train.train_only=")):
             argv += ["--set", restrict_override(o, cfg, names)]
     argv += ["--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps}"]
+    # The embedders as the run built them, whatever the code's defaults are today.
+    modalities = {m: mc["options"] for m, mc in cfg["model"]["modalities"].items() if any(m in cfg["tasks"][n]["modalities"] for n in names)}
+    argv += ["--set", f"train.modality_options={json.dumps(modalities)}"]
     if train_only:
         argv += ["--set", f"train.train_only={train_only}"]
     if from_run:

@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState
 import analyze
 import train
 from _helpers import fast_isolated_training, fit  # noqa: F401  (a fixture, used through pytestmark)
-from analysis.interference import InterferenceHook, restrict_override, shuffle_train_labels
+from analysis.interference import InterferenceHook, restrict_override, shuffle_train_labels, train_command
 from highmmt import HighMMT
 from tasks.cache import load_task
 from transference.finetune import part_of
@@ -115,3 +115,9 @@ def test_a_task_subset_keeps_the_runs_overrides_restricted_to_its_tasks():
     assert json.loads(fus.split("=", 1)[1]) == {"f1": ["y|x"]}
     assert json.loads(restrict_override('train.loss_weights={"a": 2, "c": 3}', cfg, ["a"]).split("=", 1)[1]) == {"a": 2}
     assert restrict_override("train.epochs=5", cfg, ["a"]) == "train.epochs=5"
+    # The runs rebuild the embedders with the analysed run's options, whatever the code's defaults are today.
+    cfg["model"] = {"modalities": {m: {"kind": "set", "options": {"channels": 2}} for m in "xyzwv"}}
+    argv = train_command({**cfg, "overrides": []}, Path("run"), ["a"], epochs=1, steps=2, train_only="", from_run=False,
+                         data_root=None, cache_dir=None)
+    pinned = next(a for a in argv if a.startswith("train.modality_options="))
+    assert json.loads(pinned.split("=", 1)[1]) == {"x": {"channels": 2}, "y": {"channels": 2}}
