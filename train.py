@@ -397,20 +397,19 @@ class TaskLoss(nn.Module):
     extra losses run as before, outside it.
 
     Args:
-        model: the HighMMT model.
-        extra: the training hooks' modules (a ModuleDict, possibly empty).
-        hooks: the training hooks; ``extra_loss`` of each is added.
-        ctx: what the hooks see.
-        specs: task name -> TaskSpec.
+        model: the HighMMT model (its config gives each task's type).
         tc: the training config (``label_smoothing``).
-        autocast: the accelerator's autocast context factory.
+        extra: the training hooks' modules (a ModuleDict; default none).
+        hooks: the training hooks; ``extra_loss`` of each is added.
+        ctx: what the hooks see (needed with hooks).
+        autocast: the autocast context factory (the accelerator's; default none).
     """
 
-    def __init__(self, model: HighMMT, extra: nn.ModuleDict, hooks: Sequence[Any], ctx: TrainContext,
-                 specs: dict[str, TaskSpec], tc: Any, autocast: Any) -> None:
+    def __init__(self, model: HighMMT, tc: Any, *, extra: nn.ModuleDict | None = None, hooks: Sequence[Any] = (),
+                 ctx: TrainContext | None = None, autocast: Any = contextlib.nullcontext) -> None:
         super().__init__()
-        self.model, self.extra = model, extra
-        self.hooks, self.ctx, self.specs, self.tc, self.autocast = list(hooks), ctx, specs, tc, autocast
+        self.model, self.extra = model, extra if extra is not None else nn.ModuleDict()
+        self.hooks, self.ctx, self.tc, self.autocast = list(hooks), ctx, tc, autocast
 
     def forward(self, batch: dict[str, Any], task: str) -> torch.Tensor:
         """One task's batch -> its scalar loss (supervised + the hooks' extra losses)."""
@@ -418,14 +417,16 @@ class TaskLoss(nn.Module):
         for h in self.hooks:
             inputs = h.training_inputs(task, inputs)
         with self.autocast():
-            outputs, self.ctx.latents = self.model(inputs, task, return_latents=True)
+            outputs, latents = self.model(inputs, task, return_latents=True)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
-            loss = task_loss(outputs, batch["target"], self.specs[task].task_type, label_smoothing=self.tc.label_smoothing)
-            for h in self.hooks:
-                aux = h.extra_loss(self.ctx, task, batch, outputs)
-                if aux is not None:
-                    loss = loss + aux
-        self.ctx.latents = None
+            loss = task_loss(outputs, batch["target"], self.model.config.tasks[task].task_type, label_smoothing=self.tc.label_smoothing)
+            if self.hooks:
+                self.ctx.latents = latents
+                for h in self.hooks:
+                    aux = h.extra_loss(self.ctx, task, batch, outputs)
+                    if aux is not None:
+                        loss = loss + aux
+                self.ctx.latents = None
         return loss
 
 
@@ -504,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # accelerate: device placement, DDP on several processes (rank 0's weights broadcast), the fp16
     # gradient scaler. The scheduler is stepped in train_step, once per optimizer step that was not skipped.
     step_loss, optimizer = accelerator.prepare(
-        TaskLoss(model, extra, hooks, ctx, {t: lt.spec for t, lt in loaded.items()}, tc, accelerator.autocast), optimizer)
+        TaskLoss(model, tc, extra=extra, hooks=hooks, ctx=ctx, autocast=accelerator.autocast), optimizer)
     prefetch = Prefetcher(tc.prefetch_workers)
     fetch = lambda t, idx: collate_rows(loaded[t].splits["train"], idx, loaded[t].spec)  # noqa: E731
     model.train()
@@ -628,34 +629,40 @@ def load_tasks(args: argparse.Namespace, task_names: Sequence[str], tc: Any, acc
 
 
 def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]]], optimizer: Any, scheduler: Any,
-               accelerator: Accelerator, tc: Any) -> list[tuple[str, float]]:
+               accelerator: Accelerator | None, tc: Any) -> list[tuple[str, float]]:
     """One optimizer step over one batch of each of the step's tasks: forward and backward per task
     (gradients averaged over processes once, in the step's last backward), clip, step. The one
     training step of the project; the studies that train outside ``main`` call it too.
 
     Args:
-        step_loss: :class:`TaskLoss` as prepared by ``accelerator.prepare``.
+        step_loss: :class:`TaskLoss`, as prepared by ``accelerator.prepare``.
         batches: (task, collated batch) pairs of this step.
-        optimizer, scheduler: as prepared; the scheduler steps only when the optimizer did (fp16
-            skips steps with inf/nan gradients).
+        optimizer, scheduler: as prepared; the scheduler (None: none) steps only when the optimizer
+            did (fp16 skips steps with inf/nan gradients).
+        accelerator: None for a plain single-process step on the batches' device (the speed benchmarks).
         tc: the training config (``augment_noise``, ``loss_weights``, ``grad_clip``).
     Returns:
         (task, loss) per batch.
     """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer.zero_grad(set_to_none=True)
     losses = []
     for k, (t, batch) in enumerate(batches):
-        batch = move_to(batch, accelerator.device)
+        batch = move_to(batch, accelerator.device) if accelerator is not None else batch
         if tc.augment_noise > 0:
             augment_inputs(batch["inputs"], tc.augment_noise)
-        with accelerator.no_sync(step_loss) if k + 1 < len(batches) else contextlib.nullcontext():
+        if accelerator is None:
             loss = step_loss(batch, t)
-            accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
+            (tc.loss_weights.get(t, 1.0) * loss).backward()
+        else:
+            with accelerator.no_sync(step_loss) if k + 1 < len(batches) else contextlib.nullcontext():
+                loss = step_loss(batch, t)
+                accelerator.backward(tc.loss_weights.get(t, 1.0) * loss)
         losses.append((t, loss.item()))
     if tc.grad_clip > 0:  # fp16: unscales first
-        accelerator.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], tc.grad_clip)
+        (accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_)(params, tc.grad_clip)
     optimizer.step()  # fp16: skipped when a gradient is inf/nan
-    if not optimizer.step_was_skipped:
+    if scheduler is not None and not getattr(optimizer, "step_was_skipped", False):
         scheduler.step()
     return losses
 

@@ -16,6 +16,7 @@ Writes ``benchmarks/results/data.json`` (``--output``) and prints a markdown tab
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -50,7 +51,6 @@ from benchmarks.common import (
     write_json,
 )
 from highmmt import HighMMT
-from highmmt.heads import task_loss
 from highmmt.registry import TASKS
 from tasks.cache import load_task, resolve_data_root
 from tasks.loader import collate_rows, move_to
@@ -123,15 +123,11 @@ def bench_task(name: str, args: argparse.Namespace, cache_root: Path, device: to
         model.train()
         optimizer = autotune.adamw(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
 
+        tc = dataclasses.replace(run.train, augment_noise=0.0, label_smoothing=0.0, loss_weights={})
+        step_loss = train.TaskLoss(model, tc, autocast=lambda: autocast(device, precision))
+
     def train_step(batch: dict[str, Any]) -> None:
-        batch = move_to(batch, device)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            out = model(batch["inputs"], spec.name)
-        task_loss(out, batch["target"], spec.task_type).backward()
-        if run.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
-        optimizer.step()
+        train.train_step(step_loss, [(spec.name, move_to(batch, device))], optimizer, None, None, tc)
 
     rng = np.random.default_rng(args.seed)
     warmup, timed = 2, (2 if args.quick else args.batches)

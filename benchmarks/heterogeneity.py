@@ -231,22 +231,16 @@ def fit(
     model = HighMMT(cfg)  # same seed: the same embedder / head start for scratch and transfer runs
     loaded = transfer_weights(model, source, prefixes) if source is not None else []
     model.to(device)
-    tc = TrainConfig(lr=settings.lr, weight_decay=settings.weight_decay)
+    tc = TrainConfig(lr=settings.lr, weight_decay=settings.weight_decay, grad_clip=settings.grad_clip)
     optimizer = train.build_optimizer(model, tc, nn.ModuleDict())
     total = settings.steps
     scheduler = warmup_cosine(optimizer, settings.warmup, total)
+    step_loss = train.TaskLoss(model, tc)
     eval_at = {max(1, round(total * (i + 1) / settings.evals)) for i in range(settings.evals)}
     curve: list[tuple[int, float, float]] = []
     model.train()
     for step in range(total):
-        batch = move_to(data.batch(step), device)
-        loss = task_loss(model(batch["inputs"], data.node.task), batch["target"], data.lt.spec.task_type)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        train.train_step(step_loss, [(data.node.task, move_to(data.batch(step), device))], optimizer, scheduler, None, tc)
         if step + 1 in eval_at:
             curve.append((step + 1, *validate(model, data, device)))
     best = min(curve, key=lambda r: r[1])

@@ -56,6 +56,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make `b
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import modalities  # noqa: F401  (registers the embedders)
+import train
 from benchmarks.common import (
     autocast,
     contention_warning,
@@ -75,9 +76,8 @@ from benchmarks.common import (
     write_json,
 )
 from highmmt import HighMMT, HighMMTConfig
-from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
+from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig, TrainConfig
 from highmmt.encoder import PerceiverEncoder
-from highmmt.heads import task_loss
 from highmmt.registry import EMBEDDERS
 from transference import autotune
 
@@ -283,22 +283,12 @@ def train_step_fn(
     model: HighMMT, optimizer: torch.optim.Optimizer, batches: Mapping[str, Mapping[str, Any]],
     device: torch.device, precision: str, grad_clip: float = 1.0,
 ) -> Callable[[], float]:
-    """One optimizer step over one batch of each task in ``batches`` (train.py's step, minus the data)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """One optimizer step over one batch of each task in ``batches``: train.py's train_step, minus the data."""
+    tc = TrainConfig(grad_clip=grad_clip)
+    step_loss = train.TaskLoss(model, tc, autocast=lambda: autocast(device, precision))
 
     def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for task, batch in batches.items():
-            with autocast(device, precision):
-                out = model(batch["inputs"], task)
-            loss = task_loss(out, batch["target"], model.config.tasks[task].task_type)
-            loss.backward()
-            total += float(loss.detach())
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        optimizer.step()
-        return total
+        return sum(loss for _, loss in train.train_step(step_loss, list(batches.items()), optimizer, None, None, tc))
 
     return step
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -58,8 +56,7 @@ def fit(model: HighMMT, hook: ColearnHook, ctx: TrainContext, steps: int) -> lis
     """Train on one fixed batch through train.py's loss module; the hook's per-step loss parts."""
     batch = pair_batch()
     extra = torch.nn.ModuleDict(hook.modules())
-    step_loss = train.TaskLoss(model, extra, [hook], ctx, {"pair": SimpleNamespace(task_type="classification")},
-                               TrainConfig(), contextlib.nullcontext)
+    step_loss = train.TaskLoss(model, TrainConfig(), extra=extra, hooks=[hook], ctx=ctx)
     opt = torch.optim.AdamW(step_loss.parameters(), lr=3e-3)
     model.train()
     history = []
