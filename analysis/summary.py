@@ -66,6 +66,20 @@ def pair_means(matrix: Mapping[str, Mapping[str, Any]], tasks: Sequence[str], ke
     return out
 
 
+def extreme_pairs(results: Sequence[Mapping[str, Any]], k: int = 3) -> str:
+    """The ``k`` pairs with the highest and the lowest mean cosine on all shared parameters."""
+    tasks = results[0]["tasks"]
+    means = {}
+    for a, b in itertools.combinations(tasks, 2):
+        vals = [r["groups"]["all"]["mean"][a].get(b) for r in results]
+        vals = [v for v in vals if v is not None and not np.isnan(v)]
+        if vals:
+            means[(a, b)] = float(np.mean(vals))
+    ranked = sorted(means.items(), key=lambda kv: kv[1])
+    show = lambda items: ", ".join(f"{a} / {b} {v:+.2f}" for (a, b), v in items)  # noqa: E731
+    return f"highest {show(ranked[::-1][:k])}; lowest {show(ranked[:k])}"
+
+
 def summarize(entries: Sequence[tuple[str, Path]], groups: Path | None) -> str:
     labels: dict[str, list[Path]] = {}
     for label, folder in entries:
@@ -107,6 +121,9 @@ def summarize(entries: Sequence[tuple[str, Path]], groups: Path | None) -> str:
                                     if (v := pair_means(r["mean"], res["tasks"], lambda a, b: split.get(frozenset((a, b))) is want))]
                         row += f" {fmt_mean_sd(*mean_sd(per_seed), 3, True)} |"
                 lines.append(row)
+        lines += ["", "Most aligned and most opposed pairs (all shared parameters; mean over seeds of the mean over batches):", ""]
+        for label, results in con.items():
+            lines.append(f"- {label}: " + extreme_pairs(results))
         lines.append("")
 
     rows = []
