@@ -16,11 +16,11 @@ says. This study measures it on tasks exported from the real data as a user woul
    the data root. The options the loader inferred are recorded in ``results.json``.
 2. **Baselines**: ``baseline.py`` on every spec (``OUT/baselines``), skipped for specs it has done.
 3. **Model**: single-task ``train.py --preset default --seed S`` per spec and seed, then
-   ``evaluate.py --no-robustness --baselines OUT/baselines`` (``benchmarks.suite_results.run``:
+   ``evaluate.py --no-robustness --baselines OUT/baselines`` (``experiments.suite_results.run``:
    trains unless the folder is finished, so the study resumes), one torch thread per run.
 4. **Table** (``OUT/results.md`` / ``results.json``): model mean ± sample sd over seeds, best baseline,
    ratio model / baseline, whether the mean reaches 0.95x, train wall seconds; the git commit the
-   numbers were measured at; training vs validation curves of every run (``benchmarks.curves``).
+   numbers were measured at; training vs validation curves of every run (``experiments.curves``).
 
 Run folders: ``OUT/runs/<task>/seed<S>``; default ``OUT`` is ``results/byo_bench`` (git-ignored).
 """
@@ -39,19 +39,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import yaml  # noqa: E402
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     format_mean_sd, format_seeds, machine_info, markdown_table, mean_sd, pick_device, run_cli, stats_note, write_json,
 )
-from benchmarks.curves import summarize_run  # noqa: E402
-from benchmarks.suite_results import run  # noqa: E402
+from experiments.curves import summarize_run
+from experiments.suite_results import run
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GOAL_RATIO = 0.95
 SPLITS = ("train", "validation", "test")
@@ -327,7 +326,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{format_seeds(seeds)}; {results['threads']} torch thread(s) per run. {stats_note(seeds)}\n\n"
             f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['device']}, torch {m['torch_version']}; "
             f"load average at the start {m['load_average']}; study wall time {results.get('wall_s', 0) / 60:.1f} min.")
-    return head + "\n\n" + table + "\n\nTraining vs validation (`benchmarks/curves.py`):\n\n" + curves + "\n"
+    return head + "\n\n" + table + "\n\nTraining vs validation (`experiments/curves.py`):\n\n" + curves + "\n"
 
 
 def _write(out: Path, results: dict[str, Any]) -> None:

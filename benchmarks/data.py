@@ -29,9 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-if __package__ in (None, ""):  # run as `python benchmarks/<script>.py`: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as _tasks  # noqa: F401  (registers the built-in tasks)
 import train

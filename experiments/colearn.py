@@ -1,8 +1,8 @@
 """Co-learning study: does a second modality seen only in training help? (``train.colearn``)
 
-    HIGHMMT_DATA=../shared/data python benchmarks/colearn.py                 # one seed, ~5 CPU-minutes
-    HIGHMMT_DATA=../shared/data python benchmarks/colearn.py --seeds 0,1     # the README's table
-    python benchmarks/colearn.py --studies missing --epochs 40 --steps 200    # bigger (GPU)
+    HIGHMMT_DATA=../shared/data python -m experiments.colearn                 # one seed, ~5 CPU-minutes
+    HIGHMMT_DATA=../shared/data python -m experiments.colearn --seeds 0,1     # the README's table
+    python -m experiments.colearn --studies missing --epochs 40 --steps 200    # bigger (GPU)
 
 Two studies, each a set of ordinary ``train.py`` runs (in this process, one torch thread) on
 suite data, evaluated on the test split:
@@ -26,7 +26,7 @@ Figures over seeds: mean ± sample standard deviation (ddof = 1), and each run a
 (the IMU alone; no alignment) with the verdict of ``benchmarks.common.compare``.
 
 Writes ``results.json`` and ``results.md`` (trainable parameters, accuracy, training wall time)
-into ``--output-dir`` (default ``benchmarks/results/colearn``); finished runs are reused.
+into ``--output-dir`` (default ``experiments/results/colearn``); finished runs are reused.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,29 +42,14 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import train
+from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
+from highmmt import HighMMT
+from tasks.cache import LoadedTask, load_task
+from tasks.loader import collate_rows, move_to, predict, score
+from transference.colearn import class_prototypes, load_predictor, nearest_prototype, trainable_parameters
 
-import train  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    compare,
-    format_mean_sd,
-    hardware_line,
-    machine_info,
-    markdown_table,
-    run_cli,
-    stats_note,
-    write_json,
-)
-from highmmt import HighMMT  # noqa: E402
-from tasks.cache import LoadedTask, load_task  # noqa: E402
-from tasks.loader import collate_rows, move_to, predict, score  # noqa: E402
-from transference.colearn import (  # noqa: E402
-    class_prototypes,
-    load_predictor,
-    nearest_prototype,
-    trainable_parameters,
-)
+ROOT = Path(__file__).resolve().parents[1]
 
 STUDIES = ("missing", "label_transfer")
 RENAMED_STUDIES = {"zeroshot": "label_transfer"}  # every class is seen in training: label transfer, not zero-shot
@@ -280,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seeds", default="0", help="comma-separated seeds; each run is repeated per seed")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results" / "colearn"))
+    p.add_argument("--output-dir", default=str(ROOT / "experiments" / "results" / "colearn"))
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)

@@ -1,6 +1,6 @@
 """Compare two sets of evaluated run folders task by task, over seeds (pilot experiments).
 
-    python benchmarks/compare_runs.py --tasks sentiment,subjectivity --seeds 0,1,2 \\
+    python -m experiments.compare_runs --tasks sentiment,subjectivity --seeds 0,1,2 \\
         --a "results/pilot/R/{task}/seed{seed}" --b "results/suite/seed{seed}/single/{task}"
 
 ``--a`` and ``--b`` are folder patterns with ``{task}`` and ``{seed}``; each folder holds
@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import compare, format_mean_sd, markdown_table, mean_sd, run_cli, stats_note
 
-from benchmarks.common import compare, format_mean_sd, markdown_table, mean_sd, run_cli, stats_note  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PRIMARY = ("auroc", "accuracy", "mse", "mae")
 

@@ -1,6 +1,6 @@
 """Training vs validation curves of a run, summarised per task: where does a task lose accuracy?
 
-    python benchmarks/curves.py RUN_DIR [RUN_DIR ...] [--output FILE.md]
+    python -m experiments.curves RUN_DIR [RUN_DIR ...] [--output FILE.md]
 
 Reads each run folder's ``metrics.jsonl`` (one line per evaluation: step, epoch, task, split,
 metric, value) and, when present, ``eval/metrics.json`` (the test split), and prints one row per
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import markdown_table, run_cli
 
-from benchmarks.common import markdown_table, run_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_curves(run: Path) -> dict[str, dict[str, Any]]:

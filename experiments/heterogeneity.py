@@ -1,8 +1,8 @@
 """Modality and interaction heterogeneity of the task suite, and sharing groups from them.
 
-    python benchmarks/heterogeneity.py                                  # the suite, small CPU setting
-    python benchmarks/heterogeneity.py --preset default --steps 1000 --train-rows 0 --seeds 3   # GPU
-    python benchmarks/heterogeneity.py --tasks synthetic_pair,synthetic_single --steps 5       # smoke
+    python -m experiments.heterogeneity                                  # the suite, small CPU setting
+    python -m experiments.heterogeneity --preset default --steps 1000 --train-rows 0 --seeds 3   # GPU
+    python -m experiments.heterogeneity --tasks synthetic_pair,synthetic_single --steps 5       # smoke
 
 Nodes: every modality of the given tasks, measured on the task with the most training rows that
 reads it (the task restricted to that modality: HighMMT with only that modality's embedder, the
@@ -15,7 +15,7 @@ with the same embedder / head initialisation and the same batches as the target'
 is fully fine-tuned (``L*_{source->target}``). Then (see ``transference/heterogeneity.py``):
 ``T = L*_{s->t} - L*_t``, ``d = max(T_st, 0) + max(T_ts, 0)``, average-linkage clustering into k groups.
 
-Writes into ``--output-dir`` (default ``benchmarks/results/heterogeneity``):
+Writes into ``--output-dir`` (default ``experiments/results/heterogeneity``):
     heterogeneity.json          nodes, losses, T and d matrices, noise floor, groups per k, settings, timing
     unimodal_heatmap.png        T and d of the modalities (rows: source, columns: target)
     interaction_heatmap.png     the same for modality pairs
@@ -42,7 +42,6 @@ import json
 import math
 import platform
 import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -51,42 +50,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import modalities  # noqa: E402,F401  (registers the embedders)
-import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
-import train  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    format_seeds,
-    hardware_line,
-    load_average,
-    machine_info,
-    markdown_table,
-    mean_sd,
-    run_cli,
-    write_json,
-)
-from highmmt import HighMMT  # noqa: E402
-from highmmt.config import (  # noqa: E402
-    HighMMTConfig,
-    ModalityConfig,
-    RunConfig,
-    SharingConfig,
-    TaskConfig,
-    TrainConfig,
-    apply_overrides,
-)
-from highmmt.heads import task_loss  # noqa: E402
-from highmmt.plotting import pyplot, save_figure  # noqa: E402
-from highmmt.sharing import pair_key  # noqa: E402
-from tasks.cache import LoadedTask, load_task  # noqa: E402
-from tasks.loader import collate_rows, move_to, score  # noqa: E402
-from transference.heterogeneity import (  # noqa: E402
+import modalities  # noqa: F401  (registers the embedders)
+import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+import train
+from benchmarks.common import format_seeds, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, write_json
+from highmmt import HighMMT
+from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, SharingConfig, TaskConfig, TrainConfig, apply_overrides
+from highmmt.heads import task_loss
+from highmmt.plotting import pyplot, save_figure
+from highmmt.sharing import pair_key
+from tasks.cache import LoadedTask, load_task
+from tasks.loader import collate_rows, move_to, score
+from transference.heterogeneity import (
     cluster,
     complete_low_rank,
     distance_matrix,
@@ -96,9 +74,11 @@ from transference.heterogeneity import (  # noqa: E402
     transfer_weights,
     triangle_fraction,
 )
-from transference.schedules import warmup_cosine  # noqa: E402
+from transference.schedules import warmup_cosine
 
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "heterogeneity"
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_OUT = ROOT / "experiments" / "results" / "heterogeneity"
 # Above this many rows the training batches are collated on the fly instead of kept in memory.
 CACHE_ROWS = 4096
 

@@ -1,7 +1,7 @@
 """Pretrained encoders, embedders + heads over a frozen encoder, and representation tuning (MAG) against plain training.
 
-    HIGHMMT_DATA=../shared/data python benchmarks/pretrained.py          # ~10 CPU-minutes, 1 thread per run
-    python benchmarks/pretrained.py --steps 3000 --source-steps 5000      # longer (a GPU)
+    HIGHMMT_DATA=../shared/data python -m experiments.pretrained          # ~10 CPU-minutes, 1 thread per run
+    python -m experiments.pretrained --steps 3000 --source-steps 5000      # longer (a GPU)
 
 No pretrained weights can be downloaded here, so the "pretrained" image backbone is self-pretrained:
 a timm ``test_resnet`` (random init, 0.37 M parameters) is trained as the glyph embedder of a
@@ -46,17 +46,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import modalities  # noqa: F401  (registers the embedders)
+from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli
+from highmmt import HighMMT
+from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
+from tasks.cache import load_task
+from tasks.loader import predict, score
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import modalities  # noqa: E402,F401  (registers the embedders)
-from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli  # noqa: E402
-from highmmt import HighMMT  # noqa: E402
-from highmmt.checkpoint import atomic_write_bytes, atomic_write_json  # noqa: E402
-from tasks.cache import load_task  # noqa: E402
-from tasks.loader import predict, score  # noqa: E402
 
 BACKBONE = {"backbone": "timm:test_resnet", "image_size": 28}
 ROBOT = ["robot_failures_lp1", "robot_failures_lp2", "robot_failures_lp3", "robot_failures_lp4", "robot_failures_lp5"]
@@ -212,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--utd-seeds", default="0,1,2", help="seeds of the UTD-MHAD runs (they share the source checkpoint)")
-    p.add_argument("--output-dir", default="benchmarks/results/pretrained")
+    p.add_argument("--output-dir", default="experiments/results/pretrained")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)

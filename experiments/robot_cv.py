@@ -1,7 +1,7 @@
 """The model on the robot failure tasks under the baselines' repeated stratified K-fold.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.robot_cv --data-root /work/shared/data --output-dir results/robot_cv
-    python -m benchmarks.robot_cv ... --repeats 1          # repeat 0 only (5 runs)
+    OMP_NUM_THREADS=1 python -m experiments.robot_cv --data-root /work/shared/data --output-dir results/robot_cv
+    python -m experiments.robot_cv ... --repeats 1          # repeat 0 only (5 runs)
 
 The robot tasks' test splits hold 10-33 rows, so ``baseline.py`` scores them by repeated stratified
 K-fold over all rows of each task (``tasks.baselines``: 5-fold, LP3 3-fold, 3 repeats). This study
@@ -17,7 +17,7 @@ puts the model under the very same folds:
   name and options (``force_torque``, 6 channels; values already ``signed_log``-transformed by the
   built-in task). ``folds.json`` records each fold's pooled row positions.
 * Runs: one multitask model over the five tasks per (repeat, fold), ``train.py --preset <preset>``
-  then ``evaluate.py --no-robustness --no-baselines`` through ``benchmarks.suite_results.run``
+  then ``evaluate.py --no-robustness --no-baselines`` through ``experiments.suite_results.run``
   (a finished run is skipped, an interrupted one resumed). LP3 has 3 folds, so the runs of folds
   3 and 4 train on the other four tasks only (15 runs; LP3 is scored on 9 of them, as its baselines).
 * References: the best baseline of each task under the same folds (by mean test value, as
@@ -32,30 +32,25 @@ Writes ``results.json`` and ``results.md`` into ``--output-dir``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 
+import tasks as _tasks  # noqa: F401  (registers the built-in tasks)
+from benchmarks.common import compare, format_mean_sd, machine_info, markdown_table, mean_sd, pick_device, run_cli, write_json
+from experiments.suite_results import run
+from highmmt.metrics import HIGHER_IS_BETTER
+from tasks.baselines import BaselineSettings, Plan, TaskFeatures, cached_run, fingerprint, load_results, plans, protocol
+from tasks.cache import LoadedTask, load_task, progress_bars, resolve_cache_dir
+from tasks.robot_failures import ROBOT_TASKS
+from tasks.splits import SPLITS
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import datasets  # noqa: E402
-
-import tasks as _tasks  # noqa: E402,F401  (registers the built-in tasks)
-from benchmarks.common import compare, format_mean_sd, machine_info, markdown_table, mean_sd, pick_device, run_cli, write_json  # noqa: E402
-from benchmarks.suite_results import run  # noqa: E402
-from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
-from tasks.baselines import BaselineSettings, Plan, TaskFeatures, cached_run, fingerprint, load_results, plans, protocol  # noqa: E402
-from tasks.cache import LoadedTask, load_task, progress_bars, resolve_cache_dir  # noqa: E402
-from tasks.robot_failures import ROBOT_TASKS  # noqa: E402
-from tasks.splits import SPLITS  # noqa: E402
 
 SPEC_KEYS = ("name", "modalities", "target", "task_type", "num_classes", "metric", "class_names", "description", "modality_options")
 

@@ -1,7 +1,7 @@
 """Learning from unlabeled data: supervised-only vs self-training, co-training and co-regularization.
 
-    python benchmarks/semisup.py                    # the CPU study in the README (~20 CPU-minutes, 2 workers)
-    python benchmarks/semisup.py --seeds 0,1,2,3,4 --preset default --scale 10 --jobs 4     # larger, e.g. on a GPU
+    python -m experiments.semisup                    # the CPU study in the README (~20 CPU-minutes, 2 workers)
+    python -m experiments.semisup --seeds 0,1,2,3,4 --preset default --scale 10 --jobs 4     # larger, e.g. on a GPU
 
 For every task, labeled fraction, method and seed: one ``train.py`` run with ``--labeled-fraction``
 and ``train.semi.method`` (all methods see the same labeled rows for a given seed), then
@@ -11,7 +11,7 @@ are). Runs execute in ``--jobs`` worker processes with one torch thread each and
 already finished, so the study resumes. Pseudo-label accuracy is measured here, afterwards, from each
 run's ``semisup.json`` against the true training labels (the methods never see them).
 
-Writes into ``--output-dir`` (default ``benchmarks/results/semisup``): ``results.json`` (every run and
+Writes into ``--output-dir`` (default ``experiments/results/semisup``): ``results.json`` (every run and
 the aggregates, hardware, wall and CPU time), ``results.md`` (the tables in the README) and
 ``semisup.png`` (test accuracy against labeled fraction per task and method).
 """
@@ -25,7 +25,6 @@ import math
 import multiprocessing
 import os
 import resource
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,20 +33,10 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import compare, hardware_line, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
+from highmmt.plotting import pyplot, save_figure
 
-from benchmarks.common import (  # noqa: E402
-    compare,
-    hardware_line,
-    machine_info,
-    markdown_table,
-    mean_sd,
-    run_cli,
-    stats_note,
-    write_json,
-)
-from highmmt.plotting import pyplot, save_figure  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ("none", "self_training", "co_training", "co_regularization", "views_only")
 LABELS = {"none": "supervised only", "self_training": "self-training", "co_training": "co-training",
@@ -283,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--val-limit", type=int, default=500, help="validation rows scored per epoch (train.max_eval_samples)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
-    p.add_argument("--output-dir", default=str(ROOT / "benchmarks" / "results" / "semisup"))
+    p.add_argument("--output-dir", default=str(ROOT / "experiments" / "results" / "semisup"))
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)

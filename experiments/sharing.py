@@ -1,8 +1,8 @@
 """Parameter-sharing benchmark: no sharing, full sharing and heterogeneity-grouped sharing on the suite.
 
-    python benchmarks/heterogeneity.py                 # first: the groups (sharing_k<k>.json)
-    python benchmarks/sharing.py                       # small CPU setting
-    python benchmarks/sharing.py --preset default --epochs 20 --steps-per-epoch 200 --seeds 3 --jobs 4   # GPU
+    python -m experiments.heterogeneity                 # first: the groups (sharing_k<k>.json)
+    python -m experiments.sharing                       # small CPU setting
+    python -m experiments.sharing --preset default --epochs 20 --steps-per-epoch 200 --seeds 3 --jobs 4   # GPU
 
 Each configuration is one multitask ``train.py`` run on the tasks (same preset, steps and seed),
 evaluated on the test split (``--limit`` rows per task):
@@ -10,11 +10,11 @@ evaluated on the test split (``--limit`` rows per task):
     none          one encoder per modality, one fusion block per modality pair
     all           one encoder, one fusion block (HighMMT's homogeneous model)
     hetero_k<k>   encoder groups from the modality heterogeneity matrix, fusion groups from the
-                  interaction matrix, k groups each (``benchmarks/heterogeneity.py``'s sharing_k<k>.json)
+                  interaction matrix, k groups each (``experiments/heterogeneity.py``'s sharing_k<k>.json)
     random_k<k>   random groups of the same sizes as hetero_k<k> (a control; ``--no-random-control`` skips it)
 
 Writes ``sharing.json``, ``sharing.md`` (parameters and per-task test metrics) and
-``params_vs_performance.png`` into ``--output-dir`` (default ``benchmarks/results/sharing``); the run
+``params_vs_performance.png`` into ``--output-dir`` (default ``experiments/results/sharing``); the run
 folders stay under ``<output-dir>/runs/`` and a finished run with the same command is not retrained.
 """
 
@@ -31,41 +31,25 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+import modalities  # noqa: F401  (registers the embedders)
+import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+import train
+from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, num_threads, run_cli, stats_note, write_json
+from highmmt import HighMMT
+from highmmt.metrics import HIGHER_IS_BETTER
+from highmmt.plotting import pyplot, save_figure
+from highmmt.sharing import task_pairs
+from tasks.cache import load_task
+from tasks.loader import predict, score
+from transference.heterogeneity import random_groups_like, restrict_groups, sharing_config
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import modalities  # noqa: E402,F401  (registers the embedders)
-import tasks as task_registry  # noqa: E402,F401  (registers the built-in tasks)
-import train  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    compare,
-    format_seeds,
-    hardware_line,
-    machine_info,
-    markdown_table,
-    mean_sd,
-    num_threads,
-    run_cli,
-    stats_note,
-    write_json,
-)
-from highmmt import HighMMT  # noqa: E402
-from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
-from highmmt.plotting import pyplot, save_figure  # noqa: E402
-from highmmt.sharing import task_pairs  # noqa: E402
-from tasks.cache import load_task  # noqa: E402
-from tasks.loader import predict, score  # noqa: E402
-from transference.heterogeneity import (  # noqa: E402
-    random_groups_like,
-    restrict_groups,
-    sharing_config,
-)
-
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sharing"
-DEFAULT_GROUPS = ROOT / "benchmarks" / "results" / "heterogeneity"
+DEFAULT_OUT = ROOT / "experiments" / "results" / "sharing"
+DEFAULT_GROUPS = ROOT / "experiments" / "results" / "heterogeneity"
 
 
 def task_modalities(task_names: Sequence[str], data_root: str | None, cache_dir: str | None) -> dict[str, list[str]]:
@@ -85,7 +69,7 @@ def configurations(task_mods: Mapping[str, Sequence[str]], ks: Sequence[int], gr
     for k in ks:
         path = groups_dir / f"sharing_k{k}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `python benchmarks/heterogeneity.py --k {','.join(map(str, ks))} "
+            raise FileNotFoundError(f"{path} is missing: run `python -m experiments.heterogeneity --k {','.join(map(str, ks))} "
                                     f"--output-dir {groups_dir}` first (it writes sharing_k<k>.json)")
         raw = json.loads(path.read_text())
         enc = restrict_groups(raw["encoder"], mods) if isinstance(raw["encoder"], dict) else raw["encoder"]
@@ -236,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--k", default="2,3", help="heterogeneity group counts to compare (sharing_k<k>.json from --groups-dir)")
-    p.add_argument("--groups-dir", default=str(DEFAULT_GROUPS), help="benchmarks/heterogeneity.py's output folder")
+    p.add_argument("--groups-dir", default=str(DEFAULT_GROUPS), help="experiments/heterogeneity.py's output folder")
     p.add_argument("--no-random-control", dest="random_control", action="store_false", help="skip the random groups of the same sizes")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--limit", type=int, default=1000, help="test rows per task (0 = all)")

@@ -1,7 +1,7 @@
 """Transfer to new tasks: a learning curve of fine-tuning a multitask checkpoint vs training from scratch.
 
-    HIGHMMT_DATA=../shared/data python -m benchmarks.transfer                       # ~15 CPU-minutes, 1 thread
-    python -m benchmarks.transfer --fractions 0.01,0.05,0.1,0.5,1.0 --seeds 0,1,2 \\
+    HIGHMMT_DATA=../shared/data python -m experiments.transfer                       # ~15 CPU-minutes, 1 thread
+    python -m experiments.transfer --fractions 0.01,0.05,0.1,0.5,1.0 --seeds 0,1,2 \\
         --pretrain-set train.epochs=20 --finetune-set train.epochs=10                # bigger (GPU)
 
 1. Pre-train once on ``--pretrain-tasks`` (default: the suite without the targets), a normal
@@ -27,27 +27,23 @@ import argparse
 import contextlib
 import json
 import re
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
+import train
+from benchmarks.common import compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
+from highmmt import HighMMT
+from highmmt.checkpoint import atomic_write_bytes
+from highmmt.metrics import HIGHER_IS_BETTER
+from highmmt.plotting import pyplot, save_figure
+from tasks.cache import load_task
+from tasks.loader import predict, score
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script or as `python -m benchmarks.transfer`
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-import train  # noqa: E402
-from benchmarks.common import (compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd,  # noqa: E402
-                               run_cli, stats_note, write_json)
-from highmmt import HighMMT  # noqa: E402
-from highmmt.checkpoint import atomic_write_bytes  # noqa: E402
-from highmmt.metrics import HIGHER_IS_BETTER  # noqa: E402
-from highmmt.plotting import pyplot, save_figure  # noqa: E402
-from tasks.cache import load_task  # noqa: E402
-from tasks.loader import predict, score  # noqa: E402
 
 DEFAULT_TARGETS = "subjectivity,robot_failures_lp1"
 DEFAULT_FRACTIONS = "0.01,0.05,0.2,1.0"
@@ -72,7 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE", help="override for every fine-tuning and scratch run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; 0 = torch's default)")
-    p.add_argument("--output-dir", default="benchmarks/results/transfer")
+    p.add_argument("--output-dir", default="experiments/results/transfer")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")

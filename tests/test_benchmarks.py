@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
+from benchmarks import data, speed
+from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, stats_note, time_interleaved
 
-from benchmarks import data, speed  # noqa: E402
-from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, stats_note, time_interleaved  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def positive(x: float) -> bool:
@@ -139,7 +136,7 @@ def test_compare_calls_a_difference_inside_the_seed_spread_no_difference() -> No
 
 
 def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) -> None:
-    from benchmarks import suite_results
+    from experiments import suite_results
 
     def results(seed: int, mt: tuple[float, float], st: tuple[float, float]) -> dict:
         runs = {"multitask": {"metrics": {"avmnist": {"accuracy": mt[0]}, "omniglot": {"accuracy": mt[1]}}, "parameters": 100, "train_log": "x"},
@@ -165,7 +162,7 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
 
 
 def test_transfer_table_uses_the_sample_sd_and_judges_the_best_transfer() -> None:
-    from benchmarks import transfer
+    from experiments import transfer
 
     def run(method: str, seed: int, test: float) -> dict:
         return {"task": "t", "fraction": 0.5, "method": method, "seed": seed, "test": test, "metric": "accuracy", "train_rows": 10,
@@ -182,7 +179,7 @@ def test_transfer_table_uses_the_sample_sd_and_judges_the_best_transfer() -> Non
 
 
 def test_sharing_aggregate_uses_the_sample_sd_and_compares_with_all() -> None:
-    from benchmarks import sharing
+    from experiments import sharing
 
     def row(config: str, seed: int, a: float, b: float) -> dict:
         return {"config": config, "seed": seed, "encoder_groups": 1, "fusion_groups": 1, "parameters_total": 10, "parameters_shared": 5,
@@ -200,7 +197,7 @@ def test_sharing_aggregate_uses_the_sample_sd_and_compares_with_all() -> None:
 
 
 def test_colearn_tables_name_label_transfer_and_judge_against_the_baseline() -> None:
-    from benchmarks import colearn
+    from experiments import colearn
 
     def row(study: str, run: str, seed: int, **metrics: float) -> dict:
         return {"study": study, "run": run, "seed": seed, "trainable_parameters": 1, "train_wall_s": 1.0, "test_clips": 5,
@@ -221,7 +218,7 @@ def test_colearn_tables_name_label_transfer_and_judge_against_the_baseline() -> 
 
 
 def test_pretrained_table_compares_each_run_with_its_reference() -> None:
-    from benchmarks import pretrained
+    from experiments import pretrained
 
     def run(group: str, seed: int, acc: float) -> dict:
         return {"name": group if seed == 0 else f"{group}-seed{seed}", "group": group, "seed": seed, "what": "w", "tasks": ["utd_mhad"],
@@ -235,7 +232,7 @@ def test_pretrained_table_compares_each_run_with_its_reference() -> None:
 
 
 def test_compare_runs_reads_evaluated_folders_and_judges_by_the_seed_spread(tmp_path):
-    from benchmarks import compare_runs
+    from experiments import compare_runs
 
     for name, values in (("a", (0.80, 0.82, 0.81)), ("b", (0.70, 0.71, 0.69))):
         for seed, v in enumerate(values):

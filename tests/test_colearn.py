@@ -222,7 +222,7 @@ def test_no_task_reading_both_modalities_is_an_error():
 
 
 def test_study_helpers_make_a_one_modality_spec_over_a_cached_task(tmp_path):
-    from benchmarks.colearn import _slug, subset_spec
+    from experiments.colearn import _slug, subset_spec
     from tasks.cache import load_task
 
     lt = load_task("synthetic_pair", cache_dir=tmp_path / "cache", quiet=True)

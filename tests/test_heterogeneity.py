@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,6 @@ from transference.heterogeneity import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
-
 
 # ---- T and d from losses ---------------------------------------------------------------------------
 def test_transfer_difficulty_is_transfer_minus_scratch():
@@ -203,7 +199,7 @@ def test_transfer_weights_copies_only_the_named_part():
 
 # ---- the study end to end -------------------------------------------------------------------------------
 def test_study_runs_end_to_end_on_synthetic_tasks(tmp_path):
-    from benchmarks import heterogeneity as study
+    from experiments import heterogeneity as study
 
     out = tmp_path / "het"
     res = study.main(["--tasks", "synthetic_pair,synthetic_single", "--steps", "4", "--evals", "2", "--eval-rows", "16",
@@ -233,7 +229,7 @@ def test_study_runs_end_to_end_on_synthetic_tasks(tmp_path):
 
 
 def test_study_rejects_bad_flags(tmp_path):
-    from benchmarks import heterogeneity as study
+    from experiments import heterogeneity as study
 
     with pytest.raises(SystemExit):
         study.main(["--tasks", "synthetic_single", "--sample-fraction", "0", "--output-dir", str(tmp_path)])
@@ -242,7 +238,7 @@ def test_study_rejects_bad_flags(tmp_path):
 
 
 def test_sampled_transfers_cover_every_row_and_column():
-    from benchmarks.heterogeneity import sampled_pairs
+    from experiments.heterogeneity import sampled_pairs
 
     names = [f"m{i}" for i in range(7)]
     chosen = sampled_pairs(names, 0.2, rank=2, seed=0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,6 @@ from tasks.loader import predict, score
 from transference.colearn import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
-
 SEEDS = (0, 1, 2)
 pytestmark = pytest.mark.usefixtures("fast_isolated_training")
 
@@ -70,7 +66,7 @@ def test_heterogeneity_groups_the_two_views_of_one_source_apart_from_an_unrelate
     """slope_x and slope_mixed (a linear mix of it) are the same source and label; offset_x is
     independent samples with another label. Transfers between the first two must help, transfers
     from offset_x must hurt, and k=2 clustering of d must split them so."""
-    from benchmarks import heterogeneity as study
+    from experiments import heterogeneity as study
 
     monkeypatch.setattr(study, "draw", lambda results, out: None)  # heatmaps: tests/test_heterogeneity.py
     res = study.main(["--tasks", "synthetic_slope,synthetic_offset", "--only", "unimodal", "--steps", "40", "--batch-size", "16",
@@ -97,9 +93,9 @@ def primary_only_accuracies(tmp_path: Path, cache: Path, baseline: str, seeds: t
     """Test accuracy on the primary alone of translation co-learning and of a baseline, per seed.
 
     ``baseline``: ``plain`` (trained on both modalities, the secondary missing at test) or
-    ``alone`` (trained on the primary only: a spec over the same cached data, as benchmarks/colearn.py does).
+    ``alone`` (trained on the primary only: a spec over the same cached data, as experiments/colearn.py does).
     """
-    from benchmarks.colearn import subset_spec
+    from experiments.colearn import subset_spec
 
     if baseline == "alone":
         lt = load_task("synthetic_translate", cache_dir=cache, quiet=True)

@@ -336,14 +336,14 @@ def test_backbone_weights_from_a_highmmt_checkpoint(tmp_path):
 
 
 def test_the_study_runs_are_valid_train_py_arguments(tmp_path):
-    """benchmarks/pretrained.py: every run's flags parse and its overrides are known, typed keys."""
+    """experiments/pretrained.py: every run's flags parse and its overrides are known, typed keys."""
     import argparse
     import sys
 
     root = Path(__file__).resolve().parents[1]
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from benchmarks import pretrained as study
+    from experiments import pretrained as study
     from highmmt.config import apply_overrides
 
     args = argparse.Namespace(steps=500, source_steps=800, avmnist_fraction=0.1, seed=0, utd_seeds="0,1")

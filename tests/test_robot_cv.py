@@ -1,22 +1,19 @@
-"""benchmarks/robot_cv.py: the fold data sets the model trains on are the baselines' folds."""
+"""experiments/robot_cv.py: the fold data sets the model trains on are the baselines' folds."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
+from experiments import robot_cv
+from tasks.baselines import BaselineSettings, extract_features, plans, protocol
+from tasks.cache import load_task
+from tasks.robot_failures import CLASS_NAMES
 
-from benchmarks import robot_cv  # noqa: E402
-from tasks.baselines import BaselineSettings, extract_features, plans, protocol  # noqa: E402
-from tasks.cache import load_task  # noqa: E402
-from tasks.robot_failures import CLASS_NAMES  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_lp(root: Path, lp: int, counts: list[int]) -> None:

@@ -373,7 +373,7 @@ def test_the_pool_true_labels_are_never_read(tmp_path, monkeypatch, method):
 
 # ---- the study script -------------------------------------------------------------------------------
 def test_study_aggregates_paired_gains_and_writes_tables():
-    from benchmarks import semisup as study
+    from experiments import semisup as study
 
     args = study.argparse.Namespace(preset="tiny", scale=2.0, val_limit=100, overrides=["train.lr=0.01"], data_root=None, cache_dir="/c")
     argv = study.run_argv("avmnist", 0.05, "views_only", 1, Path("/tmp/x"), args)

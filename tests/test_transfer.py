@@ -293,7 +293,7 @@ def test_a_killed_lora_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_transfer_script_runs_end_to_end(tmp_path):
-    from benchmarks import transfer
+    from experiments import transfer
 
     out = tmp_path / "study"
     results = transfer.main([

@@ -5,7 +5,7 @@ Definitions (the paper's eq. 3-5; this module computes them from measured losses
 - A *node* is a modality with the task it is measured on (unimodal heterogeneity), or an unordered
   modality pair ``"a|b"`` with the task that reads both (interaction heterogeneity).
 - ``L*_2`` is the best validation loss of a model trained on node 2's task **from scratch**
-  (``benchmarks/heterogeneity.py`` averages it over several random starts, which also gives the
+  (``experiments/heterogeneity.py`` averages it over several random starts, which also gives the
   noise floor of T).
 - ``L*_{1->2}`` is the best validation loss on node 2's task of a model whose *transferable part*
   was initialised from a model trained on node 1, then **fully fine-tuned** (every parameter

@@ -32,7 +32,7 @@ columns only*, with a label column that holds -1 until a method writes a pseudo-
 the labeled rows' labels are copied from the split (``tests/test_semisup.py`` checks that corrupting
 the pool's labels changes nothing). The state (labeled rows, pseudo-labels, stream positions) is
 saved with the trainer state, so ``--resume`` continues with the same pseudo-labels; after each
-round ``semisup.json`` in the run folder lists them (for studies such as ``benchmarks/semisup.py``).
+round ``semisup.json`` in the run folder lists them (for studies such as ``experiments/semisup.py``).
 
 Like ``train.py``, this module works on loaded tasks, so it imports the data layer (``tasks/``);
 nothing in the model library imports it.
