@@ -78,7 +78,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         time_bands: int = 8,
         min_period: float = 0.5,
         max_period: float = 100.0,
-        summary: bool = False,
+        summary: bool = True,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -148,9 +148,9 @@ class IrregularTimeseriesEmbedder(Embedder):
         dtype = self.to_tokens.weight.dtype
         x = zero_invalid(x, observed).to(dtype)
         times = zero_invalid(times.float(), mask)  # float32: hours need the precision bf16 lacks
-        summary = None if self.summary is None else self.summary(x, observed)
 
         mask, (x, observed, times) = resample(mask, self.max_len, x, observed, times)
+        summary = None if self.summary is None else self.summary(x, observed)
         feats = torch.cat([x, observed.to(dtype), time_features(times, self.periods.float()).to(dtype)], dim=-1)
         tokens, mask = finish(self.to_tokens(feats), mask)
         return (tokens, mask) if summary is None else append_token(tokens, mask, summary)

@@ -62,7 +62,7 @@ class PoseEmbedder(Embedder):
         coords: int = 3,
         tokens: str = "frame",
         max_frames: int = 64,
-        summary: bool = False,
+        summary: bool = True,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.joints = positive_int(self.kind, "joints", joints)
@@ -100,11 +100,11 @@ class PoseEmbedder(Embedder):
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask[:, :, None, None])
         x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+        mask, (x,) = resample(mask, self.max_frames, x)
         summary = None
         if self.summary is not None:
             flat = rearrange(x, "b t j c -> b t (j c)")
             summary = self.summary(flat, mask.unsqueeze(-1).expand_as(flat))
-        mask, (x,) = resample(mask, self.max_frames, x)
         t = x.shape[1]
         time = sinusoidal_positions(t, self.dim, device=x.device, dtype=x.dtype)  # [t, d]
 

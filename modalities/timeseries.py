@@ -9,7 +9,7 @@ Tokens: sequences longer than ``max_len`` steps are uniformly resampled down to 
 ``patch`` steps (zero-padded to a multiple), each ``Linear(patch * c -> d)`` + fixed sinusoidal
 position. A token is real if any of its steps is. At most ``max_len / patch`` tokens (256 by default).
 With ``summary=True``, one more token carries per-channel statistics of all real steps (count, mean,
-std, min, max, first, last; ``modalities._common.SummaryToken``). ``stem="conv"`` replaces the linear
+std, min, max, first, last of the kept steps; ``modalities._common.SummaryToken``). ``stem="conv"`` replaces the linear
 patch projection with a convolutional stem (``modalities._common.ConvStem1d``).
 """
 
@@ -57,7 +57,7 @@ class TimeseriesEmbedder(Embedder):
     kind = "timeseries"
 
     def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1,
-                 summary: bool = False, stem: str = "linear") -> None:
+                 summary: bool = True, stem: str = "linear") -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.max_len = positive_int(self.kind, "max_len", max_len)
@@ -90,9 +90,9 @@ class TimeseriesEmbedder(Embedder):
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask.unsqueeze(-1))
         x = zero_invalid(x, mask).to(next(self.to_tokens.parameters()).dtype)
-        summary = None if self.summary is None else self.summary(x, mask.unsqueeze(-1).expand_as(x))
 
         mask, (x,) = resample(mask, self.max_len, x)
+        summary = None if self.summary is None else self.summary(x, mask.unsqueeze(-1).expand_as(x))
         x, mask = pad_axis(x, 1, self.patch), pad_axis(mask, 1, self.patch)
         token_mask = rearrange(mask, "b (n p) -> b n p", p=self.patch).any(dim=-1)
         if self.stem == "linear":

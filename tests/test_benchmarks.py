@@ -33,7 +33,7 @@ def test_speed_quick_writes_every_section(tmp_path: Path, capsys: pytest.Capture
     for r in tiny["tasks"].values():
         assert positive(r["train_samples_per_s"]) and positive(r["inference_latency_ms_per_sample"])
         assert all(n >= 1 for n in r["tokens"].values())
-    assert tiny["tasks"]["robot_failures_lp1"]["tokens"] == {"force_torque": 15}
+    assert tiny["tasks"]["robot_failures_lp1"]["tokens"] == {"force_torque": 16}  # 15 steps + the summary token
     assert positive(tiny["suite_samples_per_s"]) and tiny["peak_rss_mb"] >= tiny["rss_at_start_mb"] > 0
 
     (row,) = report["efficiency"]["sizes"]

@@ -122,8 +122,8 @@ def timeseries(rng: np.random.Generator) -> Example:
     return Example(
         options={"channels": 3, "max_len": 8, "patch": 2},
         samples=[rng.standard_normal((t, 3)).astype(np.float32) for t in lengths],
-        real_tokens=[3, 4, 1, 1],  # 12 steps -> 8; the empty sample keeps one token
-        bare=(torch.randn(2, 10, 3), 4),
+        real_tokens=[4, 5, 2, 2],  # 12 steps -> 8; the empty sample keeps one token; + the summary token
+        bare=(torch.randn(2, 10, 3), 5),
         bad={
             "rank": (ValueError, torch.randn(2, 10)),
             "channels": (ValueError, torch.randn(2, 10, 4)),
@@ -134,9 +134,9 @@ def timeseries(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5,), np.float32)]),
             (ValueError, [np.zeros((5, 3)), np.zeros((5, 2))]),
         ],
-        variants=[({"channels": 3, "max_len": 8, "patch": 1}, [5, 8, 1, 1]),
-                  # the summary token is one more real token per sample
-                  ({"channels": 3, "max_len": 8, "patch": 2, "summary": True, "stem": "conv"}, [4, 5, 2, 2])],
+        variants=[({"channels": 3, "max_len": 8, "patch": 1}, [6, 9, 2, 2]),
+                  ({"channels": 3, "max_len": 8, "patch": 2, "summary": False}, [3, 4, 1, 1]),
+                  ({"channels": 3, "max_len": 8, "patch": 2, "stem": "conv"}, [4, 5, 2, 2])],
     )
 
 
@@ -150,8 +150,8 @@ def irregular_timeseries(rng: np.random.Generator) -> Example:
     return Example(
         options={"channels": 2, "max_len": 16},
         samples=[sample(t) for t in (5, 20, 0)],
-        real_tokens=[5, 16, 1],
-        bare=(x, 6),
+        real_tokens=[6, 17, 2],  # + the summary token
+        bare=(x, 7),
         bad={
             "rank": (ValueError, torch.randn(2, 6)),
             "channels": (ValueError, torch.randn(2, 6, 3)),
@@ -163,8 +163,8 @@ def irregular_timeseries(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5, 2), np.float32)]),
             (ValueError, [{"values": np.zeros((5, 2)), "observed": np.ones((5, 2), bool), "times": np.zeros(4)}]),
         ],
-        variants=[({"channels": 2, "max_len": 4, "time_bands": 3}, [4, 4, 1]),
-                  ({"channels": 2, "max_len": 4, "time_bands": 3, "summary": True}, [5, 5, 2])],
+        variants=[({"channels": 2, "max_len": 4, "time_bands": 3}, [5, 5, 2]),
+                  ({"channels": 2, "max_len": 4, "time_bands": 3, "summary": False}, [4, 4, 1])],
     )
 
 
@@ -223,8 +223,8 @@ def pose(rng: np.random.Generator) -> Example:
     return Example(
         options={"joints": 4, "coords": 3, "max_frames": 6},
         samples=[rng.standard_normal((t, 4, 3)).astype(np.float32) for t in frames],
-        real_tokens=[5, 6, 2],
-        bare=(torch.randn(2, 5, 4, 3), 5),
+        real_tokens=[6, 7, 3],  # + the summary token
+        bare=(torch.randn(2, 5, 4, 3), 6),
         bad={
             "rank": (ValueError, torch.randn(2, 5, 12)),
             "channels": (ValueError, torch.randn(2, 5, 5, 3)),
@@ -236,8 +236,8 @@ def pose(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5, 12), np.float32)]),
             (ValueError, [np.zeros((5, 4, 3)), np.zeros((5, 5, 3))]),
         ],
-        variants=[({"joints": 4, "coords": 3, "max_frames": 6, "tokens": "joint"}, [20, 24, 8]),
-                  ({"joints": 4, "coords": 3, "max_frames": 6, "summary": True}, [6, 7, 3])],
+        variants=[({"joints": 4, "coords": 3, "max_frames": 6, "tokens": "joint"}, [21, 25, 9]),
+                  ({"joints": 4, "coords": 3, "max_frames": 6, "summary": False}, [5, 6, 2])],
     )
 
 
@@ -449,7 +449,7 @@ def test_constructor_rejects_bad_options(kind: str) -> None:
 
 
 def test_mask_with_no_real_token_keeps_the_first() -> None:
-    emb = build("timeseries", {"channels": 1})
+    emb = build("timeseries", {"channels": 1, "summary": False})
     tokens, mask = emb({"x": torch.randn(2, 4, 1), "mask": torch.tensor([[True, True, False, False], [False] * 4])})
     assert mask.tolist() == [[True, True, False, False], [True, False, False, False]]
     assert (tokens[1, 1:] == 0).all() and (tokens[0, 2:] == 0).all()
@@ -578,7 +578,7 @@ def test_default_token_budgets() -> None:
         counts["audio_1s"] = build("audio", {})(0.1 * torch.randn(1, 8000))[0].shape[1]
         counts["imu"] = build("timeseries", {"channels": 6})(torch.randn(1, 1000, 6))[0].shape[1]
         counts["skeleton"] = build("pose", {})(torch.randn(1, 100, 20, 3))[0].shape[1]
-    assert counts == {"mnist": 49, "omniglot": 256, "depth_video": 480, "audio_1s": 25, "imu": 256, "skeleton": 64}
+    assert counts == {"mnist": 49, "omniglot": 256, "depth_video": 480, "audio_1s": 25, "imu": 257, "skeleton": 65}
 
 
 def test_image_resize_keeps_mask_of_smaller_images() -> None:
