@@ -159,6 +159,17 @@ def _metric(results: dict[str, Any], key: str, task: str, metric: str) -> float 
     return None if r is None else r["metrics"].get(task, {}).get(metric)
 
 
+def project_baseline(loaded: Sequence[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """The best of ``baseline.py``'s simple models on the task's test split, as ``evaluate.py`` scored it
+    next to the first run that has it (the same for every seed: it depends on the data only)."""
+    for r in loaded:
+        for run in r["runs"].values():
+            m = run["metrics"].get(task, {})
+            if m.get("baseline_best") is not None:
+                return {"value": m["baseline_best"], "name": m.get("baseline_name", "")}
+    return None
+
+
 def markdown(results: dict[str, Any]) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
@@ -219,7 +230,7 @@ def combine(folders: Sequence[Path], out: Path) -> dict[str, Any]:
         metric = REFERENCES.get(t, ("accuracy", None, ""))[0]
         values = {kind: [_metric(r, key, t, metric) for r in loaded]
                   for kind, key in (("multitask", "multitask"), ("single", f"single/{t}"), ("late_fusion", f"late_fusion/{t}"))}
-        per_task[t] = {"metric": metric, **values}
+        per_task[t] = {"metric": metric, **values, "baseline": project_baseline(loaded, t)}
         if None not in values["multitask"] and None not in values["single"]:
             per_task[t]["multitask_vs_single"] = compare(values["multitask"], values["single"])._asdict()
     both = [t for t, v in per_task.items() if "multitask_vs_single" in v]
@@ -253,11 +264,13 @@ def markdown_seeds(combined: dict[str, Any]) -> str:
         ref, g = REFERENCES.get(t), goal(t)
         mt = [x for x in v["multitask"] if x is not None]
         met = "-" if (not mt or g is None) else ("yes" if mean_sd(mt).mean >= g else f"no ({mean_sd(mt).mean - g:+.3f})")
+        base = v.get("baseline")
         rows.append([t, v["metric"], fmt(v["multitask"]), fmt(v["single"]), verdict(v.get("multitask_vs_single")), fmt(v["late_fusion"]),
+                     "-" if base is None else f"{base['value']:.3f} {base['name']}",
                      "-" if ref is None else f"{ref[1]:.3f} {ref[2]}", "-" if g is None else f"{g:.3f}", met])
     if combined["mean_tasks"]:
         rows.append([f"**mean ({len(combined['mean_tasks'])})**", "", fmt(combined["mean"]["multitask"]), fmt(combined["mean"]["single"]),
-                     verdict(combined["mean_multitask_vs_single"]), "", "", "", ""])
+                     verdict(combined["mean_multitask_vs_single"]), "", "", "", "", ""])
     head = (f"Preset `{combined['preset']}`; test split; {format_seeds(combined['seeds'])} (folders {', '.join(combined['folders'])}). "
             f"{stats_note(combined['seeds'])}")
     hw = combined.get("hardware") or {}
@@ -267,7 +280,7 @@ def markdown_seeds(combined: dict[str, Any]) -> str:
                  + ", ".join("-" if w is None else f"{w / 60:.1f} min" for w in combined.get("wall_s", []))
                  + "; multitask model: " + "; ".join(str(m) for m in combined.get("multitask_train", [])) + ".")
     return head + "\n\n" + markdown_table(["task", "metric", "multitask", "single-task", "multitask - single-task", "late fusion",
-                                            "reference (simple model)", "goal", "multitask mean meets goal"], rows) + "\n"
+                                            "baseline.py (best, this split)", "data README reference", "goal", "multitask mean meets goal"], rows) + "\n"
 
 
 if __name__ == "__main__":

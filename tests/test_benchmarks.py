@@ -139,7 +139,8 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
     from experiments import suite_results
 
     def results(seed: int, mt: tuple[float, float], st: tuple[float, float]) -> dict:
-        runs = {"multitask": {"metrics": {"avmnist": {"accuracy": mt[0]}, "omniglot": {"accuracy": mt[1]}}, "parameters": 100, "train_log": "x"},
+        avmnist = {"accuracy": mt[0], "baseline_best": 0.7393, "baseline_name": "concat_lr"}  # evaluate.py's margin fields
+        runs = {"multitask": {"metrics": {"avmnist": avmnist, "omniglot": {"accuracy": mt[1]}}, "parameters": 100, "train_log": "x"},
                 "single/avmnist": {"metrics": {"avmnist": {"accuracy": st[0]}}, "parameters": 60},
                 "single/omniglot": {"metrics": {"omniglot": {"accuracy": st[1]}}, "parameters": 60}}
         return {"preset": "tiny", "overrides": [], "seed": seed, "tasks": ["avmnist", "omniglot"], "runs": runs}
@@ -156,6 +157,8 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
     md = (tmp_path / "out" / "seeds.md").read_text()
     assert "seeds 0, 1" in md and "| avmnist | accuracy | 0.790 ± 0.042 (0.820, 0.760) | 0.835 ± 0.007 (0.830, 0.840) | -0.045 (loss) | - |" in md
     assert "| omniglot | accuracy | 0.285 ± 0.007 (0.290, 0.280) | 0.071 ± 0.001 (0.070, 0.072) | +0.214 (gain) | - |" in md
+    assert "| -0.045 (loss) | - | 0.739 concat_lr | 0.825 late fusion LR" in md  # baseline.py's figure, then the data README's
+    assert "| +0.214 (gain) | - | - | 0.259 LR on pixels" in md
     (folders[1] / "results.json").write_text(json.dumps({**results(0, (0.8, 0.3), (0.8, 0.1))}))
     with pytest.raises(ValueError, match="repeat a seed"):
         suite_results.main(["--combine", ",".join(map(str, folders)), "--output-dir", str(tmp_path / "out")])
