@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,25 +16,13 @@ from safetensors.torch import load_file
 import evaluate
 import modalities  # noqa: F401  (registers the embedders)
 import train
-from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
-from highmmt.config import ColearnConfig, EncoderConfig, FusionConfig, RunConfig, TrainConfig
+from highmmt import HighMMT, HighMMTConfig, TaskConfig
+from highmmt.config import ColearnConfig, RunConfig, TrainConfig
 from transference.colearn import ColearnHook, ColearnPredictor, class_prototypes, info_nce, load_predictor, nearest_prototype, normalized_mse, target_tasks
 from transference.hooks import TrainContext
 
 SYN = "synthetic_pair,synthetic_single"
 PAIR = ["--set", "train.colearn.primary=syn_a", "--set", "train.colearn.secondary=syn_b"]
-
-
-def tiny_model() -> HighMMT:
-    torch.manual_seed(0)
-    cfg = HighMMTConfig(
-        dim=16,
-        modalities={"a": ModalityConfig("timeseries", {"channels": 3}), "b": ModalityConfig("timeseries", {"channels": 2})},
-        tasks={"pair": TaskConfig(["a", "b"], "classification", 3), "single": TaskConfig(["a"], "classification", 2)},
-        encoder=EncoderConfig(num_latents=4, heads=2, dim_head=8),
-        fusion=FusionConfig(heads=2, dim_head=8),
-    )
-    return HighMMT(cfg)
 
 
 def pair_batch(b: int = 12) -> dict:
@@ -42,14 +32,21 @@ def pair_batch(b: int = 12) -> dict:
     return {"inputs": {"a": a, "b": a[:, :, :2] * 2 + 0.1 * torch.randn(b, 7, 2, generator=g)}, "target": torch.arange(b) % 3}
 
 
-def hooked(tmp_path: Path, **colearn) -> tuple[HighMMT, ColearnHook, TrainContext]:
-    model = tiny_model()
-    cfg = ColearnConfig(primary="a", secondary="b", **colearn)
-    ctx = TrainContext(model=model, loaded={}, run=RunConfig(train=TrainConfig(colearn=cfg, steps_per_epoch=1)),
-                       device=torch.device("cpu"), seed=0, out=tmp_path, log=lambda msg: None)
-    hook = ColearnHook(cfg)
-    hook.setup(ctx, None)
-    return model, hook, ctx
+@pytest.fixture
+def hooked(tmp_path: Path, tiny_model_config: HighMMTConfig) -> Callable[..., tuple[HighMMT, ColearnHook, TrainContext]]:
+    """``hooked(**colearn)`` -> a seeded tiny model (a -> b co-learning), its set-up hook and context."""
+
+    def make(**colearn: Any) -> tuple[HighMMT, ColearnHook, TrainContext]:
+        torch.manual_seed(0)
+        model = HighMMT(tiny_model_config)
+        cfg = ColearnConfig(primary="a", secondary="b", **colearn)
+        ctx = TrainContext(model=model, loaded={}, run=RunConfig(train=TrainConfig(colearn=cfg, steps_per_epoch=1)),
+                           device=torch.device("cpu"), seed=0, out=tmp_path, log=lambda msg: None)
+        hook = ColearnHook(cfg)
+        hook.setup(ctx, None)
+        return model, hook, ctx
+
+    return make
 
 
 def fit(model: HighMMT, hook: ColearnHook, ctx: TrainContext, steps: int) -> list[dict]:
@@ -68,21 +65,21 @@ def fit(model: HighMMT, hook: ColearnHook, ctx: TrainContext, steps: int) -> lis
     return history
 
 
-def test_translation_loss_decreases_and_the_cycle_is_there_only_when_cyclic(tmp_path):
-    model, hook, ctx = hooked(tmp_path, method="translation", cyclic=True)
+def test_translation_loss_decreases_and_the_cycle_is_there_only_when_cyclic(tmp_path, hooked):
+    model, hook, ctx = hooked(method="translation", cyclic=True)
     assert set(hook.modules()) == {"to_secondary", "to_primary"}
     hist = fit(model, hook, ctx, 40)
     first, last = hist[0], hist[-1]
     assert set(first) == {"colearn_translation", "colearn_cycle", "colearn_head_translation"}
     assert last["colearn_translation"] < 0.5 * first["colearn_translation"]
     assert last["colearn_cycle"] < first["colearn_cycle"]
-    model, hook, ctx = hooked(tmp_path, method="translation")
+    model, hook, ctx = hooked(method="translation")
     assert set(hook.modules()) == {"to_secondary"}
     assert "colearn_cycle" not in fit(model, hook, ctx, 1)[0]
 
 
-def test_the_supervised_forward_latents_are_reused_not_recomputed(tmp_path):
-    model, hook, ctx = hooked(tmp_path, method="translation")
+def test_the_supervised_forward_latents_are_reused_not_recomputed(tmp_path, hooked):
+    model, hook, ctx = hooked(method="translation")
     calls = {"a": 0, "b": 0}
     for m in calls:
         model.embedders[m].register_forward_hook(lambda mod, args, out, m=m: calls.__setitem__(m, calls[m] + 1))
@@ -90,8 +87,8 @@ def test_the_supervised_forward_latents_are_reused_not_recomputed(tmp_path):
     assert calls == {"a": 2, "b": 2}
 
 
-def test_withheld_secondary_never_reaches_the_supervised_head(tmp_path):
-    model, hook, ctx = hooked(tmp_path, method="contrastive", supervise_secondary=False)
+def test_withheld_secondary_never_reaches_the_supervised_head(tmp_path, hooked):
+    model, hook, ctx = hooked(method="contrastive", supervise_secondary=False)
     batch = pair_batch()
     model.train()
     inputs = hook.training_inputs("pair", batch["inputs"])
@@ -117,8 +114,8 @@ def test_contrastive_loss_is_log_b_for_random_features_and_small_for_aligned_one
     assert abs(normalized_mse(torch.zeros(50, 64) + b[:50].mean(), b[:50]).item() - 1.0) < 0.05
 
 
-def test_contrastive_training_aligns_the_two_modalities(tmp_path):
-    model, hook, ctx = hooked(tmp_path, method="contrastive", supervise_secondary=False, temperature=0.2)
+def test_contrastive_training_aligns_the_two_modalities(tmp_path, hooked):
+    model, hook, ctx = hooked(method="contrastive", supervise_secondary=False, temperature=0.2)
     hist = fit(model, hook, ctx, 30)
     assert hist[-1]["colearn_contrastive"] < 0.6 * hist[0]["colearn_contrastive"]
     assert abs(hist[0]["colearn_contrastive"] - math.log(12)) < 0.5
@@ -138,8 +135,8 @@ def test_label_transfer_picks_the_nearest_prototype():
         nearest_prototype(queries, protos[:, :1])
 
 
-def test_predictor_fills_the_missing_slot_with_the_translation(tmp_path):
-    model, hook, ctx = hooked(tmp_path, method="translation")
+def test_predictor_fills_the_missing_slot_with_the_translation(tmp_path, hooked):
+    model, hook, ctx = hooked(method="translation")
     predictor = hook.eval_model(ctx)
     assert isinstance(predictor, ColearnPredictor)
     model.eval()
@@ -213,8 +210,8 @@ def test_bad_colearn_config_is_a_clear_error(tmp_path, sets, error, match):
         train.main(argv + [a for s in sets for a in ("--set", s)])
 
 
-def test_no_task_reading_both_modalities_is_an_error():
-    cfg = tiny_model().config
+def test_no_task_reading_both_modalities_is_an_error(tiny_model_config):
+    cfg = tiny_model_config
     split = HighMMTConfig(dim=16, modalities=cfg.modalities, tasks={"x": TaskConfig(["a"]), "y": TaskConfig(["b"])})
     with pytest.raises(ValueError, match="no trained task reads both 'a' and 'b'"):
         target_tasks(ColearnConfig(method="translation", primary="a", secondary="b"), split)

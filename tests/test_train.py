@@ -24,15 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SYN = "synthetic_pair,synthetic_single"
 
 
-def run_train(tmp_path: Path, name: str, *extra: str) -> Path:
-    out = tmp_path / name
-    train.main(["--preset", "tiny", "--tasks", SYN, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
-                "--quiet", "--set", "train.steps_per_epoch=4", "--set", "train.epochs=3", *extra])
-    return out
-
-
-def test_two_epoch_smoke_writes_the_run_folder(tmp_path):
-    out = run_train(tmp_path, "run")
+def test_two_epoch_smoke_writes_the_run_folder(tmp_path, tiny_run):
+    out = tiny_run("run")
     for f in ("config.json", "model.safetensors", "metrics.jsonl", "curves.png", "DONE", "trainer_state/state.pt"):
         assert (out / f).exists(), f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -45,15 +38,15 @@ def test_two_epoch_smoke_writes_the_run_folder(tmp_path):
     assert set(model.config.tasks) == {"synthetic_pair", "synthetic_single"}
 
 
-def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch):
-    full = run_train(tmp_path, "full")
+def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch, tiny_run):
+    full = tiny_run("full")
 
     with killed_after_epoch(monkeypatch, 1):
-        run_train(tmp_path, "killed")
+        tiny_run("killed")
     assert not (tmp_path / "killed" / "DONE").exists()
     with pytest.raises(FileExistsError, match="--resume"):
-        run_train(tmp_path, "killed")
-    run_train(tmp_path, "killed", "--resume")
+        tiny_run("killed")
+    tiny_run("killed", "--resume")
 
     def last_weights(out):
         st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)
@@ -68,16 +61,16 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch):
     assert len(rows_a) == len(rows_b)
 
 
-def test_same_seed_same_run_other_seed_other_run(tmp_path):
-    a = load_file(str(run_train(tmp_path, "a") / "model.safetensors"))
-    b = load_file(str(run_train(tmp_path, "b") / "model.safetensors"))
-    c = load_file(str(run_train(tmp_path, "c", "--seed", "1") / "model.safetensors"))
+def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_run):
+    a = load_file(str(tiny_run("a") / "model.safetensors"))
+    b = load_file(str(tiny_run("b") / "model.safetensors"))
+    c = load_file(str(tiny_run("c", "--seed", "1") / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_evaluate_writes_metrics_robustness_and_efficiency(tmp_path):
-    out = run_train(tmp_path, "run")
+def test_evaluate_writes_metrics_robustness_and_efficiency(tmp_path, tiny_run):
+    out = tiny_run("run")
     metrics = evaluate.main(["--checkpoint", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--noise-levels", "0.5,1,2,4,8"])
     saved = json.loads((out / "eval" / "metrics.json").read_text())
     assert saved.keys() == metrics.keys()
@@ -176,16 +169,16 @@ def test_two_cpu_processes_agree(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_precisions_that_run_on_a_cpu_train_finite_weights(tmp_path, precision):
+def test_precisions_that_run_on_a_cpu_train_finite_weights(tmp_path, precision, tiny_run):
     """fp32 and bf16 autocast train through accelerate on the CPU (fp16 needs a GPU: its gradient
     scaler unscales before clipping and skips inf steps there); bf16 does change the arithmetic."""
-    out = run_train(tmp_path, precision, "--cpu", "--set", f"train.precision={precision}", "--set", "train.epochs=1",
+    out = tiny_run(precision, "--cpu", "--set", f"train.precision={precision}", "--set", "train.epochs=1",
                     "--set", "train.steps_per_epoch=3")
     assert json.loads((out / "config.json").read_text())["precision"] == precision
     weights = load_file(out / "trainer_state" / next(p.name for p in (out / "trainer_state").glob("model-*")))
     assert all(torch.isfinite(w).all() for w in weights.values())
     if precision == "bf16":  # the same seeded run in fp32 ends elsewhere
-        ref = run_train(tmp_path, "fp32", "--cpu", "--set", "train.precision=fp32", "--set", "train.epochs=1",
+        ref = tiny_run("fp32", "--cpu", "--set", "train.precision=fp32", "--set", "train.epochs=1",
                         "--set", "train.steps_per_epoch=3")
         ref_weights = load_file(ref / "trainer_state" / next(p.name for p in (ref / "trainer_state").glob("model-*")))
         assert any(not torch.equal(weights[k], ref_weights[k]) for k in weights)
@@ -222,7 +215,7 @@ def test_noise_corrupts_each_input_type_and_only_the_named_modality():
     assert torch.equal(evaluate.add_noise(inputs, "ids", 0.0, seed=0)["ids"]["x"], inputs["ids"]["x"])
 
 
-def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, monkeypatch):
+def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, monkeypatch, tiny_run):
     from transference import hooks as hooks_mod
 
     calls = {"loss": 0, "epochs": []}
@@ -255,7 +248,7 @@ def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, 
             return {"epochs_seen": len(calls["epochs"])}
 
     monkeypatch.setattr(hooks_mod, "_FACTORIES", [lambda run: Probe()])
-    out = run_train(tmp_path, "hooked")
+    out = tiny_run("hooked")
     assert calls["loss"] > 0 and calls["epochs"] == [0, 1, 2] and calls["setup_state"] is None
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert sum(r["metric"] == "probe" for r in rows) == 3
@@ -269,13 +262,13 @@ def test_training_hooks_are_called_and_their_modules_train_and_resume(tmp_path, 
         hooks_mod.build_hooks(None)
 
 
-def test_a_busy_cpu_is_reported_when_threads_are_not_set(tmp_path, monkeypatch, capsys):
+def test_a_busy_cpu_is_reported_when_threads_are_not_set(tmp_path, monkeypatch, capsys, tiny_run):
     monkeypatch.setattr(train.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
-    run_train(tmp_path, "busy")
+    tiny_run("busy")
     captured = capsys.readouterr()
     assert "the CPU is busy" in captured.out + captured.err
     monkeypatch.setattr(train.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    run_train(tmp_path, "idle")
+    tiny_run("idle")
     captured = capsys.readouterr()
     assert "the CPU is busy" not in captured.out + captured.err
 
@@ -310,17 +303,17 @@ def test_precision_probe_times_both_and_leaves_the_rng_alone():
 
 
 @pytest.mark.slow
-def test_compiled_training_runs_and_saves_plain_weights(tmp_path):
-    out = run_train(tmp_path, "compiled", "--tasks", "synthetic_pair", "--set", "train.compile=true", "--set", "train.epochs=1")
+def test_compiled_training_runs_and_saves_plain_weights(tmp_path, tiny_run):
+    out = tiny_run("compiled", "--tasks", "synthetic_pair", "--set", "train.compile=true", "--set", "train.epochs=1")
     weights = load_file(str(out / "model.safetensors"))
     assert not any("_orig_mod" in k for k in weights)
     evaluate.main(["--checkpoint", str(out), "--quiet", "--no-robustness", "--cache-dir", str(tmp_path / "cache")])
 
 
-def test_runs_with_different_precisions_share_one_process(tmp_path):
+def test_runs_with_different_precisions_share_one_process(tmp_path, tiny_run):
     """accelerate's process-wide state would refuse the second precision; train.main resets it."""
     for precision in ("bf16", "fp32"):
-        out = run_train(tmp_path, precision, "--set", "train.epochs=1",
+        out = tiny_run(precision, "--set", "train.epochs=1",
                         "--set", f"train.precision={precision}")
         assert json.loads((out / "config.json").read_text())["precision"] == precision
 
@@ -370,7 +363,7 @@ def test_metrics_with_a_torn_last_line_are_read_and_a_bad_middle_line_is_named(t
     assert train.read_metrics(tmp_path / "absent.jsonl") == []
 
 
-def test_a_run_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+def test_a_run_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path, tiny_run):
     import subprocess
 
     out = tmp_path / "run"
@@ -379,30 +372,30 @@ def test_a_run_folder_in_use_is_refused_and_a_stale_lock_is_taken_over(tmp_path)
     try:
         (out / train.LOCK_FILE).write_text(f"{holder.pid}\n")
         with pytest.raises(RuntimeError, match=f"in use by another run \\(process {holder.pid}"):
-            run_train(tmp_path, "run")
+            tiny_run("run")
     finally:
         holder.kill()
         holder.wait()
     (out / ".model.safetensors.x1.tmp").write_bytes(b"half")  # a killed writer's leftover
-    run_train(tmp_path, "run")  # the holder is gone: its lock is stale
+    tiny_run("run")  # the holder is gone: its lock is stale
     assert (out / "DONE").exists() and not (out / train.LOCK_FILE).exists()
     assert not list(out.glob(".*.tmp"))
 
 
-def test_overwrite_removes_the_old_run_before_the_new_one_writes(tmp_path, monkeypatch):
-    out = run_train(tmp_path, "run")
+def test_overwrite_removes_the_old_run_before_the_new_one_writes(tmp_path, monkeypatch, tiny_run):
+    out = tiny_run("run")
     (out / "eval").mkdir()
     monkeypatch.setattr(train, "load_task", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):  # killed before the first epoch of the new run
-        run_train(tmp_path, "run", "--overwrite")
+        tiny_run("run", "--overwrite")
     left = {p.name for p in out.iterdir()}
     assert not left & {"model.safetensors", "best.json", "DONE", "config.json", "trainer_state", "eval"}, left
 
 
-def test_damaged_weights_and_trainer_state_are_errors_that_name_the_file(tmp_path):
+def test_damaged_weights_and_trainer_state_are_errors_that_name_the_file(tmp_path, tiny_run):
     from highmmt.checkpoint import load_weights
 
-    out = run_train(tmp_path, "run", "--set", "train.epochs=1")
+    out = tiny_run("run", "--set", "train.epochs=1")
     weights = out / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
@@ -445,7 +438,7 @@ def test_atomic_writes_follow_the_umask(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_a_run_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+def test_a_run_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, tiny_run):
     """As root chmod does not stop writes, so the refusal is simulated where the run first writes."""
     real_open = os.open
 
@@ -456,4 +449,4 @@ def test_a_run_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionError, match=r"run: cannot write the run folder \(Permission denied\); pick a writable --output-dir"):
-        run_train(tmp_path, "run")
+        tiny_run("run")

@@ -1,0 +1,44 @@
+"""Fixtures shared by the test files: a tiny model config and tiny seeded training runs on the
+synthetic tasks. Runs are forced to fp32, so that no test depends on whether this machine's CPU
+would pick bf16 (``train.precision=auto``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from highmmt import HighMMTConfig, ModalityConfig, TaskConfig
+from highmmt.config import EncoderConfig, FusionConfig
+
+SYNTHETIC_TASKS = "synthetic_pair,synthetic_single"
+TINY_RUN_FLAGS = ("--preset", "tiny", "--quiet", "--set", "train.precision=fp32", "--set", "train.steps_per_epoch=4",
+                  "--set", "train.epochs=3")
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Callable[..., Path]:
+    """``tiny_run(name, *flags)`` -> the run folder ``tmp_path/name`` of a tiny fp32 ``train.py`` run on
+    the two synthetic tasks (3 epochs of 4 steps; ``flags`` come last and win), cache in ``tmp_path``."""
+    import train
+
+    def run(name: str, *flags: str) -> Path:
+        out = tmp_path / name
+        train.main([*TINY_RUN_FLAGS, "--tasks", SYNTHETIC_TASKS, "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
+                    *flags])
+        return out
+
+    return run
+
+
+@pytest.fixture
+def tiny_model_config() -> HighMMTConfig:
+    """Two tasks over two time-series modalities (``pair`` reads a and b, ``single`` reads a), width 16."""
+    return HighMMTConfig(
+        dim=16,
+        modalities={"a": ModalityConfig("timeseries", {"channels": 3}), "b": ModalityConfig("timeseries", {"channels": 2})},
+        tasks={"pair": TaskConfig(["a", "b"], "classification", 3), "single": TaskConfig(["a"], "classification", 2)},
+        encoder=EncoderConfig(num_latents=4, heads=2, dim_head=8),
+        fusion=FusionConfig(heads=2, dim_head=8),
+    )
