@@ -234,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="train.py override for every run (an arm beside the default; give it its own --output-dir)")
+    p.add_argument("--baselines", default=None, help="an earlier baseline.py folder for these specs (default OUT/baselines)")
     p.add_argument("--export-only", action="store_true", help="write the spec files and stop")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -251,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.output_dir)
     started = time.time()
     results: dict[str, Any] = {"commit_now": git_commit(), "preset": args.preset, "seeds": seeds, "work_dir": str(work),
-                               "machine": machine_info(pick_device(cpu=True)), "threads": args.threads, "tasks": {}}
+                               "machine": machine_info(pick_device(cpu=True)), "threads": args.threads, "overrides": args.overrides, "tasks": {}}
     specs = {n: export_task(n, work, data_root=args.data_root, cache_dir=args.cache_dir, quiet=args.quiet) for n in names}
     for n, f in specs.items():
         results["tasks"][n] = {"spec": str(f), "what": exports()[n].what, "metric": exports()[n].metric, **inferred_options(f)}
@@ -259,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.export_only:
         return results
 
-    baselines = run_baselines(specs, out / "baselines", quiet=args.quiet)
+    baseline_dir = Path(args.baselines) if args.baselines else out / "baselines"
+    baselines = run_baselines(specs, baseline_dir, quiet=args.quiet)
     for n in names:
         b = baselines[n]
         results["tasks"][n]["baseline"] = {"name": b["best"]["name"], "value": b["best"]["value"], "protocol": b.get("protocol")}
@@ -270,8 +274,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             commit_file = folder.parent / f"{folder.name}.commit.json"
             trained_now = not (folder / "DONE").exists()
             commit = git_commit() if trained_now else json.loads(commit_file.read_text()) if commit_file.is_file() else None
-            r = run("single", folder, [str(specs[n])], args.preset, common, ["--seed", str(seed)], args.threads,
-                    eval_args=["--baselines", str(out / "baselines")])
+            scored = folder / "eval" / "metrics.json"
+            if (folder / "DONE").exists() and scored.is_file():
+                # scored once: a checkpoint made before a code default changed may no longer load at HEAD
+                r = {"metrics": json.loads(scored.read_text())}
+            else:
+                r = run("single", folder, [str(specs[n])], args.preset, common,
+                        ["--seed", str(seed), *[a for o in args.overrides for a in ("--set", o)]], args.threads,
+                        eval_args=["--baselines", str(baseline_dir)])
             entry = results["tasks"][n].setdefault("seeds", {})
             if trained_now:
                 write_json(commit_file, commit)
@@ -323,7 +333,8 @@ def markdown(results: dict[str, Any]) -> str:
         described.append("unknown" if c is None else f"`{c['head']}`" + (f" with uncommitted edits to {', '.join(c['dirty'])}"
                                                                          if c["dirty"] else ""))
     head = (f"Trained at commit {'; '.join(described) or '-'} (per run: `results.json`); preset `{results['preset']}`; single-task runs; test split; "
-            f"{format_seeds(seeds)}; {results['threads']} torch thread(s) per run. {stats_note(seeds)}\n\n"
+            f"{format_seeds(seeds)}; {results['threads']} torch thread(s) per run"
+            + (f"; overrides {results['overrides']}" if results.get("overrides") else "") + f". {stats_note(seeds)}\n\n"
             f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['device']}, torch {m['torch_version']}; "
             f"load average at the start {m['load_average']}; study wall time {results.get('wall_s', 0) / 60:.1f} min.")
     return head + "\n\n" + table + "\n\nTraining vs validation (`experiments/curves.py`):\n\n" + curves + "\n"
