@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import train
 from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
+from experiments.common import train_unless_done
 from highmmt import HighMMT
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import collate_rows, move_to, predict, score
@@ -86,10 +86,8 @@ def train_run(out: Path, task: str, common: list[str], colearn: dict[str, Any] |
     if (out / "DONE").exists() and timing.exists():
         return json.loads(timing.read_text())
     sets = [f"train.colearn.{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (colearn or {}).items()]
-    argv = ["--tasks", task, "--output-dir", str(out), "--overwrite", *common, *[a for s in sets for a in ("--set", s)]]
-    started = time.perf_counter()
-    train.main(argv)
-    info = {"train_wall_s": time.perf_counter() - started, "argv": argv}
+    argv = ["--tasks", task, *common, *[a for s in sets for a in ("--set", s)]]
+    info = {"train_wall_s": train_unless_done(out, argv), "argv": argv}
     write_json(timing, info)
     return info
 

@@ -19,7 +19,6 @@ the aggregates, hardware, wall and CPU time), ``results.md`` (the tables in the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import multiprocessing
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import compare, hardware_line, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
+from experiments.common import train_unless_done
 from highmmt.plotting import pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_argv(task: str, fraction: float, method: str, seed: int, out: Path, args: argparse.Namespace) -> list[str]:
+def run_argv(task: str, fraction: float, method: str, seed: int, args: argparse.Namespace) -> list[str]:
     """The train.py command line of one run."""
     cfg = TASKS[task]
     method, ablation = ABLATIONS.get(method, (method, {}))
@@ -75,7 +75,7 @@ def run_argv(task: str, fraction: float, method: str, seed: int, out: Path, args
         "train.semi.views": cfg["views"], **{f"train.{k}": v for k, v in cfg.get("train", {}).items()},
         **{f"train.semi.{k}": v for k, v in cfg["semi"].items()}, **ablation,
     }
-    argv = ["--preset", args.preset, "--tasks", task, "--output-dir", str(out), "--seed", str(seed), "--quiet",
+    argv = ["--preset", args.preset, "--tasks", task, "--seed", str(seed), "--quiet",
             "--labeled-fraction", str(fraction), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")]]
     argv += [a for o in args.overrides for a in ("--set", o)]
     if args.data_root:
@@ -100,17 +100,12 @@ def _cpu_s() -> float:
 def one_run(job: dict[str, Any]) -> dict[str, Any]:
     """Train (unless finished) and evaluate one run in this worker; return its figures."""
     import evaluate
-    import train
     from transference.semisup import load_summary
 
     out = Path(job["out"])
     started, cpu0 = time.time(), _cpu_s()
     reused = (out / "DONE").exists()
-    if not reused:
-        resume = ["--resume"] if (out / "trainer_state" / "state.pt").exists() else ["--overwrite"]
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out.parent / f"{out.name}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            train.main([*job["argv"], *resume])
+    train_unless_done(out, job["argv"], log=out.parent / f"{out.name}.log")
     trained = time.time() - started
     ev = ["--checkpoint", str(out), "--no-robustness", "--quiet"] + (["--limit", str(job["eval_limit"])] if job["eval_limit"] else [])
     ev += [a for flag in ("--data-root", "--cache-dir") if job.get(flag) for a in (flag, job[flag])]
@@ -295,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 for seed in seeds:
                     folder = out / "runs" / task / f"f{fraction:g}" / method / f"s{seed}"
                     jobs.append({"task": task, "fraction": fraction, "method": method, "seed": seed, "out": str(folder),
-                                 "argv": run_argv(task, fraction, method, seed, folder, args), "eval_limit": TASKS[task]["eval_limit"],
+                                 "argv": run_argv(task, fraction, method, seed, args), "eval_limit": TASKS[task]["eval_limit"],
                                  "--data-root": args.data_root, "--cache-dir": args.cache_dir,
                                  "previous_timing": previous_timing.get(str(folder))})
     machine = machine_info(__import__("torch").device("cpu"))

@@ -24,7 +24,6 @@ all of them); ``--threads`` sets ``train.threads``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import time
@@ -36,6 +35,7 @@ import torch
 
 import train
 from benchmarks.common import compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
+from experiments.common import train_unless_done
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -83,18 +83,6 @@ def floats(text: str, what: str) -> list[float]:
     if not values or any(not 0.0 < v <= 1.0 for v in values):
         raise ValueError(f"--{what}: every fraction must be in (0, 1], got {text!r}")
     return sorted(set(values))
-
-
-def run_train(out: Path, argv: list[str], log_name: str) -> float:
-    """``train.main`` into ``out`` unless it finished before; its log goes to ``out.log``. Returns seconds."""
-    if (out / "DONE").exists():
-        return 0.0
-    resume = ["--resume"] if (out / "trainer_state" / "state.pt").exists() else ["--overwrite"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    with open(out.parent / f"{log_name}.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        train.main([*argv, "--output-dir", str(out), *resume])
-    return time.time() - started
 
 
 def test_score(out: Path, task: str, args: argparse.Namespace) -> dict[str, float]:
@@ -146,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         pre_dir = out / "pretrain"
         pre_argv = [*common, "--tasks", ",".join(pretrain), *[a for o in PRETRAIN_SET + args.pretrain_set for a in ("--set", o)], *every]
-        pre_wall = run_train(pre_dir, pre_argv, "pretrain")
+        pre_wall = train_unless_done(pre_dir, pre_argv, log=pre_dir.parent / "pretrain.log")
     print(f"[{time.time() - started:.0f}s] pre-trained on {len(pretrain)} tasks -> {pre_dir}", flush=True)
 
     ft_sets = [a for o in FINETUNE_SET + args.finetune_set for a in ("--set", o)]
@@ -162,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     argv_ = [*common, "--tasks", task, "--seed", str(seed), "--train-fraction", str(fraction), *ft_sets, *every]
                     if method != "scratch":
                         argv_ += ["--init-from", str(pre_dir), *method_args]
-                    wall = run_train(run_dir, argv_, run_dir.name)
+                    wall = train_unless_done(run_dir, argv_, log=run_dir.parent / f"{run_dir.name}.log")
                     cfg = json.loads((run_dir / "config.json").read_text())
                     scores = test_score(run_dir, task, args)
                     runs.append({

@@ -376,7 +376,7 @@ def test_study_aggregates_paired_gains_and_writes_tables():
     from experiments import semisup as study
 
     args = study.argparse.Namespace(preset="tiny", scale=2.0, val_limit=100, overrides=["train.lr=0.01"], data_root=None, cache_dir="/c")
-    argv = study.run_argv("avmnist", 0.05, "views_only", 1, Path("/tmp/x"), args)
+    argv = study.run_argv("avmnist", 0.05, "views_only", 1, args)
     joined = " ".join(argv)
     assert "train.semi.method=co_regularization" in joined and "train.semi.agreement_weight=0.0" in joined
     assert "train.steps_per_epoch=50" in joined and "--labeled-fraction 0.05" in joined and argv[-2:] == ["--cache-dir", "/c"]
