@@ -17,8 +17,9 @@ puts the model under the very same folds:
   name and options (``force_torque``, 6 channels; values already ``signed_log``-transformed by the
   built-in task). ``folds.json`` records each fold's pooled row positions.
 * Runs: one multitask model over the five tasks per (repeat, fold), ``train.py --preset <preset>``
-  then ``evaluate.py --no-robustness --no-baselines`` through ``experiments.suite_results.run``
-  (a finished run is skipped, an interrupted one resumed). LP3 has 3 folds, so the runs of folds
+  through ``experiments.common.train_unless_done`` (a finished run is skipped, an interrupted one
+  resumed), then ``evaluate.py --no-robustness --no-baselines`` (read back when its ``metrics.json``
+  is newer than the run's ``DONE``). LP3 has 3 folds, so the runs of folds
   3 and 4 train on the other four tasks only (15 runs; LP3 is scored on 9 of them, as its baselines).
 * References: the best baseline of each task under the same folds (by mean test value, as
   ``baseline.py`` ranks them), read from ``--baselines`` (``baseline.py``'s ``baselines.json``,
@@ -32,6 +33,7 @@ Writes ``results.json`` and ``results.md`` into ``--output-dir``.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from collections.abc import Sequence
@@ -42,8 +44,9 @@ import datasets
 import numpy as np
 
 import tasks as _tasks  # noqa: F401  (registers the built-in tasks)
-from benchmarks.common import compare, format_mean_sd, machine_info, markdown_table, mean_sd, pick_device, run_cli, write_json
-from experiments.suite_results import run
+from benchmarks.common import (compare, format_mean_sd, machine_info, markdown_table, mean_sd, num_threads, pick_device, run_cli,
+                               write_json)
+from experiments.common import train_unless_done
 from highmmt.metrics import HIGHER_IS_BETTER
 from tasks.baselines import BaselineSettings, Plan, TaskFeatures, cached_run, fingerprint, load_results, plans, protocol
 from tasks.cache import LoadedTask, load_task, progress_bars, resolve_cache_dir
@@ -163,7 +166,9 @@ def markdown(results: dict[str, Any]) -> str:
     rows = []
     for task, t in results["per_task"].items():
         c = t["compare"]
-        rows.append([task, f"{t['folds']}-fold x {len(t['runs']) // t['folds']}", format_mean_sd(t["model_scores"]),
+        planned = t["folds"] * results["settings"]["cv_repeats"]
+        proto = f"{t['folds']}-fold x {results['settings']['cv_repeats']}" + ("" if len(t["runs"]) == planned else f" ({len(t['runs'])} of {planned} run)")
+        rows.append([task, proto, format_mean_sd(t["model_scores"]),
                      f"{format_mean_sd(t['reference_scores'])} ({t['reference_name']})",
                      f"{c['difference']:+.3f} ({c['verdict']})", format_mean_sd([t["paired_difference"]["mean"]])
                      + ("" if t["paired_difference"]["sd"] is None else f" ± {t['paired_difference']['sd']:.3f}")])
@@ -176,6 +181,22 @@ def markdown(results: dict[str, Any]) -> str:
     times = [r["train_seconds"] for r in results["runs"].values() if r.get("train_seconds") is not None]
     tail = f"Training per run: {format_mean_sd(times, 0)} s ({len(times)} runs timed)." if times else ""
     return head + "\n\n" + table + "\n\n" + tail + "\n"
+
+
+def run_fold(folder: Path, spec_files: Sequence[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """Train one (repeat, fold) run unless finished, evaluate it unless evaluated since; its metrics and timing."""
+    import evaluate
+
+    argv = ["--preset", args.preset, "--tasks", ",".join(map(str, spec_files)), "--seed", str(args.seed), "--quiet",
+            *(["--cache-dir", args.cache_dir] if args.cache_dir else []), *[a for o in args.overrides for a in ("--set", o)]]
+    with num_threads(args.threads):
+        train_unless_done(folder, argv, log=folder.parent / f"{folder.name}.log")
+        scored = folder / "eval" / "metrics.json"
+        if not (scored.exists() and scored.stat().st_mtime >= (folder / "DONE").stat().st_mtime):
+            evaluate.main(["--checkpoint", str(folder), "--no-robustness", "--no-baselines", "--quiet"])
+    done = (folder / "DONE").read_text().strip()  # "finished E epochs, S steps in Ns"
+    return {"metrics": json.loads(scored.read_text()), "train_log": done,
+            "train_seconds": float(done.rsplit(" in ", 1)[1].rstrip("s")) if " in " in done else None}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -193,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                      "settings; default: compute (cached under the cache dir)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each run (with OMP_NUM_THREADS=1 on a shared machine)")
     p.add_argument("--no-train", action="store_true", help="write the fold data only")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -212,18 +233,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.no_train:
         return results
     refs = references(loaded, settings, args.baselines, args.cache_dir, args.quiet)
-    common = ["--quiet"] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-    extra = ["--seed", str(args.seed)] + [a for o in args.overrides for a in ("--set", o)]
     started = time.time()
     for (r, f), specs in todo.items():
         key = f"r{r}_f{f}"
-        res = run("multitask", out / "runs" / key, [str(s) for s in specs.values()], args.preset, common, extra, args.threads,
-                  eval_args=["--no-baselines"])
+        res = run_fold(out / "runs" / key, list(specs.values()), args)
         res.update(tasks=list(specs), repeat=r, fold=f)
-        done = res["train_log"]  # "finished E epochs, S steps in Ns"
-        res["train_seconds"] = float(done.rsplit(" in ", 1)[1].rstrip("s")) if " in " in done else None
         results["runs"][key] = res
-        print(f"[{time.time() - started:.0f}s] {key} done: {done}", flush=True)
+        print(f"[{time.time() - started:.0f}s] {key} done: {res['train_log']}", flush=True)
     results["wall_s_this_call"] = time.time() - started
     results["machine"] = machine_info(pick_device(cpu=True)) | {"python": platform.python_version()}
     results["per_task"] = summarise(results, refs)
