@@ -48,6 +48,39 @@ def drop_tokens(mask: Tensor, p: float) -> Tensor:
     return torch.where(kept.any(dim=1, keepdim=True), kept, first_real)
 
 
+# Embedder options whose default changed, with the value they had before. A saved config that does not
+# state them was written under the old default; ``from_pretrained`` falls back to it when the weights
+# do not fit today's default, so older run folders keep loading.
+EARLIER_DEFAULTS = {"summary": False, "stem": "linear"}
+
+
+def fits(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
+    """Whether ``state`` has exactly the model's keys and shapes."""
+    own = model.state_dict()
+    return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
+
+
+def with_earlier_defaults(config: HighMMTConfig) -> list[HighMMTConfig]:
+    """``config`` with some of ``EARLIER_DEFAULTS`` filled into each modality whose embedder takes an
+    option it does not state: one config per non-empty subset of those options, fewest first."""
+    import dataclasses
+    import inspect
+    import itertools
+
+    unstated = sorted({k for mc in config.modalities.values() for k in EARLIER_DEFAULTS
+                       if k in inspect.signature(EMBEDDERS.get(mc.kind).__init__).parameters and k not in mc.options})
+    configs = []
+    for n in range(1, len(unstated) + 1):
+        for keys in itertools.combinations(unstated, n):
+            modalities = {}
+            for name, mc in config.modalities.items():
+                accepted = inspect.signature(EMBEDDERS.get(mc.kind).__init__).parameters
+                fill = {k: EARLIER_DEFAULTS[k] for k in keys if k in accepted and k not in mc.options}
+                modalities[name] = dataclasses.replace(mc, options={**mc.options, **fill})
+            configs.append(dataclasses.replace(config, modalities=modalities))
+    return configs
+
+
 def _key(name: str) -> str:
     """ModuleDict keys may not contain dots."""
     return name.replace(".", "_")
@@ -216,6 +249,14 @@ class HighMMT(nn.Module):
         with weights_from_checkpoint():  # backbones skip their own weight files: the checkpoint holds them
             model = cls(config)
         state = load_weights(directory / WEIGHTS_NAME)
-        check_state_dict(model.state_dict(), state, where=str(directory))
+        if not fits(model, state):
+            for legacy in with_earlier_defaults(config):
+                with weights_from_checkpoint():
+                    older = cls(legacy)
+                if fits(older, state):
+                    model = older
+                    break
+            else:  # none fits: the error names what today's defaults expect
+                check_state_dict(model.state_dict(), state, where=str(directory))
         model.load_state_dict(state)
         return model.to(map_location)

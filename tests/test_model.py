@@ -245,3 +245,29 @@ def test_token_dropout_hides_real_tokens_only_in_training() -> None:
     rate = 1 - kept.sum() / mask.sum()
     assert 0.25 < float(rate) < 0.32  # ~p, a bit under (rows of one token keep it)
     assert torch.equal(drop_tokens(mask, 0.999).sum(dim=1), torch.ones(1500, dtype=torch.long))
+
+
+def test_a_checkpoint_saved_before_a_default_changed_still_loads(tmp_path) -> None:
+    """A config that does not state ``summary`` / ``stem`` was written under their earlier defaults."""
+    import json
+
+    from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
+    from highmmt.model import HighMMT
+
+    cfg = HighMMTConfig(dim=16, modalities={"s": ModalityConfig("timeseries", {"channels": 2, "summary": False}),
+                                            "i": ModalityConfig("image", {"channels": 1})},
+                        tasks={"t": TaskConfig(["s", "i"], "classification", 3)})
+    old = HighMMT(cfg).eval()
+    old.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["modalities"]["s"]["options"]["summary"]  # as a run from before the summary token wrote it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = HighMMT.from_pretrained(tmp_path).eval()
+    assert loaded.embedders["s"].summary is None
+    x = {"s": torch.randn(2, 5, 2), "i": torch.rand(2, 8, 8, 1)}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, "t"), old(x, "t"))
+    saved["modalities"]["s"]["options"]["channels"] = 3  # weights that fit no defaults: still a clear error
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError):
+        HighMMT.from_pretrained(tmp_path)
