@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks import byo_bench
+from experiments import byo_bench
 from tasks import check
 from tasks.byo import SPEC_TEXT_DEFAULTS
 from tasks.cache import array_feature, samples_to_dataset

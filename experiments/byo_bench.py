@@ -1,7 +1,7 @@
 """Bring-your-own accuracy: does a spec-file task with the default preset reach 0.95x the simple baseline?
 
-    python -m benchmarks.byo_bench --data-root ../shared/data            # export, baselines, 3 seeds, table
-    python -m benchmarks.byo_bench --tasks byo_sentiment --seeds 0       # one task, one seed (timing)
+    python -m experiments.byo_bench --data-root ../shared/data           # export, baselines, 3 seeds, table
+    python -m experiments.byo_bench --tasks byo_sentiment --seeds 0      # one task, one seed (timing)
 
 Issue 15 asks that any classification task brought by a spec file (text, fixed- or variable-length
 series, tabular columns), trained with the default preset, reach at least 0.95x the project's own best
@@ -15,9 +15,9 @@ says. This study measures it on tasks exported from the real data as a user woul
    (default ``$HIGHMMT_CACHE/byo_bench``, else ``~/.cache/highmmt/byo_bench``), never into the repo or
    the data root. The options the loader inferred are recorded in ``results.json``.
 2. **Baselines**: ``baseline.py`` on every spec (``OUT/baselines``), skipped for specs it has done.
-3. **Model**: single-task ``train.py --preset default --seed S`` per spec and seed, then
-   ``evaluate.py --no-robustness --baselines OUT/baselines`` (``experiments.suite_results.run``:
-   trains unless the folder is finished, so the study resumes), one torch thread per run.
+3. **Model**: single-task ``train.py --preset default --seed S`` per spec and seed
+   (``experiments.common.train_unless_done``: a finished run is skipped, a killed one resumed), then
+   ``evaluate.py --no-robustness --baselines OUT/baselines`` (read back once scored), one torch thread.
 4. **Table** (``OUT/results.md`` / ``results.json``): model mean ± sample sd over seeds, best baseline,
    ratio model / baseline, whether the mean reaches 0.95x, train wall seconds; the git commit the
    numbers were measured at; training vs validation curves of every run (``experiments.curves``).
@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,10 +43,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks.common import (
-    format_mean_sd, format_seeds, machine_info, markdown_table, mean_sd, pick_device, run_cli, stats_note, write_json,
+    format_mean_sd, format_seeds, machine_info, markdown_table, mean_sd, num_threads, pick_device, run_cli, stats_note, write_json,
 )
+from experiments.common import train_unless_done
 from experiments.curves import summarize_run
-from experiments.suite_results import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,9 +216,24 @@ def run_baselines(specs: dict[str, Path], out: Path, *, quiet: bool) -> dict[str
     done = json.loads(path.read_text())["tasks"] if path.is_file() else {}
     todo = [str(f) for n, f in specs.items() if n not in done]
     if todo:
-        subprocess.run([sys.executable, str(ROOT / "baseline.py"), "--tasks", ",".join(todo), "--output-dir", str(out),
-                        *(["--quiet"] if quiet else [])], check=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        import baseline
+
+        baseline.main(["--tasks", ",".join(todo), "--output-dir", str(out), *(["--quiet"] if quiet else [])])
     return json.loads(path.read_text())["tasks"]
+
+
+def score_run(folder: Path, spec_file: Path, seed: int, baseline_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one single-task run unless finished, evaluate it unless scored since; its metrics.json."""
+    import evaluate
+
+    argv = ["--preset", args.preset, "--tasks", str(spec_file), "--seed", str(seed), "--quiet", "--cpu",
+            *(["--cache-dir", args.cache_dir] if args.cache_dir else []), *[a for o in args.overrides for a in ("--set", o)]]
+    scored = folder / "eval" / "metrics.json"
+    with num_threads(args.threads):
+        train_unless_done(folder, argv, log=folder.parent / f"{folder.name}.log")
+        if not (scored.exists() and scored.stat().st_mtime >= (folder / "DONE").stat().st_mtime):
+            evaluate.main(["--checkpoint", str(folder), "--no-robustness", "--quiet", "--cpu", "--baselines", str(baseline_dir)])
+    return json.loads(scored.read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -233,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    "(default $HIGHMMT_CACHE/byo_bench, else ~/.cache/highmmt/byo_bench); not inside the repo")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of each run (with OMP_NUM_THREADS=1 on a shared machine)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="train.py override for every run (an arm beside the default; give it its own --output-dir)")
     p.add_argument("--baselines", default=None, help="an earlier baseline.py folder for these specs (default OUT/baselines)")
@@ -263,29 +276,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return results
 
     baseline_dir = Path(args.baselines) if args.baselines else out / "baselines"
-    baselines = run_baselines(specs, baseline_dir, quiet=args.quiet)
+    with num_threads(args.threads):
+        baselines = run_baselines(specs, baseline_dir, quiet=args.quiet)
     for n in names:
         b = baselines[n]
         results["tasks"][n]["baseline"] = {"name": b["best"]["name"], "value": b["best"]["value"], "protocol": b.get("protocol")}
-    common = ["--quiet", "--cpu"]
     for seed in seeds:  # every task once before the next seed, so a cut-short study still covers them all
         for n in names:
             folder = out / "runs" / n / f"seed{seed}"
             commit_file = folder.parent / f"{folder.name}.commit.json"
             trained_now = not (folder / "DONE").exists()
             commit = git_commit() if trained_now else json.loads(commit_file.read_text()) if commit_file.is_file() else None
-            scored = folder / "eval" / "metrics.json"
-            if (folder / "DONE").exists() and scored.is_file():
-                # scored once: a checkpoint made before a code default changed may no longer load at HEAD
-                r = {"metrics": json.loads(scored.read_text())}
-            else:
-                r = run("single", folder, [str(specs[n])], args.preset, common,
-                        ["--seed", str(seed), *[a for o in args.overrides for a in ("--set", o)]], args.threads,
-                        eval_args=["--baselines", str(baseline_dir)])
+            metrics = score_run(folder, specs[n], seed, baseline_dir, args)
             entry = results["tasks"][n].setdefault("seeds", {})
             if trained_now:
                 write_json(commit_file, commit)
-            entry[str(seed)] = {"value": r["metrics"][n][exports()[n].metric], "train_s": train_seconds(folder), "commit": commit,
+            entry[str(seed)] = {"value": metrics[n][exports()[n].metric], "train_s": train_seconds(folder), "commit": commit,
                                 "curves": summarize_run(folder)}
             print(f"[{time.time() - started:.0f}s] {n} seed {seed}: {entry[str(seed)]['value']:.4f}", flush=True)
             results["wall_s"] = time.time() - started
@@ -313,7 +319,7 @@ def markdown(results: dict[str, Any]) -> str:
     rows = summary_rows(results)
     seeds = results["seeds"]
     table = markdown_table(
-        ["task", "data", "metric", "model (default preset)", "best baseline", "model / baseline", f"meets {GOAL_RATIO}x",
+        ["task", "data", "metric", f"model ({results['preset']} preset)", "best baseline", "model / baseline", f"meets {GOAL_RATIO}x",
          "train s / seed", "inferred options"],
         [[r["task"], r["what"], r["metric"], format_mean_sd(r["values"], per_seed=True),
           "-" if not r["baseline"] else f"{r['baseline']['value']:.3f} {r['baseline']['name']}",
@@ -336,7 +342,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{format_seeds(seeds)}; {results['threads']} torch thread(s) per run"
             + (f"; overrides {results['overrides']}" if results.get("overrides") else "") + f". {stats_note(seeds)}\n\n"
             f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['device']}, torch {m['torch_version']}; "
-            f"load average at the start {m['load_average']}; study wall time {results.get('wall_s', 0) / 60:.1f} min.")
+            f"load average at the start {m['load_average']}; wall time of this call {results.get('wall_s', 0) / 60:.1f} min.")
     return head + "\n\n" + table + "\n\nTraining vs validation (`experiments/curves.py`):\n\n" + curves + "\n"
 
 
