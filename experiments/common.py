@@ -4,26 +4,47 @@ helpers are in ``benchmarks/common.py``)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import train
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def train_unless_done(folder: Path, argv: Sequence[str], *, log: Path | None = None) -> float:
-    """``train.main(argv)`` into ``folder`` unless it holds a finished run (``DONE``): a killed run
-    resumes, anything else there is overwritten. ``log``: where its output is appended (None: not
-    redirected). Returns the seconds spent training (0.0 when the run was finished before)."""
+
+def train_unless_done(folder: Path, argv: Sequence[str], *, log: Path | None = None, threads: int | None = None) -> float:
+    """``train.py argv`` into ``folder`` unless it holds a finished run (``DONE``): a killed run
+    resumes, anything else there is overwritten. Returns the seconds spent training (0.0 when the
+    run was finished before).
+
+    Args:
+        log: where the run's output is appended (None: not redirected).
+        threads: None trains in this process; a number trains in a subprocess with that many
+            OpenMP threads (0: the default), so that several runs can share the CPU.
+    Raises:
+        RuntimeError: the subprocess failed; the message names the log.
+    """
     if (folder / "DONE").exists():
         return 0.0
     resume = ["--resume"] if (folder / "trainer_state" / "state.pt").exists() else ["--overwrite"]
     folder.mkdir(parents=True, exist_ok=True)
+    argv = [*argv, "--output-dir", str(folder), *resume]
     started = time.time()
     with contextlib.ExitStack() as stack:
-        if log is not None:
-            f = stack.enter_context(open(log, "a"))
-            stack.enter_context(contextlib.redirect_stdout(f))
-            stack.enter_context(contextlib.redirect_stderr(f))
-        train.main([*argv, "--output-dir", str(folder), *resume])
+        out = stack.enter_context(open(log, "a")) if log is not None else None
+        if threads is not None:
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
+            done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], env=env, cwd=ROOT, stdout=out,
+                                  stderr=subprocess.STDOUT if out is not None else None)
+            if done.returncode != 0:
+                raise RuntimeError(f"training {folder} failed (exit {done.returncode}); see {log or 'the output above'}")
+        else:
+            if out is not None:
+                stack.enter_context(contextlib.redirect_stdout(out))
+                stack.enter_context(contextlib.redirect_stderr(out))
+            train.main(argv)
     return time.time() - started

@@ -36,11 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +47,7 @@ import torch
 
 import modalities  # noqa: F401  (registers the embedders)
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli
+from experiments.common import train_unless_done
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from tasks.cache import load_task
@@ -116,24 +114,15 @@ def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 def train_run(run: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     """``train.py`` in a subprocess (one torch thread), unless the run folder is finished."""
     folder = out / run["name"]
-    if (folder / "DONE").exists():
-        return
     steps = run.get("steps", args.steps)
     epochs = max(1, min(args.epochs, steps // 50))
-    cmd = [sys.executable, str(ROOT / "train.py"), "--preset", args.preset, "--tasks", ",".join(run["tasks"]),
-           "--output-dir", str(folder), "--overwrite", "--quiet", "--seed", str(run.get("seed", args.seed)),
-           "--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps // epochs}",
-           "--set", f"train.warmup_steps={min(50, steps // 10)}", "--set", f"train.threads={args.threads}",
-           *(["--data-root", args.data_root] if args.data_root else []), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
-           *run["args"]]
+    argv = ["--preset", args.preset, "--tasks", ",".join(run["tasks"]), "--quiet", "--seed", str(run.get("seed", args.seed)),
+            "--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps // epochs}",
+            "--set", f"train.warmup_steps={min(50, steps // 10)}", "--set", f"train.threads={args.threads}",
+            *(["--data-root", args.data_root] if args.data_root else []), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
+            *run["args"]]
     folder.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    with open(folder.parent / f"{folder.name}.log", "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"run {run['name']} failed (exit {done.returncode}); see {folder.parent / (folder.name + '.log')}")
+    train_unless_done(folder, argv, log=folder.parent / f"{folder.name}.log", threads=args.threads)
 
 
 def test_scores(folder: Path, tasks: Sequence[str], args: argparse.Namespace) -> dict[str, dict[str, float]]:

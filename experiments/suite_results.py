@@ -38,6 +38,7 @@ from typing import Any
 
 import train
 from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, run_cli, stats_note
+from experiments.common import train_unless_done
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,12 +77,9 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     started = time.time()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     py = [sys.executable]
-    if not (out / "DONE").exists():
-        resume = ["--resume"] if (out / "trainer_state" / "state.pt").exists() else ["--overwrite"]
-        cmd = [*py, str(ROOT / "train.py"), "--preset", preset, "--tasks", ",".join(tasks), "--output-dir", str(out), *resume, *common, *extra]
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out.parent / f"{out.name}.log", "a") as log:
-            subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train_unless_done(out, ["--preset", preset, "--tasks", ",".join(tasks), *common, *extra], log=out.parent / f"{out.name}.log",
+                      threads=threads)
     trained = time.time() - started
     subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet",
                     *[a for a in common if a != "--quiet"], *eval_args], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
