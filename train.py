@@ -46,7 +46,7 @@ import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
-from highmmt.config import FINETUNE_POLICIES, PRECISIONS, HighMMTConfig, ModalityConfig, RunConfig, TaskConfig, apply_overrides, from_dict
+from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
@@ -56,6 +56,7 @@ from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 from tasks.splits import stratified_holdout
 from transference import autotune
+from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig
 from transference.hooks import TrainContext, build_hooks
 from transference.schedules import make_schedule, warmup_cosine
 

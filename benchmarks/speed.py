@@ -73,10 +73,11 @@ from benchmarks.common import (
     write_json,
 )
 from highmmt import HighMMT, HighMMTConfig
-from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig, TrainConfig
+from highmmt.config import EncoderConfig, ModalityConfig, TaskConfig
 from highmmt.encoder import PerceiverEncoder
 from highmmt.registry import EMBEDDERS
 from transference import autotune
+from transference.config import TrainConfig
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "speed.json"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -198,7 +199,8 @@ def _sizes(preset: str) -> HighMMTConfig:
 
 
 def _train_options(preset: str) -> dict[str, Any]:
-    from highmmt.config import TrainConfig, from_dict
+    from highmmt.config import from_dict
+    from transference.config import TrainConfig
 
     return vars(from_dict(TrainConfig, _preset(preset).get("train", {})))
 

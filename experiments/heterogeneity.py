@@ -58,12 +58,13 @@ import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import train
 from benchmarks.common import format_seeds, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, write_json
 from highmmt import HighMMT
-from highmmt.config import HighMMTConfig, ModalityConfig, RunConfig, SharingConfig, TaskConfig, TrainConfig, apply_overrides
+from highmmt.config import HighMMTConfig, ModalityConfig, SharingConfig, TaskConfig, apply_overrides
 from highmmt.heads import task_loss
 from highmmt.plotting import pyplot, save_figure
 from highmmt.sharing import pair_key
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import collate_rows, move_to, score
+from transference.config import RunConfig, TrainConfig
 from transference.heterogeneity import (
     cluster,
     complete_low_rank,

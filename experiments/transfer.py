@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--target-tasks and --pretrain-tasks overlap: {overlap}; targets must be new to the checkpoint")
     fractions = floats(args.fractions, "fractions")
     policies = [p for p in args.policies.split(",") if p]
-    from highmmt.config import FINETUNE_POLICIES
+    from transference.config import FINETUNE_POLICIES
 
     unknown = [p for p in policies if p not in FINETUNE_POLICIES]
     if unknown or not policies:

@@ -17,8 +17,8 @@ import evaluate
 import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, TaskConfig
-from highmmt.config import ColearnConfig, RunConfig, TrainConfig
 from transference.colearn import ColearnHook, ColearnPredictor, class_prototypes, info_nce, load_predictor, nearest_prototype, normalized_mse, target_tasks
+from transference.config import ColearnConfig, RunConfig, TrainConfig
 from transference.hooks import TrainContext
 
 SYN = "synthetic_pair,synthetic_single"

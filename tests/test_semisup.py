@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 import evaluate
 import train
 from highmmt import HighMMT
-from highmmt.config import RunConfig, SemiConfig, apply_overrides
+from highmmt.config import apply_overrides
 from tasks.base import TaskSpec
 from tasks.cache import load_task
 from transference import semisup
+from transference.config import RunConfig, SemiConfig
 from transference.hooks import TrainContext, build_hooks
 
 PAIR = TaskSpec(name="pair", modalities={"img": "image", "snd": "audio", "imu": "timeseries"}, task_type="classification",

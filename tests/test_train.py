@@ -321,8 +321,9 @@ def test_runs_with_different_precisions_share_one_process(tmp_path, tiny_run):
 def test_label_smoothing_penalises_overconfident_logits_and_is_checked():
     import math
 
-    from highmmt.config import RunConfig, apply_overrides
+    from highmmt.config import apply_overrides
     from highmmt.heads import task_loss
+    from transference.config import RunConfig
 
     target = torch.tensor([0, 1])
     confident = torch.tensor([[20.0, -20.0], [-20.0, 20.0]])

@@ -16,9 +16,10 @@ import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.checkpoint import atomic_save_safetensors, atomic_write_json
-from highmmt.config import EncoderConfig, FusionConfig, RunConfig, SharingConfig, TrainConfig
+from highmmt.config import EncoderConfig, FusionConfig, SharingConfig
 from tasks.cache import load_task
 from transference import finetune
+from transference.config import RunConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -5,6 +5,7 @@ Each method is one module behind the method protocol of :mod:`transference.hooks
 ``train.py`` and ``evaluate.py`` run whatever the config switches on. Importing this package
 registers them all.
 
+- ``config.py``         the training config (``train.*``) and the run config (model + training)
 - ``schedules.py``      multitask schedules (which tasks give a batch at each step) and the lr schedule
 - ``finetune.py``       transfer: loading a checkpoint, freezing policies, LoRA, layer-wise lr decay
 - ``semisup.py``        unlabeled data: self-training, co-training, co-regularization

@@ -37,11 +37,12 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
-from highmmt.config import ColearnConfig, HighMMTConfig, from_dict
+from highmmt.config import HighMMTConfig, from_dict
 from highmmt.heads import task_loss
 from highmmt.layers import CrossBlock
 from highmmt.model import HighMMT, _key
 from tasks.loader import predict, score
+from transference.config import ColearnConfig
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 HOOK_NAME = "colearn"

@@ -45,8 +45,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from highmmt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
-from highmmt.config import FINETUNE_POLICIES, RETIRED_FINETUNE_POLICIES, HighMMTConfig, RunConfig, TrainConfig
+from highmmt.config import HighMMTConfig
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
+from transference.config import FINETUNE_POLICIES, RETIRED_FINETUNE_POLICIES, RunConfig, TrainConfig
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 PARTS = ("embedders", "encoders", "fusion", "heads", "other")  # other: any module added to HighMMT later

@@ -44,7 +44,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from highmmt.config import HighMMTConfig, RunConfig, TrainConfig, from_dict
+from highmmt.config import HighMMTConfig, from_dict
+from transference.config import RunConfig, TrainConfig
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TrainContext:
 
     model: nn.Module
     loaded: dict[str, Any]
-    run: Any  # highmmt.config.RunConfig
+    run: Any  # transference.config.RunConfig
     device: torch.device
     seed: int
     out: Path

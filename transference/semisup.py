@@ -1,6 +1,6 @@
 """Learning from unlabeled data: self-training, co-training and co-regularization as a training hook.
 
-Switched on by ``train.semi`` (:class:`~highmmt.config.SemiConfig`; ``train.py --labeled-fraction F``):
+Switched on by ``train.semi`` (:class:`~transference.config.SemiConfig`; ``train.py --labeled-fraction F``):
 
 - **labeled subset**: a stratified, seeded fraction ``F`` of each training split keeps its labels
   (at least one row per class); the other rows join the *unlabeled pool* with their labels removed
@@ -57,11 +57,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from highmmt.checkpoint import atomic_write_json
-from highmmt.config import HighMMTConfig, SemiConfig, TaskConfig, from_dict
+from highmmt.config import HighMMTConfig, TaskConfig, from_dict
 from tasks.base import TaskSpec
 from tasks.cache import source_groups
 from tasks.loader import TaskStream, collate_rows, move_to, predict, score
 from tasks.splits import stratified_holdout
+from transference.config import SemiConfig
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 HOOK_NAME = "semisup"

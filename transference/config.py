@@ -1,0 +1,231 @@
+"""Training configuration: what ``train.py`` and the methods in ``transference/`` read (``train.*``),
+beside the model's config (:class:`highmmt.config.HighMMTConfig`) in one :class:`RunConfig`. Typed
+``--set train.x=value`` overrides go through :func:`highmmt.config.apply_overrides`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from highmmt.config import HighMMTConfig
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COLEARN_METHODS = ("none", "translation", "contrastive")
+MISSING_SLOTS = ("auto", "translation", "zero", "none")
+
+
+@dataclass
+class ColearnConfig:
+    """Co-learning between two modalities of a task (``transference/colearn.py``; off while ``method`` is none).
+
+    ``translation`` (Pham et al. 2019): a decoder maps the primary modality's latents to the secondary's
+    (and back to the primary's when ``cyclic``); ``contrastive`` (CLIP / ALIGN): a symmetric InfoNCE
+    loss at ``temperature`` aligns the two modalities' pooled, projected latents. ``weight`` scales the
+    co-learning loss. ``tasks``: where it applies (empty: every task that reads both modalities).
+    ``missing_slot``: what the head also learns to read in the secondary's slot, and what fills it when
+    the secondary is missing (validation scores that primary-only path): ``translation`` (the
+    translated latents), ``zero`` (a zero slot: modality dropout), ``none``; ``auto`` is
+    ``translation`` for the translation method, else ``none``. ``supervise_secondary=false`` keeps the
+    secondary out of the supervised forward: its labels are never used (cross-modal label transfer).
+    """
+
+    method: str = "none"
+    primary: str = ""
+    secondary: str = ""
+    tasks: list[str] = field(default_factory=list)
+    weight: float = 1.0
+    cyclic: bool = False
+    temperature: float = 0.1
+    detach_target: bool = True
+    missing_slot: str = "auto"
+    supervise_secondary: bool = True
+    decoder_depth: int = 1
+    proj_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in COLEARN_METHODS:
+            raise ValueError(f"train.colearn.method must be one of {COLEARN_METHODS}, got {self.method!r}")
+        if self.missing_slot not in MISSING_SLOTS:
+            raise ValueError(f"train.colearn.missing_slot must be one of {MISSING_SLOTS}, got {self.missing_slot!r}")
+        if self.method == "none":
+            return
+        if not self.primary or not self.secondary:
+            raise ValueError(f"train.colearn.method={self.method} needs train.colearn.primary and train.colearn.secondary "
+                             f"(modality names), got primary={self.primary!r}, secondary={self.secondary!r}")
+        if self.primary == self.secondary:
+            raise ValueError(f"train.colearn.primary and train.colearn.secondary must differ, both are {self.primary!r}")
+        if self.weight < 0.0:
+            raise ValueError(f"train.colearn.weight must be >= 0, got {self.weight}")
+        if self.temperature <= 0.0:
+            raise ValueError(f"train.colearn.temperature must be > 0, got {self.temperature}")
+        if self.decoder_depth < 1 or self.proj_dim < 0:
+            raise ValueError(f"train.colearn.decoder_depth must be >= 1 and proj_dim >= 0 (0 = the model width), "
+                             f"got {self.decoder_depth} and {self.proj_dim}")
+        if self.method == "contrastive" and self.missing_slot == "translation":
+            raise ValueError("train.colearn.missing_slot=translation needs method=translation (contrastive has no decoder)")
+
+
+SEMI_METHODS = ("none", "self_training", "co_training", "co_regularization")
+SEMI_PREDICT = ("views", "views+fused", "fused")
+
+
+@dataclass
+class SemiConfig:
+    """Learning from unlabeled data (``transference/semisup.py``): off while ``method`` is none and
+    ``labeled_fraction`` is 1 (``method=none`` with a fraction < 1 is the supervised-only baseline).
+
+    ``labeled_fraction`` keeps labels for a stratified, seeded fraction of each training split (at least
+    one row per class; ``train.py --labeled-fraction``); the other rows, and a bring-your-own task's
+    ``unlabeled`` split, are the unlabeled pool. ``tasks``: classification tasks it applies to (empty:
+    all). ``views``: two views of a task for co-training / co-regularization, ``"a+b|c"`` over modality
+    names or kinds, one string for every task or ``{task: "a|b"}`` (empty: first modality | the rest).
+    Pseudo-labeling rounds start after ``warmup_epochs`` and repeat every ``epochs_per_round``; each
+    labels at most ``round_fraction`` of the initial pool (per view for co-training), only predictions
+    of confidence >= ``threshold``, top-confidence first (per predicted class when ``class_balance``),
+    scoring at most ``score_limit`` pool rows (0: all). Self-training adds a consistency loss
+    (``consistency_weight``) between clean and ``noise``-perturbed unlabeled inputs; co-regularization
+    an agreement loss (``agreement_weight``) between the views. ``predict_with``: what co-trained tasks
+    predict with (``views``: the views' ensemble, ``views+fused`` also the task's own head, ``fused``).
+    """
+
+    method: str = "none"
+    labeled_fraction: float = 1.0
+    tasks: list[str] = field(default_factory=list)
+    views: Union[str, dict[str, str]] = ""
+    threshold: float = 0.9
+    round_fraction: float = 0.1
+    warmup_epochs: int = 1
+    epochs_per_round: int = 1
+    score_limit: int = 0
+    class_balance: bool = True
+    noise: float = 0.1
+    consistency_weight: float = 1.0
+    agreement_weight: float = 1.0
+    unlabeled_batch_size: int = 0
+    predict_with: str = "views"
+
+    def __post_init__(self) -> None:
+        if self.method not in SEMI_METHODS:
+            raise ValueError(f"train.semi.method must be one of {SEMI_METHODS}, got {self.method!r}")
+        if self.predict_with not in SEMI_PREDICT:
+            raise ValueError(f"train.semi.predict_with must be one of {SEMI_PREDICT}, got {self.predict_with!r}")
+        if not 0.0 < self.labeled_fraction <= 1.0:
+            raise ValueError(f"train.semi.labeled_fraction must be in (0, 1], got {self.labeled_fraction}")
+        if not 0.0 <= self.threshold <= 1.0 or not 0.0 < self.round_fraction <= 1.0:
+            raise ValueError(f"train.semi.threshold must be in [0, 1] and round_fraction in (0, 1], "
+                             f"got {self.threshold} and {self.round_fraction}")
+        if self.warmup_epochs < 1 or self.epochs_per_round < 1:
+            raise ValueError(f"train.semi.warmup_epochs and epochs_per_round must be >= 1, "
+                             f"got {self.warmup_epochs} and {self.epochs_per_round}")
+        for key in ("score_limit", "noise", "consistency_weight", "agreement_weight", "unlabeled_batch_size"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"train.semi.{key} must be >= 0, got {getattr(self, key)}")
+
+
+FINETUNE_POLICIES = ("full", "head", "embedders_head", "lora")
+# Policy names that are no longer accepted -> why, and what to use instead.
+RETIRED_FINETUNE_POLICIES = {
+    "prefix": "'prefix' trained the same parameters as 'embedders_head' (embedders and heads over a frozen "
+              "encoder) and is now called that: use --finetune embedders_head. Real prefix tuning (Frozen, "
+              "Tsimpoukelli et al. 2021: k trainable prefix tokens prepended to a frozen model's token sequence) "
+              "is not built yet",
+}
+
+
+
+@dataclass
+class TrainConfig:
+    """How to train (``train.py``). Per-task dicts are keyed by task name."""
+
+    epochs: int = 10
+    steps_per_epoch: int = 100
+    strategy: str = "highmmt"
+    temperature: float = 2.0
+    min_task_fraction: float = 0.2
+    batch_size: int = 32
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    eval_weights: dict[str, float] = field(default_factory=dict)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    # auto: from the device's capabilities (transference/autotune.py); compile: torch.compile the model (see the README's
+    # Speed section for when it pays on a CPU)
+    precision: str = "auto"
+    compile: bool = False
+    eval_batch_size: int = 128
+    max_eval_samples: int = 2000
+    prefetch_workers: int = 1
+    threads: int = 0
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    train_fraction: float = 1.0
+    augment_noise: float = 0.0
+    label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
+    bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
+    # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
+    # modality a pretrained backbone, modalities/pretrained.py).
+    modality_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    colearn: ColearnConfig = field(default_factory=ColearnConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)  # learning from unlabeled data; see transference/semisup.py
+    # Transfer (--init-from): freezing policy, LoRA sizes, layer-wise lr decay (1.0 = off); see transference/finetune.py.
+    finetune: str = "full"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    layer_decay: float = 1.0
+    # Sharing analysis (analysis/interference.py): permute this task's training labels ("" = none), and train
+    # only this part besides the heads ("" = every part; embedders | encoders | fusion; the rest stays at its start).
+    shuffle_labels: str = ""
+    train_only: str = ""
+
+    def __post_init__(self) -> None:
+        if self.train_only not in ("", "embedders", "encoders", "fusion"):
+            raise ValueError(f"train.train_only must be '', 'embedders', 'encoders' or 'fusion', got {self.train_only!r}")
+        if self.augment_noise < 0.0:
+            raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
+        if self.bad_rows not in ("error", "drop"):
+            raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
+            raise ValueError("train.epochs, train.steps_per_epoch and train.batch_size must be >= 1")
+        if not 0.0 < self.train_fraction <= 1.0:
+            raise ValueError(f"train.train_fraction must be in (0, 1], got {self.train_fraction}")
+        if self.finetune in RETIRED_FINETUNE_POLICIES:
+            raise ValueError(f"train.finetune={self.finetune!r} is no longer accepted: {RETIRED_FINETUNE_POLICIES[self.finetune]}")
+        if self.finetune not in FINETUNE_POLICIES:
+            raise ValueError(f"train.finetune must be one of {FINETUNE_POLICIES}, got {self.finetune!r}")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"train.lora_rank must be >= 1 and train.lora_alpha > 0, got {self.lora_rank} and {self.lora_alpha}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"train.layer_decay must be in (0, 1] (1.0 = off), got {self.layer_decay}")
+
+
+@dataclass
+class RunConfig:
+    """A preset / a run's resolved config: model sizes + training. ``model.modalities`` and
+    ``model.tasks`` are filled from the task specs at run time."""
+
+    model: HighMMTConfig = field(default_factory=HighMMTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = [
+    "COLEARN_METHODS",
+    "FINETUNE_POLICIES",
+    "MISSING_SLOTS",
+    "PRECISIONS",
+    "RETIRED_FINETUNE_POLICIES",
+    "SEMI_METHODS",
+    "SEMI_PREDICT",
+    "ColearnConfig",
+    "RunConfig",
+    "SemiConfig",
+    "TrainConfig",
+]
