@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name, setup = args.analysis, run.seconds
     seconds = time.perf_counter() - started
     result.update(run=str(args.run), seconds=seconds, setup_seconds=setup, hardware=report.hardware())
-    cost = f"Cost: {seconds:.1f} s wall ({setup:.1f} s loading the run and its data), on {result['hardware']}."
+    loading = f" ({setup:.1f} s loading the run and its data)" if args.analysis != "interference" else " (training and scoring every run)"
+    cost = f"Cost: {seconds:.1f} s wall{loading}, on {result['hardware']}."
     title = f"{args.analysis} of {args.run}"
     lines = [f"## {title}", "", *module.markdown(result), cost, ""]
     paths = report.write(out, name, result, "\n".join(lines))
