@@ -121,7 +121,7 @@ class ImageEmbedder(Embedder):
         patch_size: int = 4,
         max_size: int = 64,
         image_size: int | Sequence[int] | None = None,
-        stem: str = "linear",
+        stem: str = "conv",
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)

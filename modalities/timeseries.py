@@ -57,7 +57,7 @@ class TimeseriesEmbedder(Embedder):
     kind = "timeseries"
 
     def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1,
-                 summary: bool = True, stem: str = "linear") -> None:
+                 summary: bool = True, stem: str = "conv") -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.max_len = positive_int(self.kind, "max_len", max_len)

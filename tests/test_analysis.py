@@ -68,9 +68,11 @@ def test_gradients_align_for_the_same_feature_and_oppose_for_another_one(factor_
     assert "| shared | encoders | 1 | 3 |" in table and "Gradient conflict" in table, table
 
 
-# The offset class is the series' mean, which the summary token hands the head directly: without it the
-# task has to use the shared encoder, which is what this test is about.
-NO_SUMMARY = 'train.modality_options={"syn_a": {"summary": false}, "syn_b": {"summary": false}, "offset_x": {"summary": false}}'
+# The offset class is the series' mean, which the summary token hands the head directly, and the
+# convolutional stem lets each embedder solve more of its task alone: with linear patch embedders and no
+# summary the tasks have to use the shared encoder, which is what this test is about.
+_PLAIN = '{"summary": false, "stem": "linear"}'
+NO_SUMMARY = f'train.modality_options={{"syn_a": {_PLAIN}, "syn_b": {_PLAIN}, "offset_x": {_PLAIN}}}'
 
 
 def test_shuffled_labels_hurt_the_other_task_only_through_shared_parameters(tmp_path, cache):

@@ -71,7 +71,7 @@ def image(rng: np.random.Generator) -> Example:
             (TypeError, [np.zeros((8, 8, 1), dtype=np.int64)]),
         ],
         variants=[({"channels": 1, "patch_size": 2}, [16, 48, 4, 6]),
-                  ({"channels": 1, "patch_size": 2, "stem": "conv"}, [16, 48, 4, 6]),
+                  ({"channels": 1, "patch_size": 2, "stem": "linear"}, [16, 48, 4, 6]),
                   ({"channels": 1, "patch_size": 3, "stem": "conv"}, [9, 24, 4, 2])],
     )
 
@@ -112,7 +112,7 @@ def audio(rng: np.random.Generator) -> Example:
         },
         bad_collate=[(ValueError, [np.zeros((100, 2), np.float32)])],
         variants=[({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 1}, [24, 11, 1]),
-                  ({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 2, "stem": "conv"},
+                  ({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 2, "stem": "linear"},
                    [12, 5, 1])],
     )
 
@@ -136,7 +136,7 @@ def timeseries(rng: np.random.Generator) -> Example:
         ],
         variants=[({"channels": 3, "max_len": 8, "patch": 1}, [6, 9, 2, 2]),
                   ({"channels": 3, "max_len": 8, "patch": 2, "summary": False}, [3, 4, 1, 1]),
-                  ({"channels": 3, "max_len": 8, "patch": 2, "stem": "conv"}, [4, 5, 2, 2])],
+                  ({"channels": 3, "max_len": 8, "patch": 2, "stem": "linear"}, [4, 5, 2, 2])],
     )
 
 

@@ -134,7 +134,7 @@ def test_layer_decay_gives_each_depth_its_lr():
         "encoders.shared.layers.1.cross.to_q.weight": 0.25,
         "encoders.shared.layers.0.cross.to_q.weight": 0.125,
         "encoders.shared.latents": 0.125,
-        "embedders.a.to_tokens.weight": 0.0625,
+        "embedders.a.to_tokens.layers.0.weight": 0.0625,
         "modality_embedding.b": 0.0625,
     }
     params = dict(model.named_parameters())
@@ -225,7 +225,7 @@ def test_load_pretrained_handles_new_modality_new_task_and_changed_groups(tmp_pa
     assert report.copied == {"encoders.ga": "encoders.shared", "encoders.gbc": "encoders.shared"}
     for g in ("ga", "gbc"):
         torch.testing.assert_close(new_state[f"encoders.{g}.layers.0.cross.to_q.weight"], old_state["encoders.shared.layers.0.cross.to_q.weight"])
-    for key in ("embedders.a.to_tokens.weight", "heads.single.to_logits.2.weight", "fusion.blocks.shared.0.ff.net.1.weight"):
+    for key in ("embedders.a.to_tokens.layers.0.weight", "heads.single.to_logits.2.weight", "fusion.blocks.shared.0.ff.net.1.weight"):
         assert key in report.loaded
         torch.testing.assert_close(new_state[key], old_state[key])
     new_modules = report.to_dict()["new_modules"]
@@ -267,7 +267,7 @@ def test_init_from_trains_a_new_task_with_a_new_modality(tmp_path):
                 "--set", "train.lora_rank=2", "--set", "train.layer_decay=0.8"])
     model = HighMMT.from_pretrained(lora)  # merged: loads as a plain model
     state = model.state_dict()
-    assert torch.equal(state["embedders.syn_a.to_tokens.weight"], pre_state["embedders.syn_a.to_tokens.weight"])
+    assert torch.equal(state["embedders.syn_a.to_tokens.layers.0.weight"], pre_state["embedders.syn_a.to_tokens.layers.0.weight"])
     assert not torch.equal(state["encoders.shared.layers.0.cross.to_q.weight"], pre_state["encoders.shared.layers.0.cross.to_q.weight"])
     assert json.loads((lora / "config.json").read_text())["trainable_parameters"]["lora"] > 0
 
