@@ -34,7 +34,7 @@ import datasets
 import numpy as np
 
 from analysis.report import fmt_mean_sd, mean_sd, short
-from highmmt.config import parse_override_value
+from highmmt.config import HighMMTConfig, parse_override_value
 from highmmt.sharing import pair_key, task_pairs
 from transference.finetune import part_of
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
@@ -128,16 +128,34 @@ def restrict_override(override: str, cfg: Mapping[str, Any], names: Sequence[str
     return f"{key}={json.dumps(kept)}"
 
 
+def model_overrides(saved: Mapping[str, Any], known: Mapping[str, Any] | None = None, prefix: str = "model.") -> list[str]:
+    """``--set`` overrides that rebuild a run's model sizes (``config.json``'s ``model``, without its
+    modalities, tasks and sharing, which come from the task specs and the run's overrides); keys this
+    version of the code does not know are left out."""
+    known = dataclasses.asdict(HighMMTConfig()) if known is None else known
+    out = []
+    for key, value in saved.items():
+        if key in ("modalities", "tasks", "sharing") or key not in known:
+            continue
+        if isinstance(value, Mapping) and isinstance(known[key], Mapping):
+            out += model_overrides(value, known[key], f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value)}")
+    return out
+
+
 def train_command(cfg: Mapping[str, Any], run_dir: Path, names: Sequence[str], *, epochs: int, steps: int, train_only: str,
                   from_run: bool, data_root: str | None, cache_dir: str | None) -> list[str]:
-    """``train.py`` arguments that repeat the analysed run on ``names`` with a shorter schedule."""
+    """``train.py`` arguments that repeat the analysed run on ``names`` with a shorter schedule: its preset
+    and overrides, then its model sizes and embedder options pinned (:func:`model_overrides`)."""
     task_args = cfg.get("task_args", {})
     argv = ["--preset", str(cfg.get("preset") or "default"), "--tasks", ",".join(task_args.get(n, n) for n in names), "--quiet"]
     for o in cfg.get("overrides", []):
         if not o.startswith(("train.shuffle_labels=", "train.train_only=")):
             argv += ["--set", restrict_override(o, cfg, names)]
     argv += ["--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps}"]
-    # The embedders as the run built them, whatever the code's defaults are today.
+    # The model as the run built it (sizes and embedder options), whatever the preset and the code's defaults are today.
+    argv += [a for o in model_overrides(cfg["model"]) for a in ("--set", o)]
     modalities = {m: mc["options"] for m, mc in cfg["model"]["modalities"].items() if any(m in cfg["tasks"][n]["modalities"] for n in names)}
     argv += ["--set", f"train.modality_options={json.dumps(modalities)}"]
     if train_only:

@@ -122,9 +122,11 @@ def test_a_task_subset_keeps_the_runs_overrides_restricted_to_its_tasks():
     assert json.loads(fus.split("=", 1)[1]) == {"f1": ["y|x"]}
     assert json.loads(restrict_override('train.loss_weights={"a": 2, "c": 3}', cfg, ["a"]).split("=", 1)[1]) == {"a": 2}
     assert restrict_override("train.epochs=5", cfg, ["a"]) == "train.epochs=5"
-    # The runs rebuild the embedders with the analysed run's options, whatever the code's defaults are today.
-    cfg["model"] = {"modalities": {m: {"kind": "set", "options": {"channels": 2}} for m in "xyzwv"}}
+    # The runs rebuild the analysed run's model (sizes, embedder options), whatever the preset and defaults are today.
+    cfg["model"] = {"modalities": {m: {"kind": "set", "options": {"channels": 2}} for m in "xyzwv"}, "dim": 48,
+                    "encoder": {"cross_heads": 2, "gone_field": 1}, "removed": 3}
     argv = train_command({**cfg, "overrides": []}, Path("run"), ["a"], epochs=1, steps=2, train_only="", from_run=False,
                          data_root=None, cache_dir=None)
     pinned = next(a for a in argv if a.startswith("train.modality_options="))
     assert json.loads(pinned.split("=", 1)[1]) == {"x": {"channels": 2}, "y": {"channels": 2}}
+    assert [a for a in argv if a.startswith("model.")] == ["model.dim=48", "model.encoder.cross_heads=2"], argv  # sizes pinned too
