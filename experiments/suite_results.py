@@ -104,7 +104,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--doc", default="", help="with --combine: also write the table as this markdown page (e.g. docs/results.md)")
     p.add_argument("--combine", default="", metavar="DIR,DIR,...",
                    help="train nothing: read the results.json of earlier calls (one seed each) and write seeds.json and "
-                        "seeds.md (mean ± sd over the seeds, multitask vs single-task verdicts) into --output-dir")
+                        "seeds.md (mean ± sd over the seeds, multitask vs single-task verdicts) into --output-dir; "
+                        "DIR+DIR merges two calls of one seed (e.g. a --runs multitask and a --runs single call)")
     args = p.parse_args(argv)
     if args.combine:
         combined = combine([Path(d) for d in args.combine.split(",") if d], Path(args.output_dir))
@@ -208,10 +209,28 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge_calls(folders: Sequence[Path]) -> dict[str, Any]:
+    """One seed's ``results.json`` from several calls (``--combine A+B``: e.g. a ``--runs multitask`` call
+    and a ``--runs single`` call of the same seed, preset and overrides): the union of their runs."""
+    calls = [json.loads((f / "results.json").read_text()) for f in folders]
+    merged = {**calls[0], "runs": dict(calls[0]["runs"]), "tasks": list(calls[0]["tasks"])}
+    for f, r in zip(folders[1:], calls[1:]):
+        for key in ("preset", "overrides", "seed"):
+            if r.get(key) != merged.get(key):
+                raise ValueError(f"--combine: {f} has {key} {r.get(key)!r}, {folders[0]} has {merged.get(key)!r}; "
+                                 "only calls of the same seed, preset and overrides can be merged with +")
+        if set(r["runs"]) & set(merged["runs"]):
+            raise ValueError(f"--combine: {f} repeats the runs {sorted(set(r['runs']) & set(merged['runs']))} of {folders[0]}")
+        merged["runs"].update(r["runs"])
+        merged["tasks"] += [t for t in r["tasks"] if t not in merged["tasks"]]
+        merged["wall_s"] = (merged.get("wall_s") or 0) + (r.get("wall_s") or 0)
+    return merged
+
+
 def combine(folders: Sequence[Path], out: Path) -> dict[str, Any]:
     """Per-seed figures of several calls' ``results.json`` (one seed each, same preset, overrides and
     tasks) side by side; writes ``seeds.json`` and ``seeds.md`` into ``out``."""
-    loaded = [json.loads((f / "results.json").read_text()) for f in folders]
+    loaded = [merge_calls([Path(p) for p in str(f).split("+")]) for f in folders]
     if not loaded:
         raise ValueError("--combine needs at least one folder holding a results.json")
     first = loaded[0]

@@ -159,6 +159,18 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
     assert "| omniglot | accuracy | 0.285 ± 0.007 (0.290, 0.280) | 0.071 ± 0.001 (0.070, 0.072) | +0.214 (gain) | - |" in md
     assert "| -0.045 (loss) | - | 0.739 concat_lr | 0.825 late fusion LR" in md  # baseline.py's figure, then the data README's
     assert "| +0.214 (gain) | - | - | 0.259 LR on pixels" in md
+    # one seed's multitask and single-task runs from two calls, merged with +
+    split = []
+    for part in ("multitask", "single"):
+        r = results(1, (0.76, 0.28), (0.84, 0.072))
+        r["runs"] = {k: v for k, v in r["runs"].items() if k.startswith(part)}
+        split.append(tmp_path / f"s1_{part}")
+        split[-1].mkdir()
+        (split[-1] / "results.json").write_text(json.dumps(r))
+    merged = suite_results.main(["--combine", f"{folders[0]},{split[0]}+{split[1]}", "--output-dir", str(tmp_path / "out2")])
+    assert merged["per_task"] == combined["per_task"]
+    with pytest.raises(ValueError, match="repeats the runs"):
+        suite_results.main(["--combine", f"{split[0]}+{split[0]}", "--output-dir", str(tmp_path / "out3")])
     (folders[1] / "results.json").write_text(json.dumps({**results(0, (0.8, 0.3), (0.8, 0.1))}))
     with pytest.raises(ValueError, match="repeat a seed"):
         suite_results.main(["--combine", ",".join(map(str, folders)), "--output-dir", str(tmp_path / "out")])
