@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +36,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import train
 from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, num_threads, run_cli, stats_note, write_json
+from experiments.common import train_unless_done
 from highmmt import HighMMT
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
@@ -85,29 +84,24 @@ def configurations(task_mods: Mapping[str, Sequence[str]], ks: Sequence[int], gr
 def run_one(name: str, sharing: Mapping[str, Any], seed: int, args: argparse.Namespace, tasks: Sequence[str], out: Path) -> dict[str, Any]:
     """Train (unless this exact command already finished) and evaluate one configuration."""
     folder = out / "runs" / f"{name}_s{seed}"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     common = ["--quiet"] + (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
-    cmd = [sys.executable, str(ROOT / "train.py"), "--preset", args.preset, "--tasks", ",".join(tasks), "--output-dir", str(folder),
-           "--seed", str(seed), "--overwrite", *common,
-           "--set", f"train.epochs={args.epochs}", "--set", f"train.steps_per_epoch={args.steps_per_epoch}",
-           "--set", f"train.threads={args.threads}",
-           "--set", "model.sharing.encoder=" + json.dumps(sharing["encoder"], separators=(",", ":")),
-           "--set", "model.sharing.fusion=" + json.dumps(sharing["fusion"], separators=(",", ":")),
-           *[a for o in args.overrides for a in ("--set", o)]]
+    argv = ["--preset", args.preset, "--tasks", ",".join(tasks), "--seed", str(seed), *common,
+            "--set", f"train.epochs={args.epochs}", "--set", f"train.steps_per_epoch={args.steps_per_epoch}",
+            "--set", f"train.threads={args.threads}",
+            "--set", "model.sharing.encoder=" + json.dumps(sharing["encoder"], separators=(",", ":")),
+            "--set", "model.sharing.fusion=" + json.dumps(sharing["fusion"], separators=(",", ":")),
+            *[a for o in args.overrides for a in ("--set", o)]]
     if isinstance(sharing["fusion"], dict):
-        cmd += ["--set", "model.fusion.kind=pairwise"]
-    started = time.time()
+        argv += ["--set", "model.fusion.kind=pairwise"]
     stamp = folder / "benchmark_cmd.json"
-    same = stamp.is_file() and json.loads(stamp.read_text()) == cmd[1:] and (folder / "DONE").is_file()
-    if not same:
-        folder.mkdir(parents=True, exist_ok=True)
-        if args.jobs == 1:  # in this process: no interpreter start-up per run
-            train.main(cmd[2:])
-        else:
-            with open(folder.parent / f"{folder.name}.log", "w") as log:
-                subprocess.run(cmd, check=True, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        stamp.write_text(json.dumps(cmd[1:]))
-    train_s = time.time() - started
+    same = stamp.is_file() and json.loads(stamp.read_text()) == argv
+    if not same and folder.exists():  # another command trained here: start over
+        shutil.rmtree(folder)
+    # in this process with one job (no interpreter start-up per run), else a subprocess of one thread
+    train_s = train_unless_done(folder, argv, log=None if args.jobs == 1 else folder.parent / f"{folder.name}.log",
+                                threads=None if args.jobs == 1 else 1)
+    stamp.write_text(json.dumps(argv))
+    same = same and train_s == 0.0
     metrics = evaluate_run(folder, args)
     cfg = json.loads((folder / "config.json").read_text())
     primary = {t: spec["metric"] for t, spec in cfg["tasks"].items()}
