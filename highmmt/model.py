@@ -48,10 +48,10 @@ def drop_tokens(mask: Tensor, p: float) -> Tensor:
     return torch.where(kept.any(dim=1, keepdim=True), kept, first_real)
 
 
-# Embedder options whose default changed, with the value they had before. A saved config that does not
-# state them was written under the old default; ``from_pretrained`` falls back to it when the weights
-# do not fit today's default, so older run folders keep loading.
-EARLIER_DEFAULTS = {"summary": False, "stem": "linear"}
+# Embedder options whose default changed, with the values they have had. A saved config that does not
+# state them was written under one of those; ``from_pretrained`` tries them when the weights do not fit
+# today's defaults, so older run folders keep loading.
+EARLIER_DEFAULTS: dict[str, tuple[Any, ...]] = {"summary": (False,), "stem": ("linear", "conv")}
 
 
 def fits(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
@@ -60,25 +60,30 @@ def fits(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
     return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
 
 
-def with_earlier_defaults(config: HighMMTConfig) -> list[HighMMTConfig]:
-    """``config`` with some of ``EARLIER_DEFAULTS`` filled into each modality whose embedder takes an
-    option it does not state: one config per non-empty subset of those options, fewest first."""
+def with_earlier_defaults(config: HighMMTConfig, state: Mapping[str, Tensor]) -> HighMMTConfig | None:
+    """``config`` with, for each modality whose weights in ``state`` do not fit its embedder under
+    today's defaults, the earlier values of ``EARLIER_DEFAULTS`` (options it does not state) that do;
+    None when some modality fits none of them."""
     import dataclasses
     import inspect
-    import itertools
 
-    unstated = sorted({k for mc in config.modalities.values() for k in EARLIER_DEFAULTS
-                       if k in inspect.signature(EMBEDDERS.get(mc.kind).__init__).parameters and k not in mc.options})
-    configs = []
-    for n in range(1, len(unstated) + 1):
-        for keys in itertools.combinations(unstated, n):
-            modalities = {}
-            for name, mc in config.modalities.items():
-                accepted = inspect.signature(EMBEDDERS.get(mc.kind).__init__).parameters
-                fill = {k: EARLIER_DEFAULTS[k] for k in keys if k in accepted and k not in mc.options}
-                modalities[name] = dataclasses.replace(mc, options={**mc.options, **fill})
-            configs.append(dataclasses.replace(config, modalities=modalities))
-    return configs
+    modalities = {}
+    for name, mc in config.modalities.items():
+        prefix = f"embedders.{_key(name)}."
+        own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        cls = EMBEDDERS.get(mc.kind)
+        accepted = inspect.signature(cls.__init__).parameters
+        fills: list[dict[str, Any]] = [{}]
+        for k in (k for k in EARLIER_DEFAULTS if k in accepted and k not in mc.options):
+            fills = [f for base in fills for f in (base, *({**base, k: v} for v in EARLIER_DEFAULTS[k]))]
+        for fill in sorted(fills, key=len):
+            with weights_from_checkpoint():
+                if fits(cls(name=name, dim=config.dim, **mc.options, **fill), own):
+                    modalities[name] = dataclasses.replace(mc, options={**mc.options, **fill})
+                    break
+        else:
+            return None
+    return dataclasses.replace(config, modalities=modalities)
 
 
 def _key(name: str) -> str:
@@ -250,13 +255,11 @@ class HighMMT(nn.Module):
             model = cls(config)
         state = load_weights(directory / WEIGHTS_NAME)
         if not fits(model, state):
-            for legacy in with_earlier_defaults(config):
-                with weights_from_checkpoint():
-                    older = cls(legacy)
-                if fits(older, state):
-                    model = older
-                    break
-            else:  # none fits: the error names what today's defaults expect
+            legacy = with_earlier_defaults(config, state)
+            if legacy is None:  # the error names what today's defaults expect
                 check_state_dict(model.state_dict(), state, where=str(directory))
+            with weights_from_checkpoint():
+                model = cls(legacy)
+            check_state_dict(model.state_dict(), state, where=str(directory))
         model.load_state_dict(state)
         return model.to(map_location)

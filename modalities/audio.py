@@ -95,7 +95,7 @@ class AudioEmbedder(Embedder):
         frames_per_token: int = 4,
         max_tokens: int = 512,
         normalize: str = "none",
-        stem: str = "conv",
+        stem: str = "linear",
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.sample_rate = positive_int(self.kind, "sample_rate", sample_rate)

@@ -112,7 +112,7 @@ def audio(rng: np.random.Generator) -> Example:
         },
         bad_collate=[(ValueError, [np.zeros((100, 2), np.float32)])],
         variants=[({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 1}, [24, 11, 1]),
-                  ({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 2, "stem": "linear"},
+                  ({"sample_rate": 8000, "n_mels": 8, "win_ms": 8, "hop_ms": 4, "frames_per_token": 2, "stem": "conv"},
                    [12, 5, 1])],
     )
 
