@@ -66,8 +66,63 @@ class ColearnConfig:
             raise ValueError("train.colearn.missing_slot=translation needs method=translation (contrastive has no decoder)")
 
 
+ZEROSHOT_METHODS = ("none", "contrastive")
+ZEROSHOT_ALIGN_ROWS = ("all", "seen")
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot classification of classes never labeled for the primary modality (``transference/zeroshot.py``;
+    off while ``method`` is none). Socher et al. 2013 / CLIP: a symmetric InfoNCE loss at ``temperature``
+    (scaled by ``weight``) aligns the primary's and the secondary's pooled latents, projected to
+    ``proj_dim`` (0: the model width), on paired rows of ``task`` (empty: the one trained task reading
+    both). The primary's supervised loss sees only rows of the seen classes (``unseen_classes`` are
+    taken out of its training and validation splits); primary rows of any class are classified by the
+    nearest prototype of labeled secondary examples (``prototypes_per_class`` training rows per class,
+    every class). ``align_rows``: the rows the alignment reads, without their labels: ``all`` training
+    rows (unseen-class pairs included: transductive) or only the ``seen`` ones (inductive).
+    """
+
+    method: str = "none"
+    primary: str = ""
+    secondary: str = ""
+    task: str = ""
+    unseen_classes: list[int] = field(default_factory=list)
+    align_rows: str = "all"
+    weight: float = 1.0
+    temperature: float = 0.1
+    proj_dim: int = 0
+    prototypes_per_class: int = 50
+    align_batch_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in ZEROSHOT_METHODS:
+            raise ValueError(f"train.zeroshot.method must be one of {ZEROSHOT_METHODS}, got {self.method!r}")
+        if self.align_rows not in ZEROSHOT_ALIGN_ROWS:
+            raise ValueError(f"train.zeroshot.align_rows must be one of {ZEROSHOT_ALIGN_ROWS}, got {self.align_rows!r}")
+        if self.method == "none":
+            return
+        if not self.primary or not self.secondary:
+            raise ValueError(f"train.zeroshot.method={self.method} needs train.zeroshot.primary and train.zeroshot.secondary "
+                             f"(modality names), got primary={self.primary!r}, secondary={self.secondary!r}")
+        if self.primary == self.secondary:
+            raise ValueError(f"train.zeroshot.primary and train.zeroshot.secondary must differ, both are {self.primary!r}")
+        if not self.unseen_classes:
+            raise ValueError("train.zeroshot.unseen_classes is empty: name the classes held out of the primary's labels, "
+                             "e.g. train.zeroshot.unseen_classes=[7,8,9]")
+        if any(c < 0 for c in self.unseen_classes) or len(set(self.unseen_classes)) != len(self.unseen_classes):
+            raise ValueError(f"train.zeroshot.unseen_classes must be distinct class indices >= 0, got {self.unseen_classes}")
+        if self.weight < 0.0 or self.temperature <= 0.0:
+            raise ValueError(f"train.zeroshot.weight must be >= 0 and temperature > 0, got {self.weight} and {self.temperature}")
+        if self.proj_dim < 0 or self.prototypes_per_class < 1 or self.align_batch_size < 0:
+            raise ValueError(f"train.zeroshot.proj_dim must be >= 0 (0 = the model width), prototypes_per_class >= 1 and "
+                             f"align_batch_size >= 0 (0 = the task's batch size), got {self.proj_dim}, "
+                             f"{self.prototypes_per_class} and {self.align_batch_size}")
+
+
 SEMI_METHODS = ("none", "self_training", "co_training", "co_regularization")
 SEMI_PREDICT = ("views", "views+fused", "fused")
+SEMI_VIEW_ENCODERS = ("separate", "shared")
 
 
 @dataclass
@@ -87,6 +142,9 @@ class SemiConfig:
     (``consistency_weight``) between clean and ``noise``-perturbed unlabeled inputs; co-regularization
     an agreement loss (``agreement_weight``) between the views. ``predict_with``: what co-trained tasks
     predict with (``views``: the views' ensemble, ``views+fused`` also the task's own head, ``fused``).
+    ``view_encoders``: ``separate`` (Blum & Mitchell's two classifiers) gives each view's modalities
+    their own encoder groups and fusion blocks, so the views share no parameter; ``shared`` keeps the
+    model's sharing (``model.sharing``; by default one encoder for every modality, both views included).
     """
 
     method: str = "none"
@@ -104,10 +162,13 @@ class SemiConfig:
     agreement_weight: float = 1.0
     unlabeled_batch_size: int = 0
     predict_with: str = "views"
+    view_encoders: str = "separate"
 
     def __post_init__(self) -> None:
         if self.method not in SEMI_METHODS:
             raise ValueError(f"train.semi.method must be one of {SEMI_METHODS}, got {self.method!r}")
+        if self.view_encoders not in SEMI_VIEW_ENCODERS:
+            raise ValueError(f"train.semi.view_encoders must be one of {SEMI_VIEW_ENCODERS}, got {self.view_encoders!r}")
         if self.predict_with not in SEMI_PREDICT:
             raise ValueError(f"train.semi.predict_with must be one of {SEMI_PREDICT}, got {self.predict_with!r}")
         if not 0.0 < self.labeled_fraction <= 1.0:
@@ -168,6 +229,7 @@ class TrainConfig:
     # modality a pretrained backbone, modalities/pretrained.py).
     modality_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     colearn: ColearnConfig = field(default_factory=ColearnConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # zero-shot classes; see transference/zeroshot.py
     semi: SemiConfig = field(default_factory=SemiConfig)  # learning from unlabeled data; see transference/semisup.py
     # Transfer (--init-from): freezing policy, LoRA sizes, layer-wise lr decay (1.0 = off); see transference/finetune.py.
     finetune: str = "full"
@@ -228,4 +290,7 @@ __all__ = [
     "RunConfig",
     "SemiConfig",
     "TrainConfig",
+    "ZEROSHOT_ALIGN_ROWS",
+    "ZEROSHOT_METHODS",
+    "ZeroShotConfig",
 ]
