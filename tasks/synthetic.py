@@ -222,3 +222,30 @@ _register("synthetic_clusters", {"clusters_x": ("timeseries", _CLUSTER_DIMS)}, 3
           {"size": 600, "seed": 0, "radius": 3.5}, "synthetic: three Gaussian clusters in 32 dimensions (semi-supervised tests)")
 _register("synthetic_translate", {"translate_primary": ("timeseries", 8), "translate_secondary": ("timeseries", 5)}, 4,
           _build_translate, {"size": 96, "seed": 0, "amp": 2.5}, "synthetic: a noisy primary and a clean secondary (co-learning tests)")
+
+
+# ---- zero-shot: two modalities read one class attribute ---------------------------------------------------
+_ZS_CLASSES = 6
+
+
+def _build_zeroshot(data_root: Path, *, size: int = 240, seed: int = 0, noise: float = 0.3, quiet: bool = False) -> datasets.DatasetDict:
+    """``synthetic_zeroshot`` (zero-shot tests): each class is a point of a 3-d attribute space (fixed,
+    seeded); a row's attribute is its class point plus ``noise``. ``zs_a`` (6 steps x 6 channels) and
+    ``zs_b`` (4 steps x 4 channels) are two fixed linear maps of that attribute plus unit noise, so the
+    modalities share the class structure through the attribute and nothing else."""
+    fixed = np.random.default_rng(4321)
+    points, to_a, to_b = 2.0 * fixed.standard_normal((_ZS_CLASSES, 3)), fixed.standard_normal((3, 6)), fixed.standard_normal((3, 4))
+
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        y = rng.integers(0, _ZS_CLASSES, size=n)
+        attr = points[y] + noise * rng.standard_normal((n, 3))
+        a = (attr @ to_a)[:, None, :] + rng.standard_normal((n, 6, 6))
+        b = (attr @ to_b)[:, None, :] + rng.standard_normal((n, 4, 4))
+        return {"zs_a": list(a.astype(np.float32)), "zs_b": list(b.astype(np.float32)), "label": y.tolist()}
+
+    feats = {"zs_a": datasets.Array2D(shape=(None, 6), dtype="float32"), "zs_b": datasets.Array2D(shape=(None, 4), dtype="float32")}
+    return _splits("synthetic_zeroshot", (size, 96, 192), seed, make, feats)
+
+
+_register("synthetic_zeroshot", {"zs_a": ("timeseries", 6), "zs_b": ("timeseries", 4)}, _ZS_CLASSES, _build_zeroshot,
+          {"size": 240, "seed": 0, "noise": 0.3}, "synthetic: two modalities of one class attribute (zero-shot tests)")
