@@ -3,6 +3,13 @@
     python -m experiments.heterogeneity                                  # the suite, small CPU setting
     python -m experiments.heterogeneity --preset default --steps 1000 --train-rows 0 --seeds 3   # GPU
     python -m experiments.heterogeneity --tasks synthetic_pair,synthetic_single --steps 5       # smoke
+    python -m experiments.heterogeneity --protocol staged --k 3 --random-draws 5 --seeds 0,1,2  # + the paper's 3 stages
+
+``--protocol staged`` then runs HighMMT's heterogeneity-aware sharing on the clustered groups
+(share-all training -> weights copied into the groups -> multitask fine-tuning, each stage a
+``train.py`` run) against random groupings of the same sizes and share-all for the same total
+steps: ``experiments/heterogeneity_staged.py``; ``--groups-from DIR`` skips the measurement and
+takes an earlier one's ``sharing_k<k>.json``.
 
 Nodes: every modality of the given tasks, measured on the task with the most training rows that
 reads it (the task restricted to that modality: HighMMT with only that modality's embedder, the
@@ -30,7 +37,7 @@ part (the first is the seed's own; the others take it from an untrained model of
 initialisation, exactly as a transfer would). ``L*_t`` is their mean and the noise floor their
 sample standard deviation (ddof = 1, ``benchmarks.common.mean_sd``): a transfer run scatters about
 as much, so |T| below ~2 floors is not distinguishable from noise. With ``--seeds N`` everything is
-repeated with N seeds and T averaged.
+repeated with N seeds and T averaged (``--seeds 0,1,2`` names the seeds).
 """
 
 from __future__ import annotations
@@ -61,7 +68,7 @@ from highmmt import HighMMT
 from highmmt.config import HighMMTConfig, ModalityConfig, SharingConfig, TaskConfig, apply_overrides
 from highmmt.heads import task_loss
 from highmmt.plotting import pyplot, save_figure
-from highmmt.sharing import pair_key
+from highmmt.sharing import pair_key, task_pairs
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import collate_rows, move_to, score
 from transference.config import RunConfig, TrainConfig
@@ -321,7 +328,7 @@ def sampled_pairs(names: Sequence[str], fraction: float, rank: int, seed: int) -
 def measure(
     nodes: Sequence[Node],
     *,
-    seeds: int,
+    seeds: Sequence[int],
     inits: int,
     prefixes: Sequence[str],
     fraction: float,
@@ -330,27 +337,27 @@ def measure(
     world: dict[str, Any],
     log: Any,
 ) -> dict[str, Any]:
-    """Scratch runs (``inits`` random starts of the transferable part), then transfers, for seeds
-    0..seeds-1; T against the mean scratch loss, d, and the noise floor (sd of the scratch losses)."""
+    """Scratch runs (``inits`` random starts of the transferable part), then transfers, for every
+    seed of ``seeds``; T against the mean scratch loss, d, and the noise floor (sd of the scratch losses)."""
     names = [n.name for n in nodes]
     by_name = {n.name: n for n in nodes}
     kind = nodes[0].kind
     started = time.time()
     done = [0]
     measured = sampled_pairs(names, fraction, rank, seed=0) if len(names) > 1 else set()
-    total = 2 * len(nodes) * seeds
+    total = 2 * len(nodes) * len(seeds)
 
     def progress() -> None:
         done[0] += 1
         log(f"  [{kind}] {done[0]}/{total} jobs, {time.time() - started:.0f}s")
 
-    jobs = [(_scratch_job, (n, s)) for s in range(seeds) for n in nodes]
+    jobs = [(_scratch_job, (n, s)) for s in seeds for n in nodes]
     results = _run_jobs(jobs, workers, world, progress)
     first = {(n.name, s): r for (_, (n, s)), r in zip(jobs, results)}
-    states = {s: {n: first[(n, s)].pop("state") for n in names} for s in range(seeds)}
+    states = {s: {n: first[(n, s)].pop("state") for n in names} for s in seeds}
     extra = [untrained(i) for i in range(1, inits)]
     tjobs = []
-    for s in range(seeds):
+    for s in seeds:
         for tgt in names:
             srcs = [src for src in names if (src, tgt) in measured]
             tjobs.append((_transfer_job, (by_name[tgt], s, [*srcs, *extra], {src: states[s][src] for src in srcs}, tuple(prefixes))))
@@ -364,11 +371,11 @@ def measure(
             else:
                 transfer[(src, tgt.name, s)] = r
     # L*_t of a seed: the mean over the scratch initialisations; the floor: their sample sd (averaged over seeds).
-    inits_of = {(n, s): mean_sd(scratch[(n, s, i)]["loss"] for i in range(inits)) for n in names for s in range(seeds)}
+    inits_of = {(n, s): mean_sd(scratch[(n, s, i)]["loss"] for i in range(inits)) for n in names for s in seeds}
     l_scratch = {k: m.mean for k, m in inits_of.items()}
-    noise = {n: float(np.mean([np.nan if inits_of[(n, s)].sd is None else inits_of[(n, s)].sd for s in range(seeds)])) for n in names}
+    noise = {n: float(np.mean([np.nan if inits_of[(n, s)].sd is None else inits_of[(n, s)].sd for s in seeds])) for n in names}
     per_seed = []
-    for s in range(seeds):
+    for s in seeds:
         per_seed.append(transfer_matrix(
             names, {n: l_scratch[(n, s)] for n in names},
             {(src, tgt): r["loss"] for (src, tgt, ss), r in transfer.items() if ss == s},
@@ -382,13 +389,13 @@ def measure(
     off = ~np.eye(len(names), dtype=bool) & observed
     floor = np.array([[noise[t] for t in names] for _ in names])
     # A single transfer run scatters like one scratch run: |T| > 2 sd / sqrt(seeds) is unlikely from noise alone.
-    above = float((np.abs(t_measured[off]) > 2 * floor[off] / math.sqrt(seeds)).mean()) if off.any() and inits > 1 else float("nan")
+    above = float((np.abs(t_measured[off]) > 2 * floor[off] / math.sqrt(len(seeds))).mean()) if off.any() and inits > 1 else float("nan")
     return {
         "names": names,
         "nodes": [dataclasses.asdict(n) for n in nodes],
         "transferred": list(prefixes),
         "scratch_inits": inits,
-        "L_scratch": {n: float(np.mean([l_scratch[(n, s)] for s in range(seeds)])) for n in names},
+        "L_scratch": {n: float(np.mean([l_scratch[(n, s)] for s in seeds])) for n in names},
         "scratch": {f"{n}@{s}#{i}": r for (n, s, i), r in scratch.items()},
         "transfer": {f"{src}->{tgt}@{s}": r for (src, tgt, s), r in transfer.items()},
         "T_measured": _nan_to_none(t_measured),
@@ -474,7 +481,7 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
     s = results["settings"]
     lines.append(f"Settings: preset `{results['preset']}`, {s['steps']} steps, batch {s['batch_size']}, "
                  f"{s['train_rows'] or 'all'} training rows, {s['eval_rows'] or 'all'} validation rows, "
-                 f"{format_seeds(range(results['seeds']))}, L* = best of {s['evals']} evaluations; noise floor: the sample sd "
+                 f"{format_seeds(seed_list(results['seeds']))}, L* = best of {s['evals']} evaluations; noise floor: the sample sd "
                  "(ddof = 1) of a node's scratch runs over its random starts.")
     for kind in ("unimodal", "interaction"):
         r = results.get(kind)
@@ -510,7 +517,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train-rows", type=int, default=1024, help="seeded subset of each task's training rows (0 = all)")
     p.add_argument("--eval-rows", type=int, default=256, help="validation rows per node (0 = all)")
     p.add_argument("--evals", type=int, default=3, help="validation evaluations per run; L* is the best")
-    p.add_argument("--seeds", type=int, default=1, help="measure every transfer with this many seeds and average T")
+    p.add_argument("--seeds", type=parse_seeds, default=[0], help="N (seeds 0..N-1) or a list a,b,c: every transfer is "
+                   "measured with each and T averaged; --protocol staged also trains every stage with each (default: 1)")
     p.add_argument("--scratch-inits", type=int, default=3, help="scratch runs per node and seed (random starts of the transferable part); L* is their mean, the noise floor their sd")
     p.add_argument("--k", default="2,3", help="numbers of groups to emit (comma-separated)")
     p.add_argument("--linkage", default="average", help="agglomerative linkage: average | complete | single | weighted")
@@ -525,12 +533,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even if a GPU is present")
     p.add_argument("--plot-only", action="store_true", help="redraw the heatmaps and summary from --output-dir's heterogeneity.json")
     p.add_argument("--quiet", action="store_true")
+    staged = p.add_argument_group("the staged sharing protocol (--protocol staged; experiments/heterogeneity_staged.py)")
+    staged.add_argument("--protocol", default="measure", choices=["measure", "staged"],
+                        help="measure: the matrices and groups; staged: then share-all -> copy into the clustered groups -> "
+                        "multitask fine-tuning, against random groups and share-all for the same total steps")
+    staged.add_argument("--groups-from", default=None, metavar="DIR",
+                        help="take the clustered groups from an earlier measurement's sharing_k<k>.json in DIR instead of measuring")
+    staged.add_argument("--random-draws", type=int, default=5, help="random groupings per k (each through stages 1-3)")
+    staged.add_argument("--stage1-steps", type=int, default=300, help="share-all training steps (stage 1)")
+    staged.add_argument("--stage3-steps", type=int, default=100, help="multitask fine-tuning steps after the copy (stage 3)")
+    staged.add_argument("--limit", type=int, default=1000, help="test rows per task when scoring (0 = all)")
+    staged.add_argument("--write-doc", default=None, metavar="FILE", help="also put the table between FILE's staged-table markers")
     args = p.parse_args(argv)
-    if min(args.steps, args.batch_size, args.evals, args.seeds, args.jobs, args.scratch_inits) < 1:
-        p.error("--steps, --batch-size, --evals, --seeds, --scratch-inits and --jobs must be >= 1")
+    if min(args.steps, args.batch_size, args.evals, args.jobs, args.scratch_inits, args.random_draws, args.stage1_steps, args.stage3_steps) < 1:
+        p.error("--steps, --batch-size, --evals, --scratch-inits, --jobs, --random-draws, --stage1-steps and --stage3-steps must be >= 1")
+    if args.groups_from and args.protocol != "staged":
+        p.error("--groups-from only goes with --protocol staged")
     if not 0.0 < args.sample_fraction <= 1.0:
         p.error(f"--sample-fraction must be in (0, 1], got {args.sample_fraction}")
     return args
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> [0, 1, 2] (a count, as before); ``"0,1,2"`` or ``"5,"`` -> those seeds."""
+    try:
+        if "," not in text:
+            n = int(text)
+            if n < 1:
+                raise ValueError
+            return list(range(n))
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds must be a count N >= 1 or a comma-separated list of seeds (one seed s: 's,'), got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds must name at least one seed, each once, got {text!r}")
+    return seeds
+
+
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """The seeds of a results file (files written before seed lists hold a count)."""
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
 
 
 def draw(results: Mapping[str, Any], out: Path) -> None:
@@ -543,7 +585,7 @@ def draw(results: Mapping[str, Any], out: Path) -> None:
         biggest = results["groups"][kind][str(ks[-1])] if ks else None
         what = "Modality" if kind == "unimodal" else "Interaction"
         title = (f"{what} heterogeneity ({results['settings']['steps']} steps, preset {results['preset']}, "
-                 f"{results['seeds']} seed(s)); lines: k={ks[-1] if ks else '-'} groups")
+                 f"{len(seed_list(results['seeds']))} seed(s)); lines: k={ks[-1] if ks else '-'} groups")
         heatmap(r, biggest, out / f"{kind}_heatmap.png", title)
 
 
@@ -581,6 +623,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     world = {"loaded": loaded, "sizes": preset.model, "settings": settings, "device": device}
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if args.groups_from:
+        return {"staged": run_staged(args, task_names, loaded, read_sharing(Path(args.groups_from), ks), out, log)}
     load_start = load_average()
     results: dict[str, Any] = {
         "tasks": list(loaded), "preset": args.preset, "overrides": args.overrides, "seeds": args.seeds,
@@ -621,7 +665,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     md = summary_markdown(results)
     (out / "summary.md").write_text(md)
     log(md)
+    if args.protocol == "staged":  # its own staged.json; returned beside the measurement
+        results["staged"] = run_staged(args, task_names, loaded, results["sharing"], out, log)
     return results
+
+
+def read_sharing(folder: Path, ks: Sequence[int]) -> dict[str, Any]:
+    """k -> the clustered sharing an earlier measurement wrote (``sharing_k<k>.json``)."""
+    out = {}
+    for k in ks:
+        path = folder / f"sharing_k{k}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"--groups-from: {path} is missing; run `python -m experiments.heterogeneity --k {k} "
+                                    f"--output-dir {folder}` first (it writes sharing_k<k>.json)")
+        out[str(k)] = json.loads(path.read_text())
+    return out
+
+
+def run_staged(args: argparse.Namespace, task_names: Sequence[str], loaded: Mapping[str, LoadedTask],
+               sharing: Mapping[str, Any], out: Path, log: Any) -> dict[str, Any]:
+    """The staged protocol (``experiments/heterogeneity_staged.py``) on the clustered groups of every k,
+    kept to the loaded tasks' modalities and pairs; outputs under ``out/staged``."""
+    from experiments.heterogeneity_staged import restrict_sharing, staged_protocol
+
+    mods = list(dict.fromkeys(m for lt in loaded.values() for m in lt.spec.modalities))
+    pairs = task_pairs(list(lt.spec.modalities) for lt in loaded.values())
+    ks = sorted(int(k) for k in sharing)
+    grouped = {k: restrict_sharing(sharing[str(k)], mods, pairs) for k in ks}
+    return staged_protocol(args, task_names, grouped, out / "staged", log)
 
 
 if __name__ == "__main__":

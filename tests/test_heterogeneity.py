@@ -247,3 +247,175 @@ def test_sampled_transfers_cover_every_row_and_column():
         assert sum(s == n for s, _ in chosen) >= 2 and sum(t == n for _, t in chosen) >= 2
     assert len(chosen) < 7 * 6
     assert len(sampled_pairs(names, 1.0, rank=2, seed=0)) == 7 * 6
+
+
+# ---- the staged protocol: share-all -> copy into groups -> multitask fine-tuning ---------------------------------
+N1, N3 = 3, 2  # stage-1 and stage-3 steps of the synthetic study
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    """One run of ``python -m experiments.heterogeneity --protocol staged`` on two synthetic tasks (four
+    modalities, two pairs; k = 2, two random draws, one seed), measurement included: (summary, output folder)."""
+    from accelerate.state import AcceleratorState
+
+    import train
+    from experiments import heterogeneity as study
+
+    tmp = tmp_path_factory.mktemp("staged")
+    doc = tmp / "doc.md"
+    doc.write_text("# doc\n\n<!-- staged-table:begin -->\nnumbers to come\n<!-- staged-table:end -->\n\nafter\n")
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "_plot_curves", lambda history, path: None)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        try:
+            res = study.main(["--tasks", "synthetic_pair,synthetic_slope", "--steps", "4", "--evals", "2", "--eval-rows", "16", "--k", "2",
+                              "--scratch-inits", "2", "--cache-dir", str(tmp / "cache"), "--output-dir", str(tmp / "out"), "--quiet", "--cpu",
+                              "--protocol", "staged", "--random-draws", "2", "--seeds", "1", "--stage1-steps", str(N1),
+                              "--stage3-steps", str(N3), "--limit", "16", "--set", "train.precision=fp32", "--write-doc", str(doc)])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            torch.set_num_threads(threads)
+    return res, tmp / "out" / "staged", doc
+
+
+def _sizes(groups):
+    return [len(ms) for ms in groups.values()]
+
+
+def test_random_groups_unlike_keep_the_sizes_and_differ():
+    from transference.heterogeneity import can_regroup, partition, random_groups_unlike
+
+    groups = {"u1": ["a", "b"], "u2": ["c", "d"]}
+    # Plain random groups of these sizes repeat the given partition a third of the time: the control must not.
+    assert any(partition(random_groups_like(groups, seed=s)) == partition(groups) for s in range(20))
+    for s in range(20):
+        rnd = random_groups_unlike(groups, seed=s)
+        assert _sizes(rnd) == [2, 2] and sorted(m for ms in rnd.values() for m in ms) == list("abcd")
+        assert partition(rnd) != partition(groups)
+    assert random_groups_unlike(groups, seed=3) == random_groups_unlike(groups, seed=3)
+    assert not can_regroup({"c1": ["a|b"], "c2": ["c|d"]}) and not can_regroup({"g1": ["a", "b"]})
+    with pytest.raises(ValueError, match="admit no other partition"):
+        random_groups_unlike({"u1": ["a"], "u2": ["b"]}, seed=0)
+
+
+def test_random_sharing_regroups_every_part_that_can_be():
+    from experiments.heterogeneity_staged import arms, random_sharing
+    from transference.heterogeneity import partition
+
+    clustered = {"encoder": {"u1": ["a", "b", "c"], "u2": ["d"]}, "fusion": {"c1": ["a|b"], "c2": ["c|d"]}}
+    rnd = random_sharing(clustered, seed=0)
+    assert _sizes(rnd["encoder"]) == [3, 1] and partition(rnd["encoder"]) != partition(clustered["encoder"])
+    assert rnd["fusion"] == clustered["fusion"]  # singletons: no other partition of these sizes
+    plan = arms({2: clustered}, 5)
+    assert list(plan) == ["share_all_same_steps", "grouped_k2", *[f"random_k2_d{i}" for i in range(5)]]
+    assert plan == arms({2: clustered}, 5)  # the same draws for every seed
+    assert plan["share_all_same_steps"] == {"encoder": "all", "fusion": "all"}
+    with pytest.raises(ValueError, match="no other partition"):
+        random_sharing({"encoder": {"u1": ["a"], "u2": ["b"]}, "fusion": "all"}, seed=0)
+
+
+def test_stage2_group_encoders_start_bit_identical_to_the_share_all_encoder(staged):
+    from safetensors.torch import load_file
+
+    from experiments.heterogeneity_staged import stage2_model
+
+    res, out, _ = staged
+    stage1 = out / "s0" / "stage1_share_all"
+    shared = load_file(str(stage1 / "model.safetensors"))
+    for name in ("grouped_k2", "random_k2_d0", "random_k2_d1"):
+        sharing = next(r["sharing"] for r in res["staged"]["runs"] if r["run"] == name)
+        model, report = stage2_model(stage1, sharing)
+        assert len(model.encoders) == 2 and len(model.fusion.blocks) == 2
+        for g, enc in model.encoders.items():
+            for k, v in enc.state_dict().items():
+                assert torch.equal(v, shared[f"encoders.shared.{k}"]), (name, g, k)
+        for g, block in model.fusion.blocks.items():
+            for k, v in block.state_dict().items():
+                assert torch.equal(v, shared[f"fusion.blocks.shared.{k}"]), (name, g, k)
+        for k, v in model.state_dict().items():  # embedders and heads: loaded as they are
+            if k.startswith(("embedders.", "heads.")):
+                assert torch.equal(v, shared[k]), k
+        assert report.new == []
+        # What train.py --init-from did in stage 3: every group copied from the share-all group.
+        run_report = json.loads((out / "s0" / name / "config.json").read_text())["init_from"]
+        assert run_report["new"] == [] and run_report["checkpoint"] == str(stage1)
+        assert sorted(run_report["copied"]) == sorted([f"encoders.{g}" for g in model.encoders] + [f"fusion.blocks.{g}" for g in model.fusion.blocks])
+        assert set(run_report["copied"].values()) == {"encoders.shared", "fusion.blocks.shared"}
+    # The comparison can fail: a model that was not loaded starts elsewhere.
+    torch.manual_seed(123)
+    fresh = HighMMT(model.config)
+    assert not torch.equal(next(iter(fresh.encoders.values())).latents, shared["encoders.shared.latents"])
+
+
+def test_staged_random_groupings_keep_the_clustered_sizes_and_differ(staged):
+    from transference.heterogeneity import partition
+
+    res, _, _ = staged
+    clustered = res["staged"]["grouped"]["2"]
+    assert clustered == res["sharing"]["2"]  # the groups this command measured and clustered
+    randoms = [r for r in res["staged"]["runs"] if r["run"].startswith("random_k2_")]
+    assert len(randoms) == 2
+    for r in randoms:
+        assert _sizes(r["sharing"]["encoder"]) == _sizes(clustered["encoder"])
+        assert partition(r["sharing"]["encoder"]) != partition(clustered["encoder"])
+        assert _sizes(r["sharing"]["fusion"]) == _sizes(clustered["fusion"])  # two singleton pairs: nothing to shuffle
+
+
+def test_share_all_same_steps_trains_stage1_plus_stage3_steps(staged):
+    from safetensors.torch import load_file
+
+    res, out, _ = staged
+    rows = {r["run"]: r for r in res["staged"]["runs"]}
+    assert rows["stage1_share_all"]["steps"] == {"stage1": N1, "stage3": 0}
+    assert rows["share_all_same_steps"]["steps"] == {"stage1": N1, "stage3": N3}
+    assert rows["share_all_same_steps"]["steps_total"] == rows["grouped_k2"]["steps_total"] == N1 + N3
+    # From the run folders: stage 1 saved its weights after N1 steps; the continuation loaded all of
+    # them (one shared encoder and fusion, nothing copied or new) and then trained N3 more steps.
+    stage1, cont = out / "s0" / "stage1_share_all", out / "s0" / "share_all_same_steps"
+    assert json.loads((stage1 / "best.json").read_text())["step"] == N1
+    steps = [json.loads(line)["step"] for line in (cont / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == N3
+    cfg = json.loads((cont / "config.json").read_text())
+    assert cfg["train"]["epochs"] == 1 and cfg["train"]["steps_per_epoch"] == N3
+    assert cfg["model"]["sharing"] == {"encoder": "all", "fusion": "all"}
+    report = cfg["init_from"]
+    assert report["checkpoint"] == str(stage1) and report["new"] == [] and report["copied"] == {}
+    assert len(report["loaded"]) == report["total"]
+    before, after = load_file(str(stage1 / "model.safetensors")), load_file(str(cont / "model.safetensors"))
+    assert not torch.equal(before["encoders.shared.latents"], after["encoders.shared.latents"])  # it trained
+
+
+def test_staged_study_writes_the_table_with_parameter_counts(staged):
+    res, out, doc = staged
+    table = {r["label"]: r for r in res["staged"]["table"]}
+    assert list(table) == ["share-all, stage 1 only", "share-all, same total steps", "grouped k=2 (clustered)", "random k=2 (2 draws)"]
+    share_all, grouped, rnd = table["share-all, same total steps"], table["grouped k=2 (clustered)"], table["random k=2 (2 draws)"]
+    assert share_all["parameters_shared"] < grouped["parameters_shared"] == rnd["parameters_shared"]
+    assert grouped["parameters_total"] == rnd["parameters_total"] and (grouped["encoder_groups"], grouped["fusion_groups"]) == (2, 2)
+    assert rnd["over"] == "draws" and rnd["mean"]["n"] == 2 and grouped["mean"]["n"] == 1
+    runs = [r for r in res["staged"]["runs"] if r["run"].startswith("random_k2_")]
+    assert rnd["mean"]["mean"] == pytest.approx(np.mean([np.mean(list(r["metrics"].values())) for r in runs]))
+    assert set(grouped) >= {"vs_share_all_same_steps", "vs_random"}
+    md = (out / "staged.md").read_text()
+    assert "| grouped k=2 (clustered) | 2, 2 | 5 |" in md and (out / "staged.json").is_file()
+    text = doc.read_text()
+    assert "numbers to come" not in text and "| random k=2 (2 draws) |" in text and text.endswith("after\n")
+
+
+def test_staged_study_rejects_bad_input(tmp_path):
+    from experiments import heterogeneity as study
+    from experiments.heterogeneity_staged import write_doc_block
+
+    with pytest.raises(SystemExit):
+        study.main(["--tasks", "synthetic_single", "--groups-from", str(tmp_path), "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        study.main(["--tasks", "synthetic_single", "--seeds", "0", "--output-dir", str(tmp_path)])
+    assert study.parse_seeds("3") == [0, 1, 2] and study.parse_seeds("0,1,2") == [0, 1, 2] and study.parse_seeds("5,") == [5]
+    with pytest.raises(FileNotFoundError, match="sharing_k2.json is missing"):
+        study.main(["--tasks", "synthetic_single", "--protocol", "staged", "--groups-from", str(tmp_path), "--k", "2",
+                    "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "out"), "--quiet", "--cpu"])
+    (tmp_path / "doc.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="staged-table:begin"):
+        write_doc_block(tmp_path / "doc.md", "table\n")

@@ -17,6 +17,9 @@ Definitions (the paper's eq. 3-5; this module computes them from measured losses
 - Groups: agglomerative (hierarchical) clustering of the distance matrix into ``k`` clusters
   (:func:`cluster`); the groups become a :class:`highmmt.config.SharingConfig` (``encoder`` groups
   over modalities, ``fusion`` groups over pairs ``"a|b"``) with :func:`sharing_config`.
+- Controls: :func:`random_groups_unlike` draws groups of the same sizes that are another partition
+  (the random grouping of the paper's comparison); ``experiments/heterogeneity_staged.py`` runs the
+  paper's share-all -> copy into groups -> multitask fine-tuning protocol on both.
 - When only some transfers are measured, :func:`complete_low_rank` fills the T matrix from the
   measured entries with a rank-r factorisation (paper A.2: rank 3 explains >= 97% of the variance).
 
@@ -178,8 +181,11 @@ def restrict_groups(groups: Mapping[str, Sequence[str]], items: Iterable[str]) -
     return keep
 
 
-def random_groups_like(groups: Mapping[str, Sequence[str]], *, seed: int, prefix: str = "r") -> dict[str, list[str]]:
-    """Random groups with the same sizes as ``groups`` (a control for heterogeneity-based grouping)."""
+def random_groups_like(groups: Mapping[str, Sequence[str]], *, seed: int | Sequence[int], prefix: str = "r") -> dict[str, list[str]]:
+    """Random groups with the same sizes as ``groups`` (a control for heterogeneity-based grouping).
+
+    The draw may happen to be ``groups`` again; :func:`random_groups_unlike` never is.
+    """
     members = [m for ms in groups.values() for m in ms]
     perm = np.random.default_rng(seed).permutation(len(members))
     shuffled = [members[i] for i in perm]
@@ -188,6 +194,38 @@ def random_groups_like(groups: Mapping[str, Sequence[str]], *, seed: int, prefix
         out[f"{prefix}{i + 1}"] = sorted(shuffled[start : start + len(ms)], key=members.index)
         start += len(ms)
     return out
+
+
+def partition(groups: Mapping[str, Sequence[str]]) -> frozenset[frozenset[str]]:
+    """The groups as a set partition: who is grouped with whom, group names and orders ignored."""
+    return frozenset(frozenset(ms) for ms in groups.values())
+
+
+def can_regroup(groups: Mapping[str, Sequence[str]]) -> bool:
+    """Whether another partition with the same group sizes exists (two groups or more, one of them
+    with two members or more); e.g. ``{g1: [a], g2: [b]}`` or ``{g1: [a, b]}`` cannot be regrouped."""
+    return len(groups) >= 2 and any(len(ms) >= 2 for ms in groups.values())
+
+
+def random_groups_unlike(
+    groups: Mapping[str, Sequence[str]], *, seed: int, prefix: str = "r", max_tries: int = 1000
+) -> dict[str, list[str]]:
+    """Random groups with the same sizes as ``groups`` that are a different partition of the members
+    (the random-grouping control of HighMMT's heterogeneity-aware sharing, §3.1).
+
+    Draws :func:`random_groups_like` with seeds ``[seed, 0]``, ``[seed, 1]``, ... until the partition
+    differs. Raises ValueError when no other partition of those sizes exists (:func:`can_regroup`).
+    """
+    if not can_regroup(groups):
+        sizes = [len(ms) for ms in groups.values()]
+        raise ValueError(f"random_groups_unlike: groups of sizes {sizes} ({dict(groups)}) admit no other partition "
+                         "with the same sizes; a random control needs two groups or more, one of them with two members or more")
+    target = partition(groups)
+    for attempt in range(max_tries):
+        drawn = random_groups_like(groups, seed=[seed, attempt], prefix=prefix)
+        if partition(drawn) != target:
+            return drawn
+    raise RuntimeError(f"random_groups_unlike: {max_tries} draws all equalled the given groups")  # pragma: no cover
 
 
 # ---- matrix diagnostics and completion ------------------------------------------------------------
@@ -333,13 +371,16 @@ def _split_pair(name: str) -> tuple[str, str]:
 
 __all__ = [
     "LINKAGES",
+    "can_regroup",
     "check_distance",
     "cluster",
     "complete_low_rank",
     "distance_matrix",
     "explained_variance",
     "heterogeneity_distance",
+    "partition",
     "random_groups_like",
+    "random_groups_unlike",
     "restrict_groups",
     "sharing_config",
     "transfer_difficulty",
