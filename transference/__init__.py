@@ -10,10 +10,11 @@ registers them all.
 - ``finetune.py``       transfer: loading a checkpoint, freezing policies, LoRA, layer-wise lr decay
 - ``semisup.py``        unlabeled data: self-training, co-training, co-regularization
 - ``colearn.py``        co-learning between two modalities (translation, contrastive)
+- ``zeroshot.py``       zero-shot classification of classes never labeled for a modality
 - ``heterogeneity.py``  heterogeneity-guided parameter sharing
 - ``autotune.py``       precision choice and the optimizer
 
 Imports run one way: transference -> tasks -> modalities -> highmmt.
 """
 
-from transference import colearn, finetune, semisup  # noqa: F401  (register their hooks; finetune first)
+from transference import colearn, finetune, semisup, zeroshot  # noqa: F401  (register their hooks; finetune first)
