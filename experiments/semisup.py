@@ -2,12 +2,16 @@
 
     python -m experiments.semisup                    # the CPU study in the README (~20 CPU-minutes, 2 workers)
     python -m experiments.semisup --seeds 0,1,2,3,4 --preset default --scale 10 --jobs 4     # larger, e.g. on a GPU
+    python -m experiments.semisup --seeds 0,1,2 --view-encoders separate,shared          # + the views' encoders: own vs one shared
 
 For every task, labeled fraction, method and seed: one ``train.py`` run with ``--labeled-fraction``
 and ``train.semi.method`` (all methods see the same labeled rows for a given seed), then
 ``evaluate.py`` on the test split (co-training and co-regularization predict with their views'
 ensemble and also report each view, the task's own head and how independent the views' errors
-are). Runs execute in ``--jobs`` worker processes with one torch thread each and are skipped when
+are). ``--view-encoders separate,shared`` runs every view method twice: with each view's own
+encoders and fusion (``train.semi.view_encoders=separate``, no parameter shared between the views)
+and with the model's one shared encoder (``shared``); a third table compares the two, paired by seed,
+with the views' error independence under each. Runs execute in ``--jobs`` worker processes with one torch thread each and are skipped when
 already finished, so the study resumes. Pseudo-label accuracy is measured here, afterwards, from each
 run's ``semisup.json`` against the true training labels (the methods never see them).
 
@@ -42,6 +46,7 @@ METHODS = ("none", "self_training", "co_training", "co_regularization", "views_o
 LABELS = {"none": "supervised only", "self_training": "self-training", "co_training": "co-training",
           "co_regularization": "co-regularization", "views_only": "two view heads, no unlabeled data"}
 VIEW_METHODS = ("co_training", "co_regularization", "views_only")
+VIEW_ENCODERS = ("separate", "shared")  # train.semi.view_encoders
 # The ablation: co-training's heads and ensemble without any unlabeled data (co-regularization at weight 0).
 ABLATIONS = {"views_only": ("co_regularization", {"train.semi.agreement_weight": 0.0})}
 # Per task: labeled fractions, the two views, and its training/semi settings (small CPU defaults).
@@ -65,10 +70,12 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_argv(task: str, fraction: float, method: str, seed: int, args: argparse.Namespace) -> list[str]:
-    """The train.py command line of one run."""
+def run_argv(task: str, fraction: float, method: str, seed: int, args: argparse.Namespace, view_encoders: str = "") -> list[str]:
+    """The train.py command line of one run (``view_encoders``: the view methods' setting)."""
     cfg = TASKS[task]
     method, ablation = ABLATIONS.get(method, (method, {}))
+    if view_encoders:
+        ablation = {**ablation, "train.semi.view_encoders": view_encoders}
     sets = {
         "train.threads": 1, "train.epochs": cfg["epochs"], "train.steps_per_epoch": int(round(cfg["steps"] * args.scale)),
         "train.batch_size": cfg["batch_size"], "train.max_eval_samples": args.val_limit, "train.semi.method": method,
@@ -121,7 +128,7 @@ def one_run(job: dict[str, Any]) -> dict[str, Any]:
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else (job.get("previous_timing") or timing)
     timing_file.write_text(json.dumps(timing))
     summary = load_summary(out).get("tasks", {}).get(job["task"], {})
-    return {**{k: job[k] for k in ("task", "fraction", "method", "seed")}, "out": str(out), "metrics": metrics,
+    return {**{k: job[k] for k in ("task", "fraction", "method", "seed", "view_encoders")}, "out": str(out), "metrics": metrics,
             "labeled": _labeled_from_metrics(out, job["task"]),
             "pseudo": summary.get("pseudo", {}), "views": summary.get("views", []), "rounds": summary.get("rounds", 0), "stopped": summary.get("stopped", ""),
             **timing, "reused": reused, "done": (out / "DONE").read_text().strip()}
@@ -156,19 +163,21 @@ def pseudo_label_quality(runs: list[dict[str, Any]], data_root: str | None, cach
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (task, fraction, method): mean and sample sd over seeds, the paired difference from
-    supervised-only (mean, seeds better) and its verdict (``benchmarks.common.compare``)."""
+    """Per (task, fraction, method, view encoders): mean and sample sd over seeds, the paired difference
+    from supervised-only (mean, seeds better) and its verdict (``benchmarks.common.compare``)."""
     base = {(r["task"], r["fraction"], r["seed"]): r["metrics"]["accuracy"] for r in runs if r["method"] == "none"}
-    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, float, str, str], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["task"], r["fraction"], r["method"]), []).append(r)
+        groups.setdefault((r["task"], r["fraction"], r["method"], r.get("view_encoders") or ""), []).append(r)
     out = []
-    for (task, fraction, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]))):
+    order = lambda kv: (kv[0][0], kv[0][1], METHODS.index(kv[0][2]), kv[0][3])  # noqa: E731
+    for (task, fraction, method, view_encoders), rs in sorted(groups.items(), key=order):
         acc = mean_sd(r["metrics"]["accuracy"] for r in rs)
         paired = [r for r in rs if (task, fraction, r["seed"]) in base]
         gains = np.array([r["metrics"]["accuracy"] - base[(task, fraction, r["seed"])] for r in paired])
         versus = compare([r["metrics"]["accuracy"] for r in paired], [base[(task, fraction, r["seed"])] for r in paired])
-        agg = {"task": task, "fraction": fraction, "method": method, "seeds": len(rs), "seed_list": [r["seed"] for r in rs],
+        agg = {"task": task, "fraction": fraction, "method": method, "view_encoders": view_encoders,
+               "seeds": len(rs), "seed_list": [r["seed"] for r in rs],
                "labeled": float(np.mean([r["labeled"] for r in rs])),
                "accuracy_mean": acc.mean, "accuracy_sd": float("nan") if acc.sd is None else acc.sd,
                "gain_mean": float(gains.mean()) if len(gains) else float("nan"),
@@ -189,6 +198,31 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def encoder_comparison(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (task, fraction, view method) run under both view-encoder settings: test accuracy with
+    separate minus shared encoders, paired by seed (mean, seeds better, verdict), and each setting's
+    mean error correlation, both-wrong rate (and its value under independence) and shared parameters."""
+    by = {(r["task"], r["fraction"], r["method"], r.get("view_encoders") or "", r["seed"]): r for r in runs}
+    out = []
+    for task, fraction, method in sorted({k[:3] for k in by if k[2] in VIEW_METHODS}, key=lambda k: (k[0], k[1], METHODS.index(k[2]))):
+        seeds = sorted(k[4] for k in by if k[:4] == (task, fraction, method, "separate") and (task, fraction, method, "shared", k[4]) in by)
+        if not seeds:
+            continue
+        sep = [by[(task, fraction, method, "separate", s)]["metrics"] for s in seeds]
+        sha = [by[(task, fraction, method, "shared", s)]["metrics"] for s in seeds]
+        diffs = np.array([a["accuracy"] - b["accuracy"] for a, b in zip(sep, sha)])
+        row = {"task": task, "fraction": fraction, "method": method, "seeds": seeds,
+               "accuracy_separate": float(np.mean([m["accuracy"] for m in sep])), "accuracy_shared": float(np.mean([m["accuracy"] for m in sha])),
+               "difference": float(diffs.mean()), "wins": int((diffs > 0).sum()),
+               "verdict": compare([m["accuracy"] for m in sep], [m["accuracy"] for m in sha]).verdict}
+        for setting, ms in (("separate", sep), ("shared", sha)):
+            for key in ("views_error_correlation", "views_both_wrong", "views_both_wrong_if_independent", "views_disagreement",
+                        "views_shared_parameters"):
+                row[f"{key}:{setting}"] = _nanmean([m.get(key, float("nan")) for m in ms])
+        out.append(row)
+    return out
+
+
 def _nanmean(values: Sequence[float]) -> float:
     v = np.asarray(values, dtype=np.float64)
     return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
@@ -206,7 +240,7 @@ def markdown(results: dict[str, Any]) -> str:
         by_view = [f"{k.split(':', 1)[1]} {a[k]:.0f}" for k in a if k.startswith("pseudo_by:")]
         if by_view:
             pseudo += "; by " + ", ".join(by_view)
-        rows.append([a["task"], f"{a['fraction']:g} ({a['labeled']:.0f})", LABELS[a["method"]], f"{a['accuracy_mean']:.3f}{sd}", gain, pseudo,
+        rows.append([a["task"], f"{a['fraction']:g} ({a['labeled']:.0f})", _label(a), f"{a['accuracy_mean']:.3f}{sd}", gain, pseudo,
                      verdict])
     main = markdown_table(["task", "labeled fraction (rows)", "method", "test accuracy (mean ± sd)",
                            "difference from supervised (seeds better)", "pseudo-labeled rows (their accuracy)",
@@ -216,20 +250,41 @@ def markdown(results: dict[str, Any]) -> str:
         if a["method"] not in VIEW_METHODS:
             continue
         per_view = [k for k in a if "@" in k and not k.endswith("@fused")]
-        view_rows.append([a["task"], f"{a['fraction']:g}", LABELS[a["method"]],
+        shared = a.get("views_shared_parameters")
+        view_rows.append([a["task"], f"{a['fraction']:g}", _label(a),
                           ", ".join(f"{k.split('@', 1)[1]} {f3(a[k])}" for k in per_view), f3(a.get("accuracy@fused")),
                           f3(a["accuracy_mean"]), f3(a.get("views_disagreement")),
                           f"{f3(a.get('views_both_wrong'))} / {f3(a.get('views_both_wrong_if_independent'))}",
-                          f3(a.get("views_error_correlation")), f3(a.get("views_error_kappa"))])
+                          f3(a.get("views_error_correlation")), f3(a.get("views_error_kappa")),
+                          "-" if shared is None or math.isnan(shared) else f"{shared:,.0f}"])
     views = markdown_table(["task", "fraction", "method", "accuracy of each view", "task head", "views' ensemble",
-                            "disagreement", "both wrong / if independent", "error correlation", "error kappa"], view_rows)
+                            "disagreement", "both wrong / if independent", "error correlation", "error kappa",
+                            "parameters both views use"], view_rows)
     cpu_min = results["cpu_s"] / 60
     head = (f"Test split ({results['eval_note']}); {len(results['seeds'])} seeds ({', '.join(map(str, results['seeds']))}); "
             f"preset `{results['preset']}` x step scale {results['scale']:g}. Hardware: {hardware_line(results['machine'])}. "
             f"{len(results['runs'])} runs, {results['wall_s'] / 60:.1f} min wall with {results['jobs']} worker(s), "
             f"{cpu_min:.1f} CPU-minutes in the workers. {stats_note(results['seeds'])} The difference from "
             "supervised-only is paired by seed (same labeled rows).")
-    return f"{head}\n\n{main}\n\nViews (test split, mean over seeds):\n\n{views}\n"
+    text = f"{head}\n\n{main}\n\nViews (test split, mean over seeds):\n\n{views}\n"
+    comparison = results.get("encoder_comparison") or []
+    if comparison:
+        cmp_rows = [[c["task"], f"{c['fraction']:g}", LABELS[c["method"]], f"{c['accuracy_separate']:.3f} / {c['accuracy_shared']:.3f}",
+                     f"{c['difference']:+.3f} ({c['wins']}/{len(c['seeds'])})", c["verdict"],
+                     f"{f3(c['views_error_correlation:separate'])} / {f3(c['views_error_correlation:shared'])}",
+                     f"{f3(c['views_both_wrong:separate'])} ({f3(c['views_both_wrong_if_independent:separate'])}) / "
+                     f"{f3(c['views_both_wrong:shared'])} ({f3(c['views_both_wrong_if_independent:shared'])})",
+                     f"{f3(c['views_disagreement:separate'])} / {f3(c['views_disagreement:shared'])}"] for c in comparison]
+        text += ("\nSeparate against shared view encoders (test split; separate / shared; difference paired by seed):\n\n"
+                 + markdown_table(["task", "fraction", "method", "accuracy", "separate - shared (seeds better)", "verdict",
+                                   "error correlation", "both wrong (if independent)", "disagreement"], cmp_rows) + "\n")
+    return text
+
+
+def _label(a: dict[str, Any]) -> str:
+    """A method's name in the tables, with its view-encoder setting when it has one."""
+    ve = a.get("view_encoders") or ""
+    return LABELS[a["method"]] + ({"separate": ", separate encoders", "shared": ", one shared encoder"}.get(ve, ""))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -238,12 +293,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for method in METHODS:
-            pts = [a for a in results["aggregates"] if a["task"] == task and a["method"] == method]
-            if not pts:
-                continue
-            x = [100 * a["fraction"] for a in pts]
-            ax.errorbar(x, [a["accuracy_mean"] for a in pts], yerr=[0 if math.isnan(a["accuracy_sd"]) else a["accuracy_sd"] for a in pts],
-                        marker="o", capsize=3, label=LABELS[method])
+            for ve in ("", *VIEW_ENCODERS):
+                pts = [a for a in results["aggregates"] if a["task"] == task and a["method"] == method and (a.get("view_encoders") or "") == ve]
+                if not pts:
+                    continue
+                x = [100 * a["fraction"] for a in pts]
+                ax.errorbar(x, [a["accuracy_mean"] for a in pts], yerr=[0 if math.isnan(a["accuracy_sd"]) else a["accuracy_sd"] for a in pts],
+                            marker="o", capsize=3, label=_label(pts[0]))
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks([100 * f for f in TASKS.get(task, {}).get("fractions", [])] or ax.get_xticks())
@@ -262,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--fractions", default=None, help="labeled fractions for every task (default: per task, see TASKS)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--view-encoders", default="separate",
+                   help=f"comma-separated among {list(VIEW_ENCODERS)}: the view methods run once per setting (train.semi.view_encoders)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every task's steps per epoch (longer training)")
     p.add_argument("--val-limit", type=int, default=500, help="validation rows scored per epoch (train.max_eval_samples)")
@@ -279,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if set(methods) - set(METHODS) or "none" not in methods:
         raise ValueError(f"--methods must be among {list(METHODS)} and include 'none' (the baseline), got {methods}")
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    view_encoders = [v for v in args.view_encoders.split(",") if v]
+    if not view_encoders or set(view_encoders) - set(VIEW_ENCODERS):
+        raise ValueError(f"--view-encoders must be among {list(VIEW_ENCODERS)}, got {view_encoders}")
     out = Path(args.output_dir)
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     previous_timing = {r["out"]: {k: r[k] for k in ("train_wall_s", "wall_s", "cpu_s")} for r in previous.get("runs", [])}
@@ -287,12 +348,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else TASKS[task]["fractions"]
         for fraction in fractions:
             for method in methods:
-                for seed in seeds:
-                    folder = out / "runs" / task / f"f{fraction:g}" / method / f"s{seed}"
-                    jobs.append({"task": task, "fraction": fraction, "method": method, "seed": seed, "out": str(folder),
-                                 "argv": run_argv(task, fraction, method, seed, args), "eval_limit": TASKS[task]["eval_limit"],
-                                 "--data-root": args.data_root, "--cache-dir": args.cache_dir,
-                                 "previous_timing": previous_timing.get(str(folder))})
+                # View methods: one folder per encoder setting (runs before the setting existed shared the encoder
+                # and lie in <method>/s<seed>; they are not reused).
+                for ve in (view_encoders if method in VIEW_METHODS else [""]):
+                    for seed in seeds:
+                        folder = out / "runs" / task / f"f{fraction:g}" / method / ve / f"s{seed}"
+                        jobs.append({"task": task, "fraction": fraction, "method": method, "seed": seed, "view_encoders": ve,
+                                     "out": str(folder), "argv": run_argv(task, fraction, method, seed, args, ve),
+                                     "eval_limit": TASKS[task]["eval_limit"], "--data-root": args.data_root,
+                                     "--cache-dir": args.cache_dir, "previous_timing": previous_timing.get(str(folder))})
     machine = machine_info(__import__("torch").device("cpu"))
     machine["torch_threads"] = 1  # what each worker uses
     started = time.time()
@@ -301,18 +365,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx, initializer=_init_worker) as pool:
         for r in pool.map(one_run, jobs):
             runs.append(r)
-            print(f"[{time.time() - started:5.0f}s] {r['task']} {r['fraction']:g} {r['method']} seed {r['seed']}: "
+            print(f"[{time.time() - started:5.0f}s] {r['task']} {r['fraction']:g} {r['method']} {r['view_encoders']} seed {r['seed']}: "
                   f"accuracy {r['metrics']['accuracy']:.3f} ({r['wall_s']:.0f}s)", flush=True)
     pseudo_label_quality(runs, args.data_root, args.cache_dir)
     machine["load_average_end"] = machine_info(__import__("torch").device("cpu"))["load_average"]
     wall = time.time() - started
     if previous and all(r["reused"] for r in runs):  # only re-read: report the study as it ran
         machine, wall = previous["machine"], previous["wall_s"]
-    results = {"tasks": tasks, "methods": methods, "seeds": seeds, "preset": args.preset, "scale": args.scale,
+    results = {"tasks": tasks, "methods": methods, "view_encoders": view_encoders, "seeds": seeds, "preset": args.preset, "scale": args.scale,
                "overrides": args.overrides, "jobs": args.jobs, "settings": {t: TASKS[t] for t in tasks},
                "eval_note": ", ".join(f"{t}: {'a seeded subset of ' + str(TASKS[t]['eval_limit']) + ' rows' if TASKS[t]['eval_limit'] else 'all rows'}" for t in tasks),
                "machine": machine, "wall_s": wall, "cpu_s": float(sum(r["cpu_s"] for r in runs)),
-               "runs": [{k: v for k, v in r.items() if k != "pseudo"} for r in runs], "aggregates": aggregate(runs)}
+               "runs": [{k: v for k, v in r.items() if k != "pseudo"} for r in runs], "aggregates": aggregate(runs),
+               "encoder_comparison": encoder_comparison(runs)}
     write_json(out / "results.json", results)
     table = markdown(results)
     (out / "results.md").write_text(table)

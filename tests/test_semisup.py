@@ -271,6 +271,67 @@ def test_co_regularization_adds_the_agreement_loss(tmp_path):
     assert with_agreement > without > 0
 
 
+# ---- what the two views share: train.semi.view_encoders ------------------------------------------------
+QUAD = TaskSpec(name="quad", modalities={m: "timeseries" for m in "abcd"}, task_type="classification", num_classes=3,
+                metric="accuracy", modality_options={m: {"channels": 2} for m in "abcd"})
+OTHER = TaskSpec(name="other", modalities={"a": "timeseries", "e": "timeseries"}, task_type="classification", num_classes=2,
+                 metric="accuracy", modality_options={m: {"channels": 2} for m in "ae"})
+
+
+def _view_model(view_encoders: str, *overrides: str, views: str = "a+b|c+d", specs=(QUAD,)) -> tuple[HighMMT, list]:
+    run, _ = train.load_preset("tiny")
+    cfg = apply_overrides(train.model_config(run.model, list(specs)), list(overrides))
+    semi = SemiConfig(method="co_training", views=views, view_encoders=view_encoders, tasks=["quad"])
+    torch.manual_seed(0)
+    return HighMMT(semisup.add_view_heads(cfg, semi, list(specs))), semisup.task_views(semi, QUAD)
+
+
+def _touched_by_each_view(model: HighMMT, views: list) -> list[set[str]]:
+    """Names of the parameters that get a gradient from each view's own loss (cross-entropy of its head)."""
+    torch.manual_seed(1)
+    x = {m: {"x": torch.randn(4, 5, 2), "mask": torch.ones(4, 5, dtype=torch.bool)} for m in "abcd"}
+    y = torch.tensor([0, 1, 2, 0])
+    touched = []
+    for name, mods in views:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model({m: x[m] for m in mods}, name), y).backward()
+        touched.append({n for n, p in model.named_parameters() if p.grad is not None})
+    assert semisup.shared_view_parameters(model, x, views).keys() == touched[0] & touched[1]  # the helper measures the same
+    return touched
+
+
+@pytest.mark.parametrize("kind", ["pairwise", "bottleneck", "none"])
+def test_separate_views_share_no_parameter_and_shared_views_do(kind):
+    fusion = [f"fusion.kind={kind}"]
+    a, b = _touched_by_each_view(*_view_model("separate", *fusion, *(["sharing.fusion=none"] if kind == "bottleneck" else [])))
+    assert a and b and not a & b  # no parameter tensor learns from both views' losses
+    assert "modality_embedding.a" in a and any(n.startswith("heads.quad@a+b.") for n in a) and "modality_embedding.c" in b
+    a, b = _touched_by_each_view(*_view_model("shared", *fusion))
+    overlap = {n.split(".")[0] + "." + n.split(".")[1] for n in a & b}
+    # Today's sharing (model.sharing all/all): one encoder for both views, and one fusion block when both
+    # views hold two modalities (pairwise) or always (bottleneck: one block for every task).
+    assert overlap == {"pairwise": {"encoders.shared", "fusion.blocks"}, "bottleneck": {"encoders.shared", "fusion.layers", "fusion.tokens"},
+                       "none": {"encoders.shared"}}[kind]
+    assert not any(n.startswith(("embedders.", "modality_embedding.", "heads.")) for n in a & b)  # per modality / task anyway
+    with pytest.raises(ValueError, match="model.sharing.fusion=none"):
+        _view_model("separate", "fusion.kind=bottleneck")
+
+
+def test_separate_views_split_only_the_groups_that_hold_both_views():
+    model, _ = _view_model("separate", views="a|b+c+d", specs=(QUAD, OTHER))
+    # 'e' is read by no view and keeps the shared encoder; 'a' gets its view's, b, c, d theirs.
+    assert model.encoder_group == {"a": "shared@quad@a", "b": "shared@quad@b+c+d", "c": "shared@quad@b+c+d",
+                                   "d": "shared@quad@b+c+d", "e": "shared"}
+    pairs = model.fusion.pair_group
+    assert pairs["b|c"] == pairs["c|d"] == "shared@quad@b+c+d" and pairs["a|b"] == pairs["a|e"] == "shared"  # across views: the task head's
+    model, _ = _view_model("separate", "sharing.encoder=none")  # one encoder per modality already: unchanged
+    assert model.config.sharing.encoder == "none" and set(model.encoders) == set("abcd")
+    model, _ = _view_model("separate", 'sharing.encoder={"x": ["a", "c"], "y": ["b", "d"]}')
+    assert model.encoder_group == {"a": "x@quad@a+b", "b": "y@quad@a+b", "c": "x@quad@c+d", "d": "y@quad@c+d"}
+    model, _ = _view_model("shared")
+    assert model.config.sharing.encoder == "all" and set(model.encoders) == {"shared"}
+
+
 def test_methods_without_unlabeled_data_or_views_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="--labeled-fraction"):
         _hook(tmp_path, "train.semi.method=self_training")
@@ -311,16 +372,29 @@ def test_pseudo_labels_persist_across_resume(tmp_path, monkeypatch, method):
     _run(tmp_path, "killed", method, "--resume")
     assert json.loads((tmp_path / "killed" / semisup.STATE_FILE).read_text())["tasks"]["synthetic_pair"] == summary
     a, b = _last_weights(full), _last_weights(tmp_path / "killed")
+    if method == "co_training":  # the default view_encoders=separate: each view's encoder is saved and resumed
+        assert {"shared@synthetic_pair@syn_a", "shared@synthetic_pair@syn_b"} <= {k.split(".")[1] for k in a if k.startswith("encoders.")}
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_evaluate_reports_the_views_ensemble_and_their_independence(tmp_path):
-    out = _run(tmp_path, "co", "co_training", "--set", "train.semi.views=syn_a|syn_b")
+@pytest.mark.parametrize("method,view_encoders", [("co_training", "separate"), ("co_training", "shared"),
+                                                   ("co_regularization", "separate")])
+def test_evaluate_reports_the_views_ensemble_and_their_independence(tmp_path, method, view_encoders):
+    out = _run(tmp_path, "co", method, "--set", "train.semi.views=syn_a|syn_b", "--set", f"train.semi.view_encoders={view_encoders}")
     m = evaluate.main(["--checkpoint", str(out), "--no-robustness", "--quiet", "--cache-dir", str(tmp_path / "cache")])["synthetic_pair"]
     for key in ("accuracy@syn_a", "accuracy@syn_b", "accuracy@fused", "views_disagreement", "views_error_kappa",
-                "views_both_wrong", "views_both_wrong_if_independent"):
+                "views_error_correlation", "views_both_wrong", "views_both_wrong_if_independent", "views_shared_parameters"):
         assert key in m, key
+    # The saved model rebuilds with the views' own encoders (separate) or the one shared encoder.
+    loaded = HighMMT.from_pretrained(out)
+    groups = {"separate": {"syn_a": "shared@synthetic_pair@syn_a", "syn_b": "shared@synthetic_pair@syn_b"},
+              "shared": {"syn_a": "shared", "syn_b": "shared"}}[view_encoders]
+    assert loaded.encoder_group == groups
+    if view_encoders == "separate":
+        assert m["views_shared_parameters"] == 0
+    else:  # the tiny preset's encoder: every parameter of it is read by both views
+        assert m["views_shared_parameters"] == sum(p.numel() for p in loaded.encoders["shared"].parameters()) > 0
     assert m["accuracy"] == pytest.approx(m["views_accuracy_ensemble"])  # the reported figure is the ensemble's
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"synthetic_pair@syn_a", "synthetic_pair@syn_b"} <= {r["task"] for r in rows if r["split"] == "validation"}
@@ -401,3 +475,50 @@ def test_study_aggregates_paired_gains_and_writes_tables():
     assert "a 0.450, b 0.350" in md and "2.0 CPU-minutes" in md
     with pytest.raises(ValueError, match="unknown task"):
         study.main(["--tasks", "omniglot"])
+    with pytest.raises(ValueError, match="--view-encoders"):
+        study.main(["--tasks", "avmnist", "--view-encoders", "both"])
+
+
+def test_study_compares_separate_and_shared_view_encoders_paired_by_seed():
+    from experiments import semisup as study
+
+    args = study.argparse.Namespace(preset="tiny", scale=1.0, val_limit=100, overrides=[], data_root=None, cache_dir=None)
+    assert "train.semi.view_encoders=shared" in " ".join(study.run_argv("avmnist", 0.05, "co_training", 0, args, "shared"))
+    assert "view_encoders" not in " ".join(study.run_argv("avmnist", 0.05, "none", 0, args))
+
+    def run(method, ve, seed, acc, corr=float("nan"), shared=float("nan")):
+        return {"task": "t", "fraction": 0.1, "method": method, "view_encoders": ve, "seed": seed, "labeled": 10,
+                "metrics": {"accuracy": acc, "views_error_correlation": corr, "views_both_wrong": 0.2,
+                            "views_both_wrong_if_independent": 0.1, "views_disagreement": 0.3, "views_shared_parameters": shared},
+                "pseudo_labeled": 0, "pseudo_accuracy": float("nan"), "wall_s": 1.0, "cpu_s": 1.0}
+
+    runs = [run("none", "", 0, 0.5), run("none", "", 1, 0.6),
+            run("co_training", "separate", 0, 0.7, 0.1, 0.0), run("co_training", "separate", 1, 0.62, 0.3, 0.0),
+            run("co_training", "shared", 0, 0.6, 0.5, 1000.0), run("co_training", "shared", 1, 0.64, 0.7, 1000.0)]
+    aggs = study.aggregate(runs)
+    assert [(a["method"], a["view_encoders"]) for a in aggs] == [("none", ""), ("co_training", "separate"), ("co_training", "shared")]
+    (c,) = study.encoder_comparison(runs)
+    assert c["difference"] == pytest.approx(0.04) and c["wins"] == 1 and c["seeds"] == [0, 1]
+    assert c["views_error_correlation:separate"] == pytest.approx(0.2) and c["views_error_correlation:shared"] == pytest.approx(0.6)
+    results = {"aggregates": aggs, "runs": runs, "seeds": [0, 1], "preset": "tiny", "scale": 1.0, "jobs": 1, "wall_s": 60.0,
+               "cpu_s": 60.0, "eval_note": "t: all rows", "encoder_comparison": [c],
+               "machine": {"cpu_model": "cpu", "logical_cpus": 2, "torch_version": "x", "torch_threads": 1, "date": "d", "load_average": []}}
+    md = study.markdown(results)
+    assert "| t | 0.1 (10) | co-training, separate encoders | 0.660 ± 0.057 | +0.110 (2/2) |" in md
+    assert "co-training, one shared encoder" in md and "| 1,000 |" in md
+    assert "| t | 0.1 | co-training | 0.660 / 0.620 | +0.040 (1/2) | no difference | 0.200 / 0.600 |" in md
+
+
+@pytest.mark.slow
+def test_study_runs_end_to_end_with_both_view_encoder_settings(tmp_path, monkeypatch):
+    from experiments import semisup as study
+
+    monkeypatch.setitem(study.TASKS, "synthetic_pair", {
+        "fractions": (0.25,), "views": "syn_a|syn_b", "epochs": 2, "steps": 3, "batch_size": 16, "eval_limit": 0,
+        "semi": {"warmup_epochs": 1, "threshold": 0.4, "round_fraction": 0.1, "score_limit": 0}})
+    results = study.main(["--tasks", "synthetic_pair", "--methods", "none,co_training", "--seeds", "0", "--jobs", "1",
+                          "--view-encoders", "separate,shared", "--output-dir", str(tmp_path / "study"),
+                          "--cache-dir", str(tmp_path / "cache")])
+    shared = {r["view_encoders"]: r["metrics"]["views_shared_parameters"] for r in results["runs"] if r["method"] == "co_training"}
+    assert shared["separate"] == 0 and shared["shared"] > 0
+    assert len(results["encoder_comparison"]) == 1 and "Separate against shared" in (tmp_path / "study" / "results.md").read_text()

@@ -21,6 +21,12 @@ Switched on by ``train.semi`` (:class:`~transference.config.SemiConfig`; ``train
   A trains on the labeled rows plus the rows view B labeled, and vice versa. The task's own head
   trains on the labeled rows. Predictions average the views' class probabilities
   (``predict_with``); :func:`view_statistics` reports how independent the views' errors are.
+  ``view_encoders=separate`` (default) gives each view's modalities their own encoder groups and
+  fusion blocks (:func:`separate_views`), so the two views share no parameter, as Blum & Mitchell's
+  two classifiers; ``shared`` keeps ``model.sharing`` (by default both views go through one encoder,
+  and through one fusion block when both have two or more modalities). Embedders, modality-type
+  embeddings and heads are per modality / task in either setting. :func:`shared_view_parameters`
+  measures what the views share.
 - ``co_regularization`` (Sindhwani et al. 2005): the view heads train on the labeled rows, and an
   agreement loss (symmetric KL, weight ``agreement_weight``) pulls their predictions on unlabeled
   rows together. Predictions as for co-training.
@@ -58,6 +64,7 @@ from torch import Tensor, nn
 
 from highmmt.checkpoint import atomic_write_json
 from highmmt.config import HighMMTConfig, TaskConfig, from_dict
+from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
 from tasks.base import TaskSpec
 from tasks.cache import source_groups
 from tasks.loader import TaskStream, collate_rows, move_to, predict, score
@@ -193,16 +200,71 @@ def scope(semi: SemiConfig, specs: Sequence[TaskSpec]) -> list[TaskSpec]:
 
 
 def add_view_heads(cfg: HighMMTConfig, semi: SemiConfig, specs: Sequence[TaskSpec]) -> HighMMTConfig:
-    """The model config plus one head per view of every task in scope (co-training / co-regularization)."""
+    """The model config plus one head per view of every task in scope (co-training / co-regularization),
+    and with ``semi.view_encoders=separate`` the views' own encoder groups and fusion (:func:`separate_views`)."""
     if semi.method not in VIEW_METHODS:
         return cfg
     tasks = dict(cfg.tasks)
+    views: list[tuple[str, list[str]]] = []
     for spec in scope(semi, specs):
         for name, mods in task_views(semi, spec):
             if name in tasks:
                 raise ValueError(f"view head {name!r} clashes with a task of that name")
             tasks[name] = TaskConfig(list(mods), "classification", spec.num_classes)
-    return dataclasses.replace(cfg, tasks=tasks)
+            views.append((name, mods))
+    cfg = dataclasses.replace(cfg, tasks=tasks)
+    return separate_views(cfg, views) if semi.view_encoders == "separate" else cfg
+
+
+def separate_views(cfg: HighMMTConfig, views: Sequence[tuple[str, Sequence[str]]]) -> HighMMTConfig:
+    """``cfg`` with its sharing split so that no two views share an encoder or a fusion block.
+
+    ``views``: (view task name, modalities) of every view (their heads already in ``cfg.tasks``).
+    Embedders, modality-type embeddings and heads are per modality / task already; encoders are
+    shared by groups of modalities and pairwise fusion blocks by groups of modality pairs
+    (``model.sharing``). A group stays as it is when its members belong to the same views; else it
+    is split by membership: the members of view task ``t`` go to group ``"<group>@<t>"`` (of two
+    views of two tasks, ``"<group>@<t1>@<t2>"``), members of no view keep the group. Pairs across
+    two views (read only by the task's own head) belong to no view. Bottleneck fusion is per task
+    group: shared by every task under ``sharing.fusion=all``, which is an error here.
+    """
+    member: dict[str, list[str]] = {}  # modality -> the view tasks that read it
+    for name, mods in views:
+        for m in mods:
+            member.setdefault(m, []).append(name)
+    sharing = cfg.sharing
+    encoder = _split_groups(encoder_groups(sharing.encoder, list(cfg.modalities)), lambda m: sorted(member.get(m, [])))
+    fusion = sharing.fusion
+    if cfg.fusion.kind == "pairwise":
+        pairs = task_pairs(t.modalities for t in cfg.tasks.values())
+        in_views = lambda p: sorted(set(member.get(p.split("|")[0], [])) & set(member.get(p.split("|")[1], [])))  # noqa: E731
+        fusion = _split_groups(fusion_groups(sharing.fusion, pairs), in_views) or sharing.fusion
+    elif cfg.fusion.kind == "bottleneck" and sharing.fusion == "all":
+        raise ValueError("train.semi.view_encoders=separate: the views would share the bottleneck fusion "
+                         "(fusion.kind=bottleneck with model.sharing.fusion=all is one block for every task); pass "
+                         "--set model.sharing.fusion=none (one block per task) or --set train.semi.view_encoders=shared")
+    return dataclasses.replace(cfg, sharing=dataclasses.replace(sharing, encoder=encoder or sharing.encoder, fusion=fusion))
+
+
+def _split_groups(groups: Mapping[str, str], views_of: Any) -> dict[str, list[str]] | None:
+    """Member -> group (``groups``) refined so that members of different views (``views_of(member)``:
+    the sorted view task names that read it) are in different groups, as ``{group: [members]}``; None
+    when no group needed a split (the caller keeps its sharing setting as written)."""
+    by_group: dict[str, list[str]] = {}
+    for item, g in groups.items():
+        by_group.setdefault(g, []).append(item)
+    out: dict[str, list[str]] = {}
+    source: dict[str, str] = {}  # new group -> the group it came from
+    split = False
+    for g, items in by_group.items():
+        keys = {tuple(views_of(i)) for i in items}
+        split = split or len(keys) > 1
+        for i in items:
+            name = "@".join((g, *views_of(i))) if len(keys) > 1 else g
+            if source.setdefault(name, g) != g:
+                raise ValueError(f"model.sharing: group {name!r} exists already; rename it to separate the views' groups")
+            out.setdefault(name, []).append(i)
+    return out if split else None
 
 
 # ---- pseudo-label selection, losses, view statistics ------------------------------------------
@@ -316,6 +378,39 @@ def view_statistics(outputs_a: np.ndarray, outputs_b: np.ndarray, targets: np.nd
     return stats
 
 
+def view_parameters(model: nn.Module, inputs: Mapping[str, Any], views: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, int]]:
+    """Per view: {parameter name: size} of every parameter its prediction depends on (gets a gradient
+    from it, frozen parameters included), measured by backpropagating its outputs on ``inputs``.
+
+    ``inputs``: a collated batch's inputs holding every view's modalities; ``views``: (view task
+    name, modalities). The model runs in eval mode (no dropout); its mode and ``requires_grad``
+    flags are restored.
+    """
+    named = list(model.named_parameters())
+    flags, mode = [p.requires_grad for _, p in named], model.training
+    out = []
+    try:
+        model.eval()
+        for _, p in named:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for name, mods in views:
+                logits = model({m: inputs[m] for m in mods}, name)
+                grads = torch.autograd.grad(logits.float().sum(), [p for _, p in named], allow_unused=True)
+                out.append({n: p.numel() for (n, p), g in zip(named, grads) if g is not None})
+    finally:
+        for (_, p), flag in zip(named, flags):
+            p.requires_grad_(flag)
+        model.train(mode)
+    return out
+
+
+def shared_view_parameters(model: nn.Module, inputs: Mapping[str, Any], views: Sequence[tuple[str, Sequence[str]]]) -> dict[str, int]:
+    """{parameter name: size} of the parameters both views' predictions depend on (:func:`view_parameters`)."""
+    a, b = view_parameters(model, inputs, views)
+    return {n: a[n] for n in a if n in b}
+
+
 # ---- prediction: the views' ensemble --------------------------------------------------------------
 class ViewEnsemble(nn.Module):
     """Predicts co-trained tasks with the mean of their view heads' class probabilities.
@@ -370,8 +465,9 @@ def semi_config(run_config: Mapping[str, Any]) -> SemiConfig:
 def view_metrics(model: nn.Module, run_config: Mapping[str, Any], dataset: Any, spec: TaskSpec, *, batch_size: int = 128,
                  limit: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
     """Test-time figures of a co-trained task: each view's and the task head's primary metric
-    (``<metric>@<view>``, ``<metric>@fused``) and :func:`view_statistics` (``views_<name>``); empty
-    for other runs and tasks."""
+    (``<metric>@<view>``, ``<metric>@fused``), :func:`view_statistics` (``views_<name>``) and the
+    number of parameters both views depend on (``views_shared_parameters``, :func:`shared_view_parameters`
+    on the first two rows; 0 under ``view_encoders=separate``); empty for other runs and tasks."""
     semi = semi_config(run_config)
     specs = [TaskSpec.from_dict(d) for d in run_config["tasks"].values()]
     if semi.method not in VIEW_METHODS or spec.name not in {s.name for s in scope(semi, specs)}:
@@ -386,6 +482,8 @@ def view_metrics(model: nn.Module, run_config: Mapping[str, Any], dataset: Any, 
     out[f"{spec.metric}@fused"] = score(spec, o, y)[spec.metric]
     stats = view_statistics(outs[0], outs[1], y)  # the views' own accuracies are the "<metric>@<view>" entries
     out.update({f"views_{k}": v for k, v in stats.items() if k not in ("accuracy_a", "accuracy_b")})
+    rows = move_to(collate_rows(dataset, list(range(min(2, len(dataset)))), spec), device)
+    out["views_shared_parameters"] = float(sum(shared_view_parameters(model, rows["inputs"], task_views(semi, spec)).values()))
     return out
 
 
@@ -456,6 +554,10 @@ class SemiSupervisedHook(TrainHook):
             ctx.log(f"semisup: task {spec.name}: {len(st.labeled)} labeled rows, {len(st.unlabeled)} unlabeled"
                     + (f", {len(st.unlabeled) - len(st.pool)} pseudo-labeled after {st.rounds} round(s)" if st.rounds else ""))
             self._refresh(ctx, spec.name)
+            if st.views:
+                groups = getattr(ctx.model, "encoder_group", {})
+                ctx.log(f"semisup: task {spec.name}: view_encoders={semi.view_encoders}: "
+                        + "; ".join(f"view {'+'.join(m)} -> encoder group(s) {sorted({groups.get(x, '?') for x in m})}" for _, m in st.views))
         if semi.method in VIEW_METHODS and semi.predict_with != "fused":
             self._ensemble = ViewEnsemble(ctx.model, {t: st.views for t, st in self.tasks.items()},
                                           include_fused=semi.predict_with == "views+fused")
