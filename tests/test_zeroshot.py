@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 import evaluate
 import train
-from transference import zeroshot
 from transference.zeroshot import NO_LABEL, ZeroShotHook, load_classifier, zeroshot_scores
 
 pytestmark = pytest.mark.usefixtures("fast_isolated_training")
@@ -176,4 +175,3 @@ def test_study_runs_end_to_end_on_the_synthetic_task(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Zero-shot\n\nintro") and text.rstrip().endswith("tail") and "old" not in text
     assert "± " in text and "harmonic" in text
-    assert zeroshot.__name__ == "transference.zeroshot"
