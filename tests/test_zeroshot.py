@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import evaluate
 import train
+from transference import zeroshot
 from transference.zeroshot import NO_LABEL, ZeroShotHook, load_classifier, zeroshot_scores
 
 pytestmark = pytest.mark.usefixtures("fast_isolated_training")
@@ -175,3 +176,15 @@ def test_study_runs_end_to_end_on_the_synthetic_task(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Zero-shot\n\nintro") and text.rstrip().endswith("tail") and "old" not in text
     assert "± " in text and "harmonic" in text
+
+
+def test_inductive_alignment_reads_the_seen_rows_only_and_indexed_splits_lose_their_labels(tmp_path):
+    out = fit_zs(tmp_path, "inductive", "train.zeroshot.align_rows=seen", "train.train_fraction=0.5", epochs=1, steps=2)
+    st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)["hooks"]["zeroshot"]
+    assert st["alignment_rows"] == st["train_rows_seen"] and st["train_rows_seen"] + st["train_rows_dropped"] == 120
+
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"a": [1.0, 2.0, 3.0], "label": [0, 4, 5]}).select([2, 0])  # an index mapping
+    free = zeroshot.without_labels(ds.select_columns(["a"]), "label")
+    assert free["a"] == [3.0, 1.0] and free["label"] == [NO_LABEL, NO_LABEL]
