@@ -10,13 +10,19 @@
    fine-tune the checkpoint with each of ``--policies`` (``train.py --init-from OUT/pretrain
    --finetune POLICY --train-fraction F``), and with full fine-tuning under layer-wise lr decay
    (``full_ld``, ``--layer-decay``; 1 leaves it out). Every run has the same preset, lr, epochs
-   and steps.
+   and steps. ``prefix`` (prefix tuning, docs/transfer.md) needs ``--prefix-host``: checkpoint
+   modalities, of which each target's host (the modality its prefix tokens go in front of) is the
+   first besides which the target reads another modality (the prefix's); it trains ``--prefix-tokens`` tokens and a new head
+   (the targets' classes are not the checkpoint's), everything of the checkpoint frozen:
+
+       python -m experiments.transfer --policies full,embedders_head,lora,prefix --prefix-host text,force_torque
 3. Score each run's best-on-validation ``model.safetensors`` (loaded with ``HighMMT.from_pretrained``,
    so LoRA runs are checked to load merged) on the target's test split.
 
 Writes ``OUT/transfer.json`` (every run: test metric, training rows, trainable parameters, wall
-time; the machine), ``OUT/transfer.md`` (one table per target: fraction x method, and the gain of the
-best transfer over scratch) and ``OUT/transfer.png`` (the learning curves). Finished runs are kept,
+time; the machine), ``OUT/transfer.md`` (one table per target: fraction x method, the gain of the
+best transfer over scratch, and each method's trainable parameters) and ``OUT/transfer.png`` (the
+learning curves). Finished runs are kept,
 so a killed study resumes. Runs go through ``train.main`` in this process (one import of torch for
 all of them); ``--threads`` sets ``train.threads``.
 """
@@ -60,6 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pretrain-tasks", default=None, help="tasks to pre-train on (default: the suite without the targets)")
     p.add_argument("--fractions", default=DEFAULT_FRACTIONS, help=f"training fractions of each target (default {DEFAULT_FRACTIONS})")
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"fine-tuning policies to compare with scratch (default {DEFAULT_POLICIES})")
+    p.add_argument("--prefix-host", default=None, help="with --policies ...,prefix: comma-separated checkpoint modalities; a target's "
+                   "host (whose tokens the prefix is prepended to) is the first besides which it reads another modality")
+    p.add_argument("--prefix-tokens", type=int, default=2, help="with --policies ...,prefix: prefix tokens k (default 2, as in Frozen)")
     p.add_argument("--layer-decay", type=float, default=0.5, help="also fine-tune fully with this train.layer_decay (method full_ld; 1 = leave it out)")
     p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"seeds of the fine-tuning runs, comma-separated (default {DEFAULT_SEEDS})")
     p.add_argument("--preset", default="default", help="model size and training preset of every run (default: default)")
@@ -83,6 +92,15 @@ def floats(text: str, what: str) -> list[float]:
     if not values or any(not 0.0 < v <= 1.0 for v in values):
         raise ValueError(f"--{what}: every fraction must be in (0, 1], got {text!r}")
     return sorted(set(values))
+
+
+def prefix_host(hosts: Sequence[str], task: str, reads: Sequence[str]) -> str:
+    """The first of ``hosts`` besides which target ``task`` reads another modality (the prefix modality)."""
+    usable = [h for h in hosts if any(m != h for m in reads)]
+    if not usable:
+        raise ValueError(f"--prefix-host {','.join(hosts)}: target {task!r} reads only {list(reads)}, nothing besides the host "
+                         "to make the prefix from; add a checkpoint modality it does not read")
+    return usable[0]
 
 
 def test_score(out: Path, task: str, args: argparse.Namespace) -> dict[str, float]:
@@ -113,8 +131,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     # Method -> extra train.py arguments (scratch: none; transfer: --init-from and a policy).
     methods: dict[str, list[str]] = {"scratch": []}
+    hosts = [h for h in (args.prefix_host or "").split(",") if h]
+    if "prefix" in policies and not hosts:
+        raise ValueError("--policies prefix needs --prefix-host: the checkpoint's modalities the prefix tokens may be prepended to")
     for policy in policies:
         methods[policy] = ["--finetune", policy]
+    if "prefix" in policies:  # a new head: the targets' classes are not those of a checkpoint task
+        methods["prefix"] += ["--set", f"train.prefix.tokens={args.prefix_tokens}", "--set", "train.prefix.new_head=true"]
+    prefix_hosts: dict[str, str] = {}
     if args.layer_decay < 1.0:
         methods["full_ld"] = ["--finetune", "full", "--set", f"train.layer_decay={args.layer_decay}"]
     out = Path(args.output_dir)
@@ -142,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for task in targets:
         lt = load_task(task, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
         metric = lt.spec.metric
+        if "prefix" in policies:
+            prefix_hosts[task] = prefix_host(hosts, task, list(lt.spec.modalities))
         for fraction in fractions:
             for seed in seeds:
                 for method, method_args in methods.items():
@@ -150,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     argv_ = [*common, "--tasks", task, "--seed", str(seed), "--train-fraction", str(fraction), *ft_sets, *every]
                     if method != "scratch":
                         argv_ += ["--init-from", str(pre_dir), *method_args]
+                    if method == "prefix":
+                        argv_ += ["--set", f"train.prefix.host={prefix_hosts[task]}"]
                     wall = train_unless_done(run_dir, argv_, log=run_dir.parent / f"{run_dir.name}.log")
                     cfg = json.loads((run_dir / "config.json").read_text())
                     scores = test_score(run_dir, task, args)
@@ -167,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = {
         "benchmark": "transfer", "machine": machine, "preset": args.preset, "targets": targets, "pretrain_tasks": pretrain,
         "fractions": fractions, "policies": policies, "layer_decay": args.layer_decay, "methods": list(methods), "seeds": seeds,
+        "prefix": {"hosts": prefix_hosts, "tokens": args.prefix_tokens} if "prefix" in policies else None,
         "pretrain_overrides": PRETRAIN_SET + args.pretrain_set, "finetune_overrides": FINETUNE_SET + args.finetune_set,
         "overrides": args.overrides, "pretrain_wall_s": pre_wall, "pretrain_loop_s": loop_seconds(pre_dir),
         "wall_s": time.time() - started, "runs": runs,
@@ -208,7 +237,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"({', '.join(results['pretrain_tasks'])}) vs training from scratch; preset `{results['preset']}`, "
         f"fine-tuning {' '.join(results['finetune_overrides'])}; test split. {stats_note(results['seeds'])} The last column "
         "compares the transfer method with the best mean to scratch."
-        + (f" `full_ld`: full fine-tuning with layer-wise lr decay {results['layer_decay']:g}." if "full_ld" in results["methods"] else ""),
+        + (f" `full_ld`: full fine-tuning with layer-wise lr decay {results['layer_decay']:g}." if "full_ld" in results["methods"] else "")
+        + (f" `prefix`: prefix tuning, {results['prefix']['tokens']} prefix tokens in front of the host modality ("
+           + ", ".join(f"{t}: `{h}`" for t, h in results["prefix"]["hosts"].items())
+           + "), a new head, the checkpoint frozen." if results.get("prefix") else ""),
         f"Hardware: {hardware_line(results['machine'])}. This call: {results['wall_s'] / 60:.1f} min wall "
         f"(runs finished by an earlier call are reused). Training loops, as each run's DONE file says: pre-training "
         f"{results['pretrain_loop_s'] / 60:.1f} min, {len(results['runs'])} fine-tuning / scratch runs "
@@ -230,11 +262,17 @@ def markdown(results: dict[str, Any]) -> str:
             fmt = lambda c: "-" if c is None else format_mean_sd(c["values"])  # noqa: E731
             rows = rows_by.get((task, fraction), {}).get("train_rows")
             table.append([f"{fraction:g}", "-" if rows is None else rows, *[fmt(cells.get(m)) for m in methods], versus])
+        table.append(["trainable parameters", "", *[trainable_cell(results["runs"], task, m) for m in methods], ""])
         lines += [f"**{task}** (test {metric})", "", markdown_table(headers, table), ""]
-    params = {r["method"]: (r["trainable_parameters"], r["total_parameters"]) for r in results["runs"]}
-    lines.append("Trainable parameters: " + "; ".join(
-        f"{m} {t:,} of {n:,}" for m, (t, n) in params.items() if t is not None and n is not None) + " (last target).")
     return "\n".join(lines) + "\n"
+
+
+def trainable_cell(runs: list[dict[str, Any]], task: str, method: str) -> str:
+    """``trainable (share of the model)`` of a method's first run on ``task``; ``-`` when unknown."""
+    run = next((r for r in runs if r["task"] == task and r["method"] == method), None)
+    if run is None or run.get("trainable_parameters") is None or not run.get("total_parameters"):
+        return "-"
+    return f"{run['trainable_parameters']:,} ({run['trainable_parameters'] / run['total_parameters']:.1%})"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -7,9 +7,18 @@ Letters: b batch, n tokens, l latents, d width, M modalities of a task, c output
     inputs {modality: tensor | batch dict}
       --embedders[m] (ModuleDict by modality)--> tokens [b, n, d], mask [b, n]
       --+ modality-type embedding [d]
+      (--[prefix tokens [b, k, d] ; tokens] when a prefix modality is given: prefix tuning, below)
       --encoders[group(m)] (shared Perceiver)--> latents [b, l, d]
       --fusion (pairwise | bottleneck | none)--> fused [b, M * d]
       --heads[task] (ModuleDict by task)-------> outputs [b, c]
+
+Prefix tuning (Frozen, Tsimpoukelli et al. 2021; set up by ``train.finetune=prefix``): a *prefix
+modality* p, whose config options hold ``{"prefix": {"host": h, "tokens": k}}``, is never encoded on
+its own. Its embedder's tokens are pooled and mapped to k prefix tokens (:class:`PrefixProjector`),
+which the encoder reads in front of the *host* modality h's tokens: [prefix ; host tokens]. Tasks
+list the host, not p, among their modalities, and accept p as an input; with p given and h not,
+the k prefix tokens alone are h's sequence. The ``prefix`` option is the model's: the embedder
+never sees it.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from highmmt.checkpoint import (
@@ -74,16 +84,71 @@ def with_earlier_defaults(config: HighMMTConfig, state: Mapping[str, Tensor]) ->
         cls = EMBEDDERS.get(mc.kind)
         accepted = inspect.signature(cls.__init__).parameters
         fills: list[dict[str, Any]] = [{}]
-        for k in (k for k in EARLIER_DEFAULTS if k in accepted and k not in mc.options):
+        options = embedder_options(mc)
+        for k in (k for k in EARLIER_DEFAULTS if k in accepted and k not in options):
             fills = [f for base in fills for f in (base, *({**base, k: v} for v in EARLIER_DEFAULTS[k]))]
         for fill in sorted(fills, key=len):
             with weights_from_checkpoint():
-                if fits(cls(name=name, dim=config.dim, **mc.options, **fill), own):
+                if fits(cls(name=name, dim=config.dim, **options, **fill), own):
                     modalities[name] = dataclasses.replace(mc, options={**mc.options, **fill})
                     break
         else:
             return None
     return dataclasses.replace(config, modalities=modalities)
+
+
+PREFIX_OPTION = "prefix"  # ModalityConfig.options key: {"host": modality, "tokens": k}
+
+
+def embedder_options(mc: ModalityConfig) -> dict[str, Any]:
+    """The options the modality's embedder is built with (all but the model's ``prefix`` entry)."""
+    return {k: v for k, v in mc.options.items() if k != PREFIX_OPTION}
+
+
+def prefix_hosts(config: HighMMTConfig) -> dict[str, tuple[str, int]]:
+    """Prefix modality -> (host modality, k prefix tokens), checked; empty without prefix tuning."""
+    out: dict[str, tuple[str, int]] = {}
+    for name, mc in config.modalities.items():
+        if PREFIX_OPTION not in mc.options:
+            continue
+        spec = mc.options[PREFIX_OPTION]
+        if not isinstance(spec, Mapping) or set(spec) != {"host", "tokens"}:
+            raise ValueError(f"modality {name!r}: option {PREFIX_OPTION!r} must be {{'host': modality, 'tokens': k}}, got {spec!r}")
+        host, k = spec["host"], spec["tokens"]
+        if host not in config.modalities or host == name:
+            raise ValueError(f"modality {name!r}: prefix host {host!r} must be another modality of the model {sorted(config.modalities)}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"modality {name!r}: prefix tokens must be an integer >= 1, got {k!r}")
+        out[name] = (host, k)
+    for name, (host, _) in out.items():
+        if host in out:
+            raise ValueError(f"modality {name!r}: its prefix host {host!r} is itself a prefix modality")
+    for task, tc in config.tasks.items():
+        for m in tc.modalities:
+            if m in out:
+                raise ValueError(f"task {task!r} lists prefix modality {m!r} among its modalities; a prefix modality is "
+                                 f"read through its host: list {out[m][0]!r} instead")
+    return out
+
+
+class PrefixProjector(nn.Module):
+    """Frozen's visual prefix: a modality's tokens -> k prefix tokens for another modality's sequence.
+
+    The real tokens are mean-pooled and one linear map gives k tokens (Frozen maps its vision
+    encoder's pooled output to k * d and reshapes).
+
+    Shapes: tokens [b, n, d], mask [b, n] (True = real) -> prefix [b, k, d].
+    """
+
+    def __init__(self, *, dim: int, tokens: int) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.to_prefix = nn.Linear(dim, tokens * dim)
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        weights = mask.to(tokens.dtype).unsqueeze(-1)  # [b, n, 1]
+        pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return rearrange(self.to_prefix(pooled), "b (k d) -> b k d", k=self.tokens)
 
 
 def _key(name: str) -> str:
@@ -111,7 +176,11 @@ class HighMMT(nn.Module):
         self.modality_embedding = nn.ParameterDict(
             {_key(m): nn.Parameter(torch.randn(d) * 0.02) for m in config.modalities}
         )
-        self.encoder_group = encoder_groups(config.sharing.encoder, list(config.modalities))
+        # Prefix tuning: prefix modality -> host; its projector to k tokens. Prefix modalities have no encoder.
+        hosts = prefix_hosts(config)
+        self.prefix_host = {m: host for m, (host, _) in hosts.items()}
+        self.prefixes = nn.ModuleDict({_key(m): PrefixProjector(dim=d, tokens=k) for m, (_, k) in hosts.items()})
+        self.encoder_group = encoder_groups(config.sharing.encoder, [m for m in config.modalities if m not in hosts])
         self.encoders = nn.ModuleDict(
             {
                 g: PerceiverEncoder(dim=d, cfg=config.encoder, gradient_checkpointing=config.gradient_checkpointing)
@@ -126,10 +195,11 @@ class HighMMT(nn.Module):
     # ---- construction -------------------------------------------------------------------------
     def _build_embedder(self, name: str, mc: ModalityConfig) -> Embedder:
         cls = EMBEDDERS.get(mc.kind)
+        options = embedder_options(mc)
         try:
-            return cls(name=name, dim=self.config.dim, **mc.options)
+            return cls(name=name, dim=self.config.dim, **options)
         except TypeError as e:
-            raise ValueError(f"modality {name!r} ({mc.kind}): bad embedder options {mc.options}: {e}") from e
+            raise ValueError(f"modality {name!r} ({mc.kind}): bad embedder options {options}: {e}") from e
 
     def _build_head(self, tc: TaskConfig) -> TaskHead:
         return TaskHead(
@@ -164,8 +234,10 @@ class HighMMT(nn.Module):
         for m in inputs:
             if m not in self.config.modalities:
                 raise ValueError(f"unknown modality {m!r}; this model has modalities {sorted(self.config.modalities)}")
-            if m not in tc.modalities:
-                raise ValueError(f"task {task!r} does not read modality {m!r}; it reads {tc.modalities}")
+            if m not in tc.modalities and self.prefix_host.get(m) not in tc.modalities:
+                raise ValueError(f"task {task!r} does not read modality {m!r}; it reads {tc.modalities}"
+                                 + (f" and the prefix modalities {sorted(p for p, h in self.prefix_host.items() if h in tc.modalities)}"
+                                    if any(h in tc.modalities for h in self.prefix_host.values()) else ""))
         return tc
 
     def _cast(self, value: Tensor | Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
@@ -179,19 +251,48 @@ class HighMMT(nn.Module):
             return {k: cast(v) for k, v in value.items()}
         return cast(value)
 
-    def encode_modality(self, name: str, value: Tensor | Mapping[str, Tensor]) -> Tensor:
-        """One modality's input -> latents [b, l, d] through its embedder and encoder group."""
+    def embed(self, name: str, value: Tensor | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """One modality's input -> tokens [b, n, d] (+ its modality-type embedding), mask [b, n]."""
         tokens, mask = self.embedders[_key(name)](self._cast(value))
         if self.training and self.config.token_dropout > 0:
             mask = drop_tokens(mask, self.config.token_dropout)
-        tokens = tokens + self.modality_embedding[_key(name)].to(tokens.dtype)
+        return tokens + self.modality_embedding[_key(name)].to(tokens.dtype), mask
+
+    def prefix_tokens(self, host: str, inputs: Mapping[str, Any]) -> Tensor | None:
+        """The prefix tokens [b, k, d] that the prefix modalities present in ``inputs`` make for
+        ``host`` (several: concatenated in config order); None when there are none."""
+        parts = [self.prefixes[_key(p)](*self.embed(p, inputs[p])) for p, h in self.prefix_host.items() if h == host and p in inputs]
+        return torch.cat(parts, dim=1) if parts else None
+
+    def encode_modality(self, name: str, value: Tensor | Mapping[str, Tensor] | None, prefix: Tensor | None = None) -> Tensor:
+        """One modality's input -> latents [b, l, d] through its embedder and encoder group.
+
+        ``prefix`` [b, k, d] (prefix tuning's extension point): tokens the encoder reads in front of
+        the modality's own, [prefix ; tokens] (always attended to); with ``value`` None the prefix
+        alone is the modality's sequence.
+        """
+        if value is None:
+            if prefix is None:
+                raise ValueError(f"modality {name!r}: no input and no prefix to encode")
+            tokens, mask = prefix, torch.ones(prefix.shape[:2], dtype=torch.bool, device=prefix.device)
+        else:
+            tokens, mask = self.embed(name, value)
+            if prefix is not None:
+                if prefix.shape[0] != tokens.shape[0]:
+                    raise ValueError(f"modality {name!r}: the prefix has batch size {prefix.shape[0]}, the input {tokens.shape[0]}")
+                tokens = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
+                mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.bool, device=mask.device), mask], dim=1)
         return self.encoders[self.encoder_group[name]](tokens, mask)
 
     def latents(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> dict[str, Tensor]:
-        """inputs -> {modality: latents [b, l, d]} for each of ``task``'s modalities present, as the
-        fusion reads them (after representation tuning)."""
+        """inputs -> {modality: latents [b, l, d]} for each of ``task``'s modalities present (or
+        given through a prefix modality), as the fusion reads them (after representation tuning)."""
         tc = self._check_inputs(inputs, task)
-        latents = {m: self.encode_modality(m, inputs[m]) for m in tc.modalities if m in inputs}
+        latents = {}
+        for m in tc.modalities:
+            prefix = self.prefix_tokens(m, inputs) if self.prefix_host else None
+            if m in inputs or prefix is not None:
+                latents[m] = self.encode_modality(m, inputs.get(m), prefix=prefix)
         sizes = {m: z.shape[0] for m, z in latents.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"task {task!r}: modalities disagree on batch size: {sizes}")
@@ -220,7 +321,8 @@ class HighMMT(nn.Module):
                 return module.numel()
             return sum(p.numel() for p in module.parameters())
 
-        emb = {m: count(self.embedders[_key(m)]) + count(self.modality_embedding[_key(m)]) for m in self.config.modalities}
+        emb = {m: count(self.embedders[_key(m)]) + count(self.modality_embedding[_key(m)])
+               + (count(self.prefixes[_key(m)]) if m in self.prefix_host else 0) for m in self.config.modalities}
         enc = {g: count(e) for g, e in self.encoders.items()}
         heads = {t: count(self.heads[_key(t)]) for t in self.config.tasks}
         return {

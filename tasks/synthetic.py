@@ -249,3 +249,24 @@ def _build_zeroshot(data_root: Path, *, size: int = 240, seed: int = 0, noise: f
 
 _register("synthetic_zeroshot", {"zs_a": ("timeseries", 6), "zs_b": ("timeseries", 4)}, _ZS_CLASSES, _build_zeroshot,
           {"size": 240, "seed": 0, "noise": 0.3}, "synthetic: two modalities of one class attribute (zero-shot tests)")
+
+
+# ---- prefix tuning: the label only in a modality new to the checkpoint ----------------------------------
+# synthetic_prefix: syn_a (synthetic_single's modality, here label-free noise) and prefix_x, a new
+# modality whose mean level (+1 or -1 along a fixed direction, 0.5 noise) is the class; two classes like
+# synthetic_single, so a model trained on synthetic_single can keep its head.
+def _build_prefix(data_root: Path, *, size: int = 128, seed: int = 0, quiet: bool = False) -> datasets.DatasetDict:
+    direction = np.array([1.0, -0.5, 0.5, 1.0])
+
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        y = rng.integers(0, 2, size=n)
+        host = [(0.8 * rng.standard_normal((int(rng.integers(6, 12)), 3))).astype(np.float32) for _ in range(n)]
+        prefix = [((2 * c - 1) * direction + 0.5 * rng.standard_normal((int(rng.integers(4, 8)), 4))).astype(np.float32) for c in y]
+        return {"syn_a": host, "prefix_x": prefix, "label": y.tolist()}
+
+    feats = {"syn_a": _FEATURES["syn_a"], "prefix_x": datasets.Array2D(shape=(None, 4), dtype="float32")}
+    return _splits("synthetic_prefix", (size, 64, 64), seed, make, feats)
+
+
+_register("synthetic_prefix", {"syn_a": ("timeseries", 3), "prefix_x": ("timeseries", 4)}, 2, _build_prefix, {"size": 128, "seed": 0},
+          "synthetic: the label only in prefix_x, a modality new to a synthetic_single model (prefix-tuning tests)")

@@ -172,26 +172,19 @@ def test_bad_policy_decay_and_fraction_in_the_functions():
         finetune.layer_lr_scales(model, 0.0)
 
 
-def test_the_retired_prefix_policy_says_it_was_embedders_head(capsys):
-    """``prefix`` trained the same parts as ``embedders_head``; it is an error that names the
-    replacement and says real prefix tuning is not built."""
-    for match in ("use --finetune embedders_head", "prefix tokens prepended to a frozen model's token sequence"):
-        with pytest.raises(ValueError, match=match):
-            TrainConfig(finetune="prefix")
-    with pytest.raises(ValueError, match="fine-tuning policy 'prefix' is no longer accepted.*embedders_head"):
-        finetune.apply_policy(HighMMT(tiny_config()), "prefix")
-    assert "prefix" not in finetune.TRAINABLE_PARTS
+def test_prefix_is_a_policy_of_its_own(capsys):
+    """``prefix`` is prefix tuning (tests/test_prefix.py), not the parts of ``embedders_head`` it once named."""
+    assert finetune.TRAINABLE_PARTS["prefix"] == frozenset()  # only what the checkpoint lacks trains
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
-    usage = capsys.readouterr().out
-    assert "--finetune full|head|embedders_head|lora" in usage and "prefix" not in usage
+    assert "--finetune full|head|embedders_head|lora|prefix" in capsys.readouterr().out
 
 
 def test_bad_command_lines(tmp_path):
     base = ["--preset", "tiny", "--tasks", "synthetic_pair", "--output-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--quiet"]
     with pytest.raises(ValueError, match="train.finetune must be one of"):
         train.main([*base, "--finetune", "adapters"])
-    with pytest.raises(ValueError, match="train.finetune='prefix' is no longer accepted.*embedders_head"):
+    with pytest.raises(ValueError, match="train.finetune=prefix needs train.prefix.host"):
         train.main([*base, "--finetune", "prefix"])
     with pytest.raises(ValueError, match="train_fraction"):
         train.main([*base, "--train-fraction", "0"])
@@ -299,20 +292,27 @@ def test_transfer_script_runs_end_to_end(tmp_path):
     out = tmp_path / "study"
     results = transfer.main([
         "--target-tasks", "synthetic_pair", "--pretrain-tasks", "synthetic_single", "--fractions", "0.25,1.0",
-        "--policies", "full,lora", "--seeds", "0", "--preset", "tiny", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
-        "--pretrain-set", "train.epochs=1", "--pretrain-set", "train.steps_per_epoch=3",
+        "--policies", "full,lora,prefix", "--prefix-host", "syn_a", "--seeds", "0", "--preset", "tiny", "--output-dir", str(out),
+        "--cache-dir", str(tmp_path / "cache"), "--pretrain-set", "train.epochs=1", "--pretrain-set", "train.steps_per_epoch=3",
         "--finetune-set", "train.epochs=1", "--finetune-set", "train.steps_per_epoch=2",
     ])
-    methods = ("scratch", "full", "lora", "full_ld")
+    methods = ("scratch", "full", "lora", "prefix", "full_ld")
     assert {(r["fraction"], r["method"]) for r in results["runs"]} == {(f, m) for f in (0.25, 1.0) for m in methods}
     assert all(0.0 <= r["test"] <= 1.0 for r in results["runs"])
     assert {r["train_rows"] for r in results["runs"]} == {24, 96}
     saved = json.loads((out / "transfer.json").read_text())
-    assert saved["targets"] == ["synthetic_pair"] and len(saved["runs"]) == 8
+    assert saved["targets"] == ["synthetic_pair"] and len(saved["runs"]) == 10
     ld = next(r for r in results["runs"] if r["method"] == "full_ld")
     assert json.loads((Path(ld["run"]) / "config.json").read_text())["train"]["layer_decay"] == 0.5
+    # prefix: syn_b (new to the synthetic_single checkpoint) makes the prefix of syn_a; a new head for 3 classes.
+    pre = json.loads((Path(next(r for r in results["runs"] if r["method"] == "prefix")["run"]) / "config.json").read_text())
+    assert pre["prefix"]["modality"] == "syn_b" and pre["prefix"]["host"] == "syn_a" and pre["prefix"]["head_from"] == {}
+    assert "front of the host modality (synthetic_pair: `syn_a`)" in (out / "transfer.md").read_text()
     md = (out / "transfer.md").read_text()
-    assert "| fraction | train rows | scratch | full | lora | full_ld | best transfer - scratch |" in md
+    assert "| fraction | train rows | scratch | full | lora | prefix | full_ld | best transfer - scratch |" in md
+    counts = {r["method"]: r["trainable_parameters"] for r in results["runs"]}
+    assert counts["prefix"] < counts["lora"] < counts["full"] == counts["scratch"]
+    assert f"| trainable parameters |  | {counts['scratch']:,} (100.0%) |" in md
     # Reusing a checkpoint: finished runs are kept, nothing is pre-trained again.
     again = transfer.main(["--target-tasks", "synthetic_pair", "--init-from", str(out / "pretrain"), "--fractions", "1.0",
                            "--policies", "head", "--layer-decay", "1", "--seeds", "0", "--preset", "tiny", "--output-dir", str(out),
@@ -324,6 +324,12 @@ def test_transfer_script_runs_end_to_end(tmp_path):
         transfer.main(["--target-tasks", "synthetic_pair", "--pretrain-tasks", "synthetic_pair", "--output-dir", str(out)])
     with pytest.raises(ValueError, match="--policies"):
         transfer.main(["--target-tasks", "synthetic_pair", "--pretrain-tasks", "synthetic_single", "--policies", "nope", "--output-dir", str(out)])
+    assert transfer.prefix_host(["text", "force_torque"], "robot", ["force_torque"]) == "text"
+    assert transfer.prefix_host(["text", "force_torque"], "subjectivity", ["text"]) == "force_torque"
+    with pytest.raises(ValueError, match="reads only \\['syn_a'\\], nothing besides the host"):
+        transfer.prefix_host(["syn_a"], "synthetic_single", ["syn_a"])
+    with pytest.raises(ValueError, match="--policies prefix needs --prefix-host"):
+        transfer.main(["--target-tasks", "synthetic_pair", "--pretrain-tasks", "synthetic_single", "--policies", "prefix", "--output-dir", str(out)])
 
 
 def test_init_from_takes_the_checkpoint_architecture_over_the_preset(tmp_path):

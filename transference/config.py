@@ -184,15 +184,37 @@ class SemiConfig:
                 raise ValueError(f"train.semi.{key} must be >= 0, got {getattr(self, key)}")
 
 
-FINETUNE_POLICIES = ("full", "head", "embedders_head", "lora")
-# Policy names that are no longer accepted -> why, and what to use instead.
-RETIRED_FINETUNE_POLICIES = {
-    "prefix": "'prefix' trained the same parameters as 'embedders_head' (embedders and heads over a frozen "
-              "encoder) and is now called that: use --finetune embedders_head. Real prefix tuning (Frozen, "
-              "Tsimpoukelli et al. 2021: k trainable prefix tokens prepended to a frozen model's token sequence) "
-              "is not built yet",
-}
+FINETUNE_POLICIES = ("full", "head", "embedders_head", "lora", "prefix")
 
+
+@dataclass
+class PrefixConfig:
+    """Prefix tuning (``train.finetune=prefix``; Frozen, Tsimpoukelli et al. 2021; ``transference/finetune.py``).
+
+    The ``--init-from`` model stays frozen, every parameter of it. The embedder of the prefix modality
+    (a modality new to the checkpoint: a fresh embedder that trains; one the checkpoint has keeps its
+    frozen embedder) is pooled and mapped to ``tokens`` prefix tokens, prepended to the token sequence
+    of ``host``, a modality of the checkpoint, in front of the frozen encoder; with no host input the
+    prefix tokens alone are the host's sequence. The task's head is the checkpoint's, frozen (task
+    ``head_from``; "" = the checkpoint task of the same name, else the checkpoint's only task), or with
+    ``new_head`` a new one that trains (other classes). ``modality``: the prefix modality ("" = the
+    trained tasks' one modality new to the checkpoint; if none is new, their one modality besides the host).
+    """
+
+    host: str = ""
+    modality: str = ""
+    tokens: int = 2
+    new_head: bool = False
+    head_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ValueError(f"train.prefix.tokens must be >= 1, got {self.tokens}")
+        if self.new_head and self.head_from:
+            raise ValueError(f"train.prefix.head_from={self.head_from!r} reuses a checkpoint head; it contradicts "
+                             "train.prefix.new_head=true (a new head): set one of them")
+        if self.host and self.host == self.modality:
+            raise ValueError(f"train.prefix.modality and train.prefix.host must differ, both are {self.host!r}")
 
 
 @dataclass
@@ -233,6 +255,7 @@ class TrainConfig:
     semi: SemiConfig = field(default_factory=SemiConfig)  # learning from unlabeled data; see transference/semisup.py
     # Transfer (--init-from): freezing policy, LoRA sizes, layer-wise lr decay (1.0 = off); see transference/finetune.py.
     finetune: str = "full"
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)  # train.finetune=prefix: host modality, k tokens, head
     lora_rank: int = 8
     lora_alpha: float = 16.0
     layer_decay: float = 1.0
@@ -256,10 +279,11 @@ class TrainConfig:
             raise ValueError("train.epochs, train.steps_per_epoch and train.batch_size must be >= 1")
         if not 0.0 < self.train_fraction <= 1.0:
             raise ValueError(f"train.train_fraction must be in (0, 1], got {self.train_fraction}")
-        if self.finetune in RETIRED_FINETUNE_POLICIES:
-            raise ValueError(f"train.finetune={self.finetune!r} is no longer accepted: {RETIRED_FINETUNE_POLICIES[self.finetune]}")
         if self.finetune not in FINETUNE_POLICIES:
             raise ValueError(f"train.finetune must be one of {FINETUNE_POLICIES}, got {self.finetune!r}")
+        if self.finetune == "prefix" and not self.prefix.host:
+            raise ValueError("train.finetune=prefix needs train.prefix.host: the checkpoint's modality whose token "
+                             "sequence the prefix tokens are prepended to")
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise ValueError(f"train.lora_rank must be >= 1 and train.lora_alpha > 0, got {self.lora_rank} and {self.lora_alpha}")
         if not 0.0 < self.layer_decay <= 1.0:
@@ -283,7 +307,7 @@ __all__ = [
     "FINETUNE_POLICIES",
     "MISSING_SLOTS",
     "PRECISIONS",
-    "RETIRED_FINETUNE_POLICIES",
+    "PrefixConfig",
     "SEMI_METHODS",
     "SEMI_PREDICT",
     "ColearnConfig",

@@ -17,15 +17,22 @@
                        frozen shared encoder(s) and fusion
    ``lora``            heads train, plus rank-r LoRA adapters (peft) on every pre-trained linear
                        layer of the shared encoders and the fusion; all base weights stay frozen
+   ``prefix``          prefix tuning (Frozen, Tsimpoukelli et al. 2021): every checkpoint parameter
+                       stays frozen; a prefix modality's embedder makes k tokens prepended to a
+                       host modality's tokens; only the new parts (that embedder if new, the
+                       projector to k tokens, a new head with ``train.prefix.new_head``) train
    ==================  ===========================================================================
 
    Parameters that were *not* loaded from the checkpoint (a new modality's embedder, a new fusion
    group, a head whose shape changed) always train: freezing a random initialisation would only
    remove capacity. Without ``--init-from`` the policy applies to every parameter as written.
    A parameter its module marks ``highmmt_frozen`` (a ``freeze=true`` pretrained backbone) never trains.
-   The former name ``prefix`` (the same parts as ``embedders_head``) is an error that says so: real
-   prefix tuning (Frozen, Tsimpoukelli et al. 2021: k trainable prefix tokens prepended to a frozen
-   model's token sequence) is not built.
+   ``prefix`` (:func:`prefix_model_config`, ``train.prefix``) rewires the model config first: the
+   tasks that read the prefix modality read the host instead (the prefix modality goes in through
+   it, see :mod:`highmmt.model`), and their head is copied from a checkpoint task unless
+   ``new_head``. A parameter the checkpoint lacks outside the prefix modality and a new head is an
+   error: it would stay random and frozen. (Until this was built, ``prefix`` named the parts of
+   ``embedders_head``.)
 3. :func:`layer_lr_scales`: layer-wise learning-rate decay over the depth order
    embedders -> encoder layers -> fusion layers -> heads; the heads get ``lr``, a part k steps
    earlier ``lr * decay**k``.
@@ -47,7 +54,8 @@ from torch import Tensor, nn
 from highmmt.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_weights
 from highmmt.config import HighMMTConfig
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
-from transference.config import FINETUNE_POLICIES, RETIRED_FINETUNE_POLICIES, RunConfig, TrainConfig
+from highmmt.model import PREFIX_OPTION
+from transference.config import FINETUNE_POLICIES, PrefixConfig, RunConfig, TrainConfig
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
 
 PARTS = ("embedders", "encoders", "fusion", "heads", "other")  # other: any module added to HighMMT later
@@ -56,11 +64,13 @@ TRAINABLE_PARTS: dict[str, frozenset[str]] = {
     "head": frozenset({"heads"}),
     "embedders_head": frozenset({"embedders", "heads"}),
     "lora": frozenset({"heads"}),
+    "prefix": frozenset(),  # only what the checkpoint lacks: the prefix modality's parts, a new head
 }
 # Top-level attribute of HighMMT -> part (modality-type embeddings belong to their embedder).
 # Representation tuning (MAG, between encoder and fusion) counts as fusion: it mixes modalities.
-_TOP_LEVEL = {"embedders": "embedders", "modality_embedding": "embedders", "encoders": "encoders", "fusion": "fusion", "heads": "heads",
-              "representation_tuning": "fusion"}
+# A prefix modality's projector to k tokens belongs to its embedder too.
+_TOP_LEVEL = {"embedders": "embedders", "modality_embedding": "embedders", "prefixes": "embedders", "encoders": "encoders",
+              "fusion": "fusion", "heads": "heads", "representation_tuning": "fusion"}
 LORA_PARTS = ("encoders", "fusion")
 
 
@@ -135,16 +145,19 @@ def check_checkpoint(checkpoint: str | Path) -> Path:
     return weights
 
 
+def read_checkpoint_config(checkpoint: str | Path) -> HighMMTConfig | None:
+    """The model config of a run folder or ``save_pretrained`` folder (None without ``config.json``)."""
+    cfg_path = Path(checkpoint) / CONFIG_NAME
+    if not cfg_path.is_file():
+        return None
+    raw = json.loads(cfg_path.read_text())
+    return HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
+
+
 def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Tensor], HighMMTConfig | None]:
     """The weights and (when present) the model config of a run folder or ``save_pretrained`` folder."""
     weights = check_checkpoint(checkpoint)
-    directory = weights.parent
-    config = None
-    cfg_path = directory / CONFIG_NAME
-    if cfg_path.is_file():
-        raw = json.loads(cfg_path.read_text())
-        config = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
-    return load_weights(weights), config
+    return load_weights(weights), read_checkpoint_config(weights.parent)
 
 
 def _bottleneck_groups(cfg: HighMMTConfig) -> dict[str, str]:
@@ -160,7 +173,8 @@ def _member_groups(cfg: HighMMTConfig) -> list[tuple[str, dict[str, str]]]:
     Members are modalities (encoders), unordered pairs ``a|b`` (pairwise fusion) or tasks
     (bottleneck fusion); a group's weights live under ``prefix + group``.
     """
-    out = [("encoders.", encoder_groups(cfg.sharing.encoder, list(cfg.modalities)))]
+    encoded = [m for m, mc in cfg.modalities.items() if PREFIX_OPTION not in mc.options]  # prefix modalities have no encoder
+    out = [("encoders.", encoder_groups(cfg.sharing.encoder, encoded))]
     if cfg.fusion.kind == "pairwise":
         pairs = task_pairs(t.modalities for t in cfg.tasks.values())
         out.append(("fusion.blocks.", fusion_groups(cfg.sharing.fusion, pairs)))
@@ -198,6 +212,11 @@ def group_sources(new: HighMMTConfig, old: HighMMTConfig) -> dict[str, str]:
     return sources
 
 
+def _under(key: str, prefixes: Collection[str]) -> bool:
+    """Whether ``key`` is one of the module prefixes or inside one."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def _rename(key: str, sources: Mapping[str, str]) -> str | None:
     for target, source in sources.items():
         if key == target or key.startswith(target + "."):
@@ -205,23 +224,29 @@ def _rename(key: str, sources: Mapping[str, str]) -> str | None:
     return None
 
 
-def load_pretrained(model: nn.Module, checkpoint: str | Path) -> TransferReport:
+def load_pretrained(model: nn.Module, checkpoint: str | Path, *, copy: Mapping[str, str] | None = None,
+                    fresh: Collection[str] = ()) -> TransferReport:
     """Load every matching tensor of ``checkpoint`` into ``model`` (a :class:`~highmmt.HighMMT`).
 
     Matching: same name and shape; or, for a shared group the checkpoint lacks, the same tensor of
-    the group :func:`group_sources` picks. Everything else keeps its initialisation.
+    the group :func:`group_sources` picks; or, for a module named in ``copy`` (new-model prefix ->
+    checkpoint prefix, e.g. ``{"heads.new": "heads.old"}``), the checkpoint module's tensor. Modules
+    named in ``fresh`` (prefixes) and everything else keep their initialisation.
 
     Raises:
         FileNotFoundError: the folder does not exist or holds no ``model.safetensors``.
     """
     state, old_cfg = read_checkpoint(checkpoint)
     own = model.state_dict()
-    sources = group_sources(model.config, old_cfg) if old_cfg is not None else {}
+    sources = {**(group_sources(model.config, old_cfg) if old_cfg is not None else {}), **(copy or {})}
     report = TransferReport(checkpoint=str(checkpoint), total=len(own))
     to_load: dict[str, Tensor] = {}
     used: set[str] = set()
     for key, value in own.items():
-        if key in state:
+        if _under(key, fresh):
+            report.new.append(key)
+            continue
+        if key in state and _rename(key, copy or {}) is None:
             if state[key].shape == value.shape:
                 to_load[key] = state[key]
                 used.add(key)
@@ -285,15 +310,13 @@ def apply_policy(
 
     Args:
         model: a :class:`~highmmt.HighMMT`.
-        policy: one of ``full``, ``head``, ``embedders_head``, ``lora``.
+        policy: one of ``full``, ``head``, ``embedders_head``, ``lora``, ``prefix`` (only ``new`` trains).
         new: parameter names that were not loaded from a checkpoint; they always train.
         lora_rank, lora_alpha: LoRA's rank r and scale alpha (the update is ``alpha / r * B @ A``).
 
     Returns:
         trainable parameter counts per part (plus ``lora``), ``trainable`` and ``total``.
     """
-    if policy in RETIRED_FINETUNE_POLICIES:
-        raise ValueError(f"fine-tuning policy {policy!r} is no longer accepted: {RETIRED_FINETUNE_POLICIES[policy]}")
     if policy not in FINETUNE_POLICIES:
         raise ValueError(f"unknown fine-tuning policy {policy!r}; known: {list(FINETUNE_POLICIES)}")
     new = set(new)
@@ -324,6 +347,140 @@ def describe_counts(policy: str, counts: Mapping[str, int]) -> str:
     parts = ", ".join(f"{p} {counts[p]:,}" for p in (*PARTS, "lora") if counts[p])
     share = counts["trainable"] / max(counts["total"], 1)
     return f"fine-tuning policy {policy!r}: {counts['trainable']:,} of {counts['total']:,} parameters trainable ({share:.1%}; {parts})"
+
+
+# ---- prefix tuning: the model config and what may be new ------------------------------------------
+@dataclass
+class PrefixPlan:
+    """What :func:`prefix_model_config` decided: the prefix modality, its host and k, the tasks that
+    read it, and for each of them the checkpoint task whose head it reuses (none with ``new_head``)."""
+
+    modality: str
+    host: str
+    tokens: int
+    tasks: list[str]
+    head_from: dict[str, str]
+    new_modality: bool
+
+    def allowed_new(self) -> tuple[str, ...]:
+        """Module prefixes that may be new to the checkpoint (and so train)."""
+        own = (f"embedders.{_key(self.modality)}", f"modality_embedding.{_key(self.modality)}") if self.new_modality else ()
+        heads = tuple(f"heads.{_key(t)}" for t in self.tasks if t not in self.head_from)
+        return (*own, f"prefixes.{_key(self.modality)}", *heads)
+
+    def describe(self) -> str:
+        heads = "; ".join(f"{t}: head of checkpoint task {self.head_from[t]!r}, frozen" if t in self.head_from else f"{t}: new head"
+                          for t in self.tasks)
+        embedder = "a new embedder, trained" if self.new_modality else "the checkpoint's embedder, frozen"
+        return (f"prefix tuning: modality {self.modality!r} ({embedder}) -> {self.tokens} prefix tokens in front of "
+                f"host {self.host!r}'s tokens in the frozen encoder; {heads}")
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "_")
+
+
+def check_prefix_host(pc: PrefixConfig, ckpt: HighMMTConfig, where: str = "") -> None:
+    """``train.prefix.host`` must be a modality of the checkpoint (``where``: its folder, for the message)."""
+    if pc.host not in ckpt.modalities:
+        raise ValueError(f"train.prefix.host={pc.host!r} is not a modality of the checkpoint{' ' + where if where else ''}; "
+                         f"its modalities: {sorted(ckpt.modalities)}")
+
+
+def _choose_prefix_modality(pc: PrefixConfig, cfg: HighMMTConfig, ckpt: HighMMTConfig) -> str:
+    """``train.prefix.modality``, else the trained tasks' one modality new to the checkpoint, else
+    their one modality besides the host."""
+    if pc.modality:
+        if pc.modality not in cfg.modalities:
+            raise ValueError(f"train.prefix.modality={pc.modality!r} is read by none of the trained tasks; "
+                             f"their modalities: {sorted(cfg.modalities)}")
+        return pc.modality
+    others = [m for m in cfg.modalities if m != pc.host]
+    new = [m for m in others if m not in ckpt.modalities]
+    for candidates in (new, others):
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise ValueError(f"train.finetune=prefix: the trained tasks read several modalities that could be the prefix "
+                             f"{candidates}; name one with train.prefix.modality")
+    raise ValueError(f"train.finetune=prefix: the trained tasks read no modality besides the host {pc.host!r} to make the prefix")
+
+
+def _head_source(task: str, mods: list[str], tc: Any, pc: PrefixConfig, ckpt: HighMMTConfig) -> str:
+    """The checkpoint task whose (frozen) head ``task`` reuses, checked to fit."""
+    if pc.head_from:
+        src = pc.head_from
+    elif task in ckpt.tasks:
+        src = task
+    elif len(ckpt.tasks) == 1:
+        src = next(iter(ckpt.tasks))
+    else:
+        raise ValueError(f"train.finetune=prefix: task {task!r} is not in the checkpoint, whose tasks are {sorted(ckpt.tasks)}; "
+                         "name the head to reuse with train.prefix.head_from=TASK, or train a new one with train.prefix.new_head=true")
+    if src not in ckpt.tasks:
+        raise ValueError(f"train.prefix.head_from={src!r} is not a task of the checkpoint; its tasks: {sorted(ckpt.tasks)}")
+    old = ckpt.tasks[src]
+    if old.modalities != mods:
+        raise ValueError(f"train.finetune=prefix: the head of checkpoint task {src!r} reads {old.modalities}, but task {task!r} "
+                         f"with the prefix reads {mods}; reuse another head (train.prefix.head_from) or train.prefix.new_head=true")
+    if (old.task_type, old.num_outputs) != (tc.task_type, tc.num_outputs):
+        raise ValueError(f"train.finetune=prefix: the head of checkpoint task {src!r} has {old.num_outputs} {old.task_type} outputs, "
+                         f"task {task!r} needs {tc.num_outputs} {tc.task_type}; set train.prefix.new_head=true for a new head")
+    return src
+
+
+def prefix_model_config(cfg: HighMMTConfig, ckpt: HighMMTConfig, pc: PrefixConfig) -> tuple[HighMMTConfig, PrefixPlan]:
+    """The model config for prefix tuning, and the plan.
+
+    The prefix modality p gets the model option ``prefix: {host, tokens}``; every task that reads p
+    reads the host in its place (once), so its fusion and head are shaped like the checkpoint's for
+    the host; the host's modality entry is the checkpoint's.
+
+    Args:
+        cfg: the model config from the trained tasks' specs.
+        ckpt: the ``--init-from`` checkpoint's model config.
+        pc: ``train.prefix``.
+    """
+    check_prefix_host(pc, ckpt)
+    p = _choose_prefix_modality(pc, cfg, ckpt)
+    modalities = dict(cfg.modalities)
+    modalities[p] = replace(cfg.modalities[p], options={**cfg.modalities[p].options, PREFIX_OPTION: {"host": pc.host, "tokens": pc.tokens}})
+    modalities.setdefault(pc.host, ckpt.modalities[pc.host])
+    tasks, readers, heads = {}, [], {}
+    for name, tc in cfg.tasks.items():
+        if p not in tc.modalities:
+            tasks[name] = tc
+            continue
+        mods = list(dict.fromkeys(pc.host if m == p else m for m in tc.modalities))
+        tasks[name] = replace(tc, modalities=mods)
+        readers.append(name)
+        if not pc.new_head:
+            heads[name] = _head_source(name, mods, tc, pc, ckpt)
+    plan = PrefixPlan(modality=p, host=pc.host, tokens=pc.tokens, tasks=readers, head_from=heads, new_modality=p not in ckpt.modalities)
+    return replace(cfg, modalities=modalities, tasks=tasks), plan
+
+
+def load_for_prefix(model: nn.Module, checkpoint: str | Path, plan: PrefixPlan) -> TransferReport:
+    """:func:`load_pretrained` for prefix tuning: each prefix task's head copied from its
+    ``plan.head_from`` task, a new head left fresh; then :func:`check_prefix_report`."""
+    copy = {f"heads.{_key(t)}": f"heads.{_key(s)}" for t, s in plan.head_from.items() if t != s}
+    fresh = [f"heads.{_key(t)}" for t in plan.tasks if t not in plan.head_from]
+    report = load_pretrained(model, checkpoint, copy=copy, fresh=fresh)
+    check_prefix_report(report, plan)
+    return report
+
+
+def check_prefix_report(report: TransferReport, plan: PrefixPlan) -> None:
+    """Prefix tuning trains only the prefix modality's new parts and new heads: any other parameter
+    the checkpoint did not provide (it would stay random and frozen) is an error naming it."""
+    allowed = plan.allowed_new()
+    stray = sorted({_module_of(n) for n in report.new if not _under(n, allowed)})
+    if stray:
+        raise ValueError(
+            f"train.finetune=prefix keeps the checkpoint's model frozen, but these parts are not in it (or changed shape) and would "
+            f"stay random: {stray}{'; shape changes: ' + str(report.mismatched) if report.mismatched else ''}. Train the tasks "
+            "with the checkpoint's modality declarations and fusion sharing (e.g. sharing.fusion=all), or use another policy"
+        )
 
 
 # ---- 3. layer-wise learning-rate decay ------------------------------------------------------------
@@ -430,23 +587,45 @@ class FinetuneHook(TrainHook):
 
     def __init__(self, run: RunConfig) -> None:
         self.tc = run.train
+        self.checkpoint_config: HighMMTConfig | None = None  # prefix tuning: the --init-from model's config
+        self.prefix: PrefixPlan | None = None
 
     def check_run(self, run: Any, *, init_from: str | Path | None, overrides: Sequence[str], log: Callable[[str], None]) -> Any:
+        if self.tc.finetune == "prefix" and not init_from:
+            raise ValueError("train.finetune=prefix tunes a prefix for a trained model: it needs --init-from RUN")
         if not init_from:
             return run
         check_checkpoint(init_from)  # before any data is parsed
+        if self.tc.finetune == "prefix":
+            config = read_checkpoint_config(init_from)
+            if config is None:
+                raise ValueError(f"train.finetune=prefix: {init_from} has no {CONFIG_NAME}; prefix tuning needs the checkpoint's "
+                                 "modalities and tasks")
+            check_prefix_host(self.tc.prefix, config, str(init_from))  # before any data is parsed
+            self.checkpoint_config = config
         return architecture_from_checkpoint(run, init_from, overrides, log)
 
+    def model_config(self, cfg: HighMMTConfig, specs: Sequence[Any]) -> HighMMTConfig:
+        if self.checkpoint_config is None:
+            return cfg
+        cfg, self.prefix = prefix_model_config(cfg, self.checkpoint_config, self.tc.prefix)
+        return cfg
+
     def prepare_model(self, ctx: TrainContext) -> dict[str, Any]:
-        report = None
+        report, plan = None, self.prefix
         if ctx.init_from:
-            report = load_pretrained(ctx.model, ctx.init_from)
+            report = load_pretrained(ctx.model, ctx.init_from) if plan is None else load_for_prefix(ctx.model, ctx.init_from, plan)
             ctx.log(report.summary())
-        # Parameters the checkpoint did not provide always train.
+            if plan is not None:
+                ctx.log(plan.describe())
+        # Parameters the checkpoint did not provide always train (under prefix: nothing else).
         counts = apply_policy(ctx.model, self.tc.finetune, new=report.new if report else (),
                               lora_rank=self.tc.lora_rank, lora_alpha=self.tc.lora_alpha)
         ctx.log(describe_counts(self.tc.finetune, counts))
-        return {"init_from": report.to_dict() if report else None, "trainable_parameters": counts}
+        notes = {"init_from": report.to_dict() if report else None, "trainable_parameters": counts}
+        if plan is not None:
+            notes["prefix"] = asdict(plan)
+        return notes
 
     def lr_scales(self, model: nn.Module) -> dict[str, float]:
         return layer_lr_scales(model, self.tc.layer_decay) if self.tc.layer_decay < 1.0 else {}
@@ -464,18 +643,24 @@ __all__ = [
     "ARCHITECTURE_FIELDS",
     "FINETUNE_POLICIES",
     "FinetuneHook",
+    "PrefixPlan",
     "TRAINABLE_PARTS",
     "TransferReport",
     "add_lora",
     "apply_policy",
     "architecture_from_checkpoint",
     "check_checkpoint",
+    "check_prefix_host",
+    "check_prefix_report",
     "export_state_dict",
     "group_sources",
     "layer_depths",
     "layer_lr_scales",
+    "load_for_prefix",
     "load_pretrained",
     "part_of",
+    "prefix_model_config",
     "read_checkpoint",
+    "read_checkpoint_config",
     "trainable_counts",
 ]
