@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import fast_isolated_training, fit  # noqa: F401  (a fixture, used through pytestmark)
+from _helpers import fast_isolated_training, fit, killed_after_epoch  # noqa: F401  (a fixture, used through pytestmark)
 from safetensors.torch import load_file
 from test_transfer import inputs, tiny_config, trainable_names
 
@@ -227,6 +227,18 @@ def test_a_new_head_trains_and_an_unusable_setting_fails_before_training(tmp_pat
         train.main([*base, "--set", "train.prefix.host=syn_a"])
     with pytest.raises(ValueError, match=r"train.prefix.host='nope' is not a modality of the checkpoint .*\['syn_a'\]"):
         train.main([*base, "--set", "train.prefix.host=nope", "--init-from", str(pretrained)])
+
+
+def test_a_killed_prefix_run_resumes_to_the_same_weights(tmp_path, cache, pretrained, monkeypatch):
+    extra = ["--set", "train.epochs=2", "--set", "train.steps_per_epoch=4"]
+    full = prefix_run(tmp_path / "full", cache, pretrained, *extra)
+    with killed_after_epoch(monkeypatch, 1):
+        prefix_run(tmp_path / "killed", cache, pretrained, *extra)
+    killed = prefix_run(tmp_path / "killed", cache, pretrained, *extra, "--resume")
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 def test_prefix_tuning_adapts_a_frozen_model_to_a_new_modality(tmp_path, cache, pretrained):
