@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 TASK_TYPES = ("classification", "multilabel", "regression")
 FUSION_KINDS = ("pairwise", "bottleneck", "none")
 ATTENTION_DROPOUT_KINDS = ("keys", "probs")
+REPRESENTATION_TUNING_POSITIONS = ("after_encoder", "inside_encoder")
 
 
 def _check_dropout(section: str, dropout: float, kind: str) -> None:
@@ -117,19 +118,32 @@ class SharingConfig:
 class RepresentationTuningConfig:
     """Representation tuning (MAG, Rahman et al. 2020; ``highmmt/pretrained.py``), off while ``primary`` is empty.
 
-    The encoder's latents of modality ``primary`` are shifted by a gated sum of projections of the
-    pooled latents of the ``context`` modalities (empty: every other modality) before fusion;
-    ``beta`` caps the shift's norm relative to the latents', ``dropout`` applies to the shift.
+    The latents of modality ``primary`` are shifted by a gated sum of projections of the pooled
+    latents of the ``context`` modalities (empty: every other modality); ``beta`` caps the shift's
+    norm relative to the latents', ``dropout`` applies to the shift. ``position``: where the shift
+    lands: ``"after_encoder"`` (the encoder's output latents, before fusion) or ``"inside_encoder"``
+    (the primary's latents inside its encoder, after encoder layer ``layer``'s cross-attention, so
+    the rest of the encoder reads the shifted states, as MAG sits inside BERT); ``layer`` (1..depth)
+    is read by ``inside_encoder`` only.
     """
 
     primary: str = ""
     context: list[str] = field(default_factory=list)
     beta: float = 1.0
     dropout: float = 0.0
+    position: str = "after_encoder"
+    layer: int = 1
 
     def __post_init__(self) -> None:
         if self.beta <= 0.0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.representation_tuning: beta must be > 0 and dropout in [0, 1), got {self.beta} and {self.dropout}")
+        if self.position not in REPRESENTATION_TUNING_POSITIONS:
+            raise ValueError(f"model.representation_tuning.position must be one of {REPRESENTATION_TUNING_POSITIONS}, got {self.position!r}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
+            raise ValueError(f"model.representation_tuning.layer must be an integer >= 1 (an encoder layer), got {self.layer!r}")
+        if self.position == "after_encoder" and self.layer != 1:
+            raise ValueError(f"model.representation_tuning.layer={self.layer} needs position='inside_encoder'; "
+                             "'after_encoder' shifts the encoder's output")
 
 
 @dataclass

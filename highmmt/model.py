@@ -23,7 +23,7 @@ never sees it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -264,12 +264,14 @@ class HighMMT(nn.Module):
         parts = [self.prefixes[_key(p)](*self.embed(p, inputs[p])) for p, h in self.prefix_host.items() if h == host and p in inputs]
         return torch.cat(parts, dim=1) if parts else None
 
-    def encode_modality(self, name: str, value: Tensor | Mapping[str, Tensor] | None, prefix: Tensor | None = None) -> Tensor:
+    def encode_modality(self, name: str, value: Tensor | Mapping[str, Tensor] | None, prefix: Tensor | None = None,
+                        adapt: Mapping[int, Callable[[Tensor], Tensor]] | None = None) -> Tensor:
         """One modality's input -> latents [b, l, d] through its embedder and encoder group.
 
         ``prefix`` [b, k, d] (prefix tuning's extension point): tokens the encoder reads in front of
         the modality's own, [prefix ; tokens] (always attended to); with ``value`` None the prefix
-        alone is the modality's sequence.
+        alone is the modality's sequence. ``adapt`` {layer: f}: passed to the encoder (representation
+        tuning inside the encoder shifts the latents there).
         """
         if value is None:
             if prefix is None:
@@ -282,22 +284,25 @@ class HighMMT(nn.Module):
                     raise ValueError(f"modality {name!r}: the prefix has batch size {prefix.shape[0]}, the input {tokens.shape[0]}")
                 tokens = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)
                 mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.bool, device=mask.device), mask], dim=1)
-        return self.encoders[self.encoder_group[name]](tokens, mask)
+        return self.encoders[self.encoder_group[name]](tokens, mask, adapt=adapt)
 
     def latents(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> dict[str, Tensor]:
         """inputs -> {modality: latents [b, l, d]} for each of ``task``'s modalities present (or
         given through a prefix modality), as the fusion reads them (after representation tuning)."""
         tc = self._check_inputs(inputs, task)
+        rt = self.representation_tuning  # MAG: after the encoder, or inside the primary's (encoded last)
         latents = {}
-        for m in tc.modalities:
+        for m in rt.encoding_order(tc.modalities) if rt is not None else tc.modalities:
             prefix = self.prefix_tokens(m, inputs) if self.prefix_host else None
             if m in inputs or prefix is not None:
-                latents[m] = self.encode_modality(m, inputs.get(m), prefix=prefix)
+                adapt = rt.encoder_adapt(m, latents) if rt is not None else None
+                latents[m] = self.encode_modality(m, inputs.get(m), prefix=prefix, adapt=adapt)
+        latents = {m: latents[m] for m in tc.modalities if m in latents}
         sizes = {m: z.shape[0] for m, z in latents.items()}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"task {task!r}: modalities disagree on batch size: {sizes}")
-        if self.representation_tuning is not None:
-            latents = self.representation_tuning(latents)
+        if rt is not None and rt.position == "after_encoder":
+            latents = rt(latents)
         return latents
 
     def encode(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str) -> Tensor:

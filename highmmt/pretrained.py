@@ -15,10 +15,12 @@ Letters: b batch, n tokens, l latents, d width, f a backbone's feature width, C 
 - **Representation tuning** (Rahman et al. 2020, *MAG*): :class:`MultimodalAdaptationGate` shifts
   the frozen encoder's latents of a primary modality by a gated sum of projections of the other
   modalities' pooled latents, ``h' = h + alpha * H``, ``alpha = min(||h|| / ||H|| * beta, 1)``.
-  Switched on by ``model.representation_tuning.primary``; :class:`RepresentationTuning` sits between
-  the encoder and the fusion in ``HighMMT.encode``. A fresh gate is new to any checkpoint, so it
-  trains under every ``train.finetune`` policy: ``--finetune head`` trains only the gate and the
-  heads, ``--finetune embedders_head`` adds the embedders.
+  Switched on by ``model.representation_tuning.primary``; ``.position`` says where
+  :class:`RepresentationTuning` shifts: ``after_encoder`` (default) between the encoder and the
+  fusion, ``inside_encoder`` inside the primary's encoder pass (as MAG sits inside BERT; see the
+  class). A fresh gate is new to any checkpoint, so it trains under every ``train.finetune`` policy:
+  ``--finetune head`` trains only the gate and the heads, ``--finetune embedders_head`` adds the
+  embedders. Both positions use the same gate, under the same parameter names.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from highmmt.checkpoint import check_state_dict
-from highmmt.config import HighMMTConfig
+from highmmt.config import REPRESENTATION_TUNING_POSITIONS, HighMMTConfig
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
@@ -235,20 +237,46 @@ class RepresentationTuning(nn.Module):
     Applies whenever the primary is among a task's present modalities; absent context modalities
     contribute nothing (with none present the primary's latents pass unchanged).
 
+    ``position`` says where the primary's latents are shifted:
+
+    - ``"after_encoder"``: :meth:`forward` shifts the encoder's output latents [b, l, d] of the
+      primary, which the fusion then reads.
+    - ``"inside_encoder"``: the shift lands inside the primary's own encoder pass, as MAG sits after
+      layer j of BERT and the later layers read the shifted word states. A Perceiver layer is a
+      cross-attention from l learned latents to the tokens, then self-attention blocks over the
+      latents; the latents are the encoder's token-level hidden states. The shift is applied after
+      encoder layer ``layer``'s cross-attention (and its feed-forward), before its self-attention
+      blocks: that is the first point where the latents depend on the example (before it they are
+      the learned latent array, the same for every input, so the gate would read nothing of the
+      primary), and from there every later block of the encoder, the final LayerNorm included,
+      reads the shifted states (at HighMMT's depth 1, the self-attention block and the norm).
+      The context is the same as for ``after_encoder``: the mean-pooled output latents of the
+      context modalities, encoded first without any shift; the primary is encoded last
+      (:meth:`encoding_order`, :meth:`encoder_adapt`), so the context never depends on the
+      primary and there is no circular dependence. Because only the position differs, the two
+      settings have the same parameters under the same names.
+
     Args:
         dim: d. primary: modality name. context: modality names (default: every other modality).
         beta, dropout: see :class:`MultimodalAdaptationGate`.
+        position: ``"after_encoder"`` | ``"inside_encoder"``. layer: the encoder layer (1-based)
+            after whose cross-attention ``inside_encoder`` shifts.
     """
 
-    def __init__(self, *, dim: int, primary: str, context: Sequence[str], beta: float = 1.0, dropout: float = 0.0) -> None:
+    def __init__(self, *, dim: int, primary: str, context: Sequence[str], beta: float = 1.0, dropout: float = 0.0,
+                 position: str = "after_encoder", layer: int = 1) -> None:
         super().__init__()
+        if position not in REPRESENTATION_TUNING_POSITIONS:
+            raise ValueError(f"representation tuning position must be one of {REPRESENTATION_TUNING_POSITIONS}, got {position!r}")
         self.primary = primary
         self.context = list(context)
+        self.position = position
+        self.layer = layer
         self.gate = MultimodalAdaptationGate(dim=dim, num_context=len(self.context), beta=beta, dropout=dropout)
 
     @classmethod
     def from_config(cls, config: HighMMTConfig) -> "RepresentationTuning | None":
-        """None when ``config.representation_tuning.primary`` is empty; names are checked."""
+        """None when ``config.representation_tuning.primary`` is empty; names and the layer are checked."""
         rt = config.representation_tuning
         if not rt.primary:
             if rt.context:
@@ -264,13 +292,55 @@ class RepresentationTuning(nn.Module):
                                  f"primary {rt.primary!r} among {known}")
         if not context:
             raise ValueError(f"model.representation_tuning: the model has no modality besides {rt.primary!r} to condition on")
-        return cls(dim=config.dim, primary=rt.primary, context=context, beta=rt.beta, dropout=rt.dropout)
+        if rt.position == "inside_encoder" and not 1 <= rt.layer <= config.encoder.depth:
+            raise ValueError(f"model.representation_tuning.layer={rt.layer}: the encoder has layers 1..{config.encoder.depth} "
+                             "(model.encoder.depth)")
+        return cls(dim=config.dim, primary=rt.primary, context=context, beta=rt.beta, dropout=rt.dropout,
+                   position=rt.position, layer=rt.layer)
+
+    def pooled_context(self, latents: Mapping[str, Tensor]) -> list[Tensor | None] | None:
+        """The context modalities' latents [b, l, d] -> their means [b, d] (None: absent); None when none is present."""
+        if not any(m in latents for m in self.context):
+            return None
+        return [latents[m].mean(dim=1) if m in latents else None for m in self.context]
+
+    def encoding_order(self, modalities: Sequence[str]) -> list[str]:
+        """The order to encode ``modalities`` in: for ``inside_encoder`` the primary last (its shift
+        reads the others' latents); unchanged otherwise."""
+        if self.position != "inside_encoder" or self.primary not in modalities:
+            return list(modalities)
+        return [m for m in modalities if m != self.primary] + [self.primary]
+
+    def encoder_adapt(self, modality: str, latents: Mapping[str, Tensor]) -> dict[int, Callable[[Tensor], Tensor]] | None:
+        """For ``inside_encoder`` and the primary: ``{layer: f}`` for ``PerceiverEncoder.forward``'s
+        ``adapt``, with f shifting the primary's latents [b, l, d] by the gate from the context
+        modalities already in ``latents``; None otherwise (nothing to shift, or no context present)."""
+        if self.position != "inside_encoder" or modality != self.primary:
+            return None
+        pooled = self.pooled_context(latents)
+        if pooled is None:
+            return None
+
+        def shift(h: Tensor) -> Tensor:
+            sizes = {m: v.shape[0] for m, v in zip(self.context, pooled) if v is not None}
+            if any(b != h.shape[0] for b in sizes.values()):
+                raise ValueError(f"representation tuning: the primary {self.primary!r} has batch size {h.shape[0]}, "
+                                 f"its context {sizes}")
+            return self.gate(h, pooled)
+
+        return {self.layer: shift}
 
     def forward(self, latents: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """{modality: latents [b, l, d]} -> the same dict with the primary's latents shifted."""
+        """``after_encoder``: {modality: latents [b, l, d]} -> the same dict with the primary's latents
+        shifted. ``inside_encoder`` shifts during encoding (:meth:`encoder_adapt`); calling this then
+        is an error, so that code encoding modalities one by one cannot skip the shift silently."""
+        if self.position != "after_encoder":
+            raise ValueError(f"representation tuning with position={self.position!r} shifts the primary {self.primary!r} "
+                             "inside its encoder pass: encode through HighMMT.latents (or pass encoder_adapt's result "
+                             "to the encoder), not by calling the module on finished latents")
         out = dict(latents)
-        if self.primary not in latents or not any(m in latents for m in self.context):
+        pooled = self.pooled_context(latents)
+        if self.primary not in latents or pooled is None:
             return out
-        pooled = [latents[m].mean(dim=1) if m in latents else None for m in self.context]
         out[self.primary] = self.gate(latents[self.primary], pooled)
         return out
