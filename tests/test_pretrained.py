@@ -258,6 +258,120 @@ def test_representation_tuning_config_is_checked_and_skips_absent_context():
     assert not torch.equal(rt({**z, "b": torch.randn(2, 3, 4)})["a"], z["a"])
 
 
+# ---- MAG inside the encoder (model.representation_tuning.position) ---------------------------------------
+def pair_model(seed: int = 0, **rt) -> HighMMT:
+    """Two timeseries modalities a (3 channels), b (2), encoder depth 2; MAG options ``rt`` (primary a)."""
+    torch.manual_seed(seed)
+    cfg = HighMMTConfig(dim=16, modalities={"a": ModalityConfig("timeseries", {"channels": 3}),
+                                            "b": ModalityConfig("timeseries", {"channels": 2})},
+                        tasks={"t": TaskConfig(["a", "b"], "classification", 2)},
+                        representation_tuning=RepresentationTuningConfig(**rt))
+    cfg.encoder.depth, cfg.encoder.num_latents, cfg.encoder.dim_head, cfg.fusion.dim_head = 2, 4, 8, 8
+    return HighMMT(cfg).eval()
+
+
+def random_gate(model: HighMMT, seed: int = 1) -> None:
+    """A trained-looking gate: projections no longer zero."""
+    torch.manual_seed(seed)
+    for proj in model.representation_tuning.gate.to_shift:
+        torch.nn.init.normal_(proj.weight, std=0.5)
+
+
+PAIR = {"a": torch.randn(3, 7, 3), "b": torch.randn(3, 5, 2)}
+
+
+def test_mag_inside_the_encoder_is_the_identity_untrained_and_shifts_only_the_primary_through_the_gate():
+    plain = pair_model()
+    inside = pair_model(primary="a", position="inside_encoder", layer=2)
+    missing, unexpected = inside.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("representation_tuning.gate.") for k in missing)
+    after = pair_model(primary="a")
+    assert set(after.state_dict()) == set(inside.state_dict())  # the same gate under the same names: checkpoints load either way
+    with torch.no_grad():
+        z0, z = plain.latents(PAIR, "t"), inside.latents(PAIR, "t")
+        assert list(z) == ["a", "b"] and all(torch.equal(z[m], z0[m]) for m in z)  # projections at zero: the identity
+        random_gate(inside)
+        z = inside.latents(PAIR, "t")
+        assert torch.equal(z["b"], z0["b"]) and not torch.allclose(z["a"], z0["a"], atol=1e-3)
+        # by hand: the primary's encoder, its latents shifted by the gate right after layer 2's cross-attention
+        enc, gate = inside.encoders["shared"], inside.representation_tuning.gate
+        tokens, mask = inside.embed("a", PAIR["a"])
+        h = enc.latents.expand(3, -1, -1)
+        for j, layer in enumerate(enc.layers, start=1):
+            h = h + layer.cross(h, tokens, mask)
+            h = h + layer.cross_ff(h)
+            if j == 2:
+                h = gate(h, [z0["b"].mean(dim=1)])
+            for attn, ff in layer.self_blocks:
+                h = h + attn(h)
+                h = h + ff(h)
+        torch.testing.assert_close(z["a"], enc.norm(h))
+        after.load_state_dict(inside.state_dict())  # the same weights, the shift after the encoder instead
+        za = after.latents(PAIR, "t")
+        torch.testing.assert_close(za["a"], gate(z0["a"], [z0["b"].mean(dim=1)]))
+        assert not torch.allclose(za["a"], z["a"], atol=1e-3)
+
+
+def test_mag_inside_the_encoder_reads_the_context_modality():
+    model = pair_model(primary="a", position="inside_encoder")
+    plain = pair_model()
+    random_gate(model)
+    other = {**PAIR, "b": torch.randn(3, 5, 2)}
+    with torch.no_grad():
+        assert not torch.allclose(model.latents(PAIR, "t")["a"], model.latents(other, "t")["a"], atol=1e-3)
+        assert torch.equal(plain.latents(PAIR, "t")["a"], plain.latents(other, "t")["a"])  # without MAG it cannot
+        alone = {"a": PAIR["a"]}  # no context present: the primary passes unshifted
+        assert torch.equal(model.latents(alone, "t")["a"], pair_model().latents(alone, "t")["a"])
+    with pytest.raises(ValueError, match="inside its encoder pass"):
+        model.representation_tuning(model.latents(PAIR, "t"))  # finished latents: the shift would be skipped silently
+
+
+def test_mag_inside_the_encoder_trains_the_gate_under_gradient_checkpointing_too():
+    grads = []
+    for checkpointing in (False, True):
+        model = pair_model(primary="a", position="inside_encoder", layer=2).train()
+        model.config.gradient_checkpointing = checkpointing
+        for enc in model.encoders.values():
+            enc.gradient_checkpointing = checkpointing
+        random_gate(model)
+        model(PAIR, "t").sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.representation_tuning.parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("policy", ["full", "head", "embedders_head", "lora", "prefix"])
+def test_finetune_policies_treat_the_gate_alike_in_both_positions(policy):
+    """transference/finetune.py counts representation tuning as fusion; a gate new to the checkpoint trains."""
+    trainable = {}
+    for position in ("after_encoder", "inside_encoder"):
+        for fresh in (False, True):
+            model = pair_model(primary="a", position=position)
+            new = [n for n, _ in model.named_parameters() if n.startswith("representation_tuning.")]
+            apply_policy(model, policy, new=new if fresh else ())
+            trainable[position, fresh] = {n for n, p in model.named_parameters() if p.requires_grad}
+    for fresh in (False, True):
+        assert trainable["after_encoder", fresh] == trainable["inside_encoder", fresh]
+    assert all(n in trainable["inside_encoder", True] for n in new)
+
+
+def test_mag_position_options_are_checked():
+    with pytest.raises(ValueError, match="position must be one of"):
+        RepresentationTuningConfig(primary="a", position="middle")
+    with pytest.raises(ValueError, match="layer must be an integer >= 1"):
+        RepresentationTuningConfig(primary="a", position="inside_encoder", layer=0)
+    with pytest.raises(ValueError, match="needs position='inside_encoder'"):
+        RepresentationTuningConfig(primary="a", layer=2)
+    with pytest.raises(ValueError, match=r"layer=3: the encoder has layers 1..2"):
+        pair_model(primary="a", position="inside_encoder", layer=3)
+    with pytest.raises(ValueError, match="position must be one of"):
+        HighMMTConfig.from_dict({"representation_tuning": {"primary": "a", "position": "inside"}})
+    old = pair_model(primary="a").config.to_dict()  # a config saved before the option existed
+    for key in ("position", "layer"):
+        del old["representation_tuning"][key]
+    assert HighMMTConfig.from_dict(old).representation_tuning.position == "after_encoder"
+
+
 def test_save_load_round_trip_without_the_backbone_file(tmp_path):
     path = tmp_path / "resnet.safetensors"
     timm_weights(path)
@@ -306,18 +420,22 @@ def test_embedders_head_trains_only_embedders_and_heads(tmp_path):
     assert 0.0 <= metrics["synthetic_single"]["accuracy"] <= 1.0
 
 
-def test_mag_with_the_head_policy_trains_only_the_gate_and_the_heads(tmp_path):
+@pytest.mark.parametrize("position", ["after_encoder", "inside_encoder"])
+def test_mag_with_the_head_policy_trains_only_the_gate_and_the_heads(tmp_path, position):
     base = run_train(tmp_path, "base", "synthetic_pair")
     out = run_train(tmp_path, "mag", "synthetic_pair", "--init-from", str(base), "--finetune", "head",
-                    "--set", "model.representation_tuning.primary=syn_a")
+                    "--set", "model.representation_tuning.primary=syn_a", "--set", f"model.representation_tuning.position={position}")
     counts = json.loads((out / "config.json").read_text())["trainable_parameters"]
     model = HighMMT.from_pretrained(out)
+    assert model.representation_tuning.position == position
     gate = sum(p.numel() for p in model.representation_tuning.parameters())
     heads = sum(p.numel() for p in model.heads.parameters())
     assert counts["trainable"] == gate + heads
     before, after = load_file(str(base / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("heads."))
     assert after["representation_tuning.gate.to_shift.0.weight"].abs().sum() > 0
+    metrics = evaluate.main(["--checkpoint", str(out), "--no-robustness", "--quiet", "--cache-dir", str(tmp_path / "cache")])
+    assert 0.0 <= metrics["synthetic_pair"]["accuracy"] <= 1.0
 
 
 def test_unknown_modality_in_modality_options_is_an_error(tmp_path):
