@@ -2,6 +2,7 @@
 
     HIGHMMT_DATA=../shared/data python -m experiments.pretrained          # ~10 CPU-minutes, 1 thread per run
     python -m experiments.pretrained --steps 3000 --source-steps 5000      # longer (a GPU)
+    python -m experiments.pretrained --synthetic-mag                       # MAG's two positions on a planted task (~15 CPU-s)
 
 No pretrained weights can be downloaded here, so the "pretrained" image backbone is self-pretrained:
 a timm ``test_resnet`` (random init, 0.37 M parameters) is trained as the glyph embedder of a
@@ -18,10 +19,18 @@ is the multitask checkpoint that the ``embedders_head`` runs start from. Runs (`
     avmnist/timm_finetuned        the source's backbone, fine-tuned
     avmnist/head                  --init-from avmnist/plain, only the head trains (frozen model)
     avmnist/head_mag              the same + MAG: image latents shifted by the audio (gate + head train)
+    avmnist/head_mag_inside       the same, MAG inside the image's encoder pass (position=inside_encoder)
     utd_mhad/scratch              plain training from random init (no checkpoint)
     utd_mhad/full                 --init-from source, plain fine-tuning of everything
     utd_mhad/embedders_head       --init-from source, --finetune embedders_head: encoder + fusion frozen, new embedders + head
     utd_mhad/embedders_head_mag   the same + MAG (skeleton latents shifted by inertial + depth)
+    utd_mhad/embedders_head_mag_inside  the same, MAG inside the skeleton's encoder pass (position=inside_encoder)
+
+MAG's two positions (``model.representation_tuning.position``): ``after_encoder`` shifts the frozen
+encoder's output latents before fusion; ``inside_encoder`` shifts the primary's latents after the
+encoder layer's cross-attention, so its self-attention block and final norm read the shifted states
+(``--set model.representation_tuning.layer=j`` picks the layer of a deeper encoder; the presets have
+depth 1). Each ``*_mag_inside`` row is compared with its ``*_mag`` row: same seeds, steps and gate.
 
 Each run gets the same number of optimizer steps (``--steps``); AV-MNIST runs train on a stratified
 ``--avmnist-fraction`` of the training split (low-resource, where a pretrained encoder should help).
@@ -44,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 import modalities  # noqa: F401  (registers the embedders)
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli
@@ -63,10 +73,13 @@ COMPARED_WITH = {
     "avmnist/timm_frozen": "avmnist/timm_frozen_random",
     "avmnist/timm_finetuned": "avmnist/timm_scratch",
     "avmnist/head_mag": "avmnist/head",
+    "avmnist/head_mag_inside": "avmnist/head_mag",
     "utd_mhad/full": "utd_mhad/scratch",
     "utd_mhad/embedders_head": "utd_mhad/full",
     "utd_mhad/embedders_head_mag": "utd_mhad/embedders_head",
+    "utd_mhad/embedders_head_mag_inside": "utd_mhad/embedders_head_mag",
 }
+INSIDE = ["--set", "model.representation_tuning.position=inside_encoder"]
 
 
 def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -85,6 +98,8 @@ def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
          "from source: embedders + head over a frozen encoder and fusion"),
         ("utd_mhad/embedders_head_mag", init("source") + ["--finetune", "embedders_head"] + mag_utd,
          "from source: embedders + head + MAG (skeleton <- inertial, depth)"),
+        ("utd_mhad/embedders_head_mag_inside", init("source") + ["--finetune", "embedders_head"] + mag_utd + INSIDE,
+         "from source: embedders + head + MAG inside the skeleton's encoder pass"),
     ]
     seeds = [int(v) for v in str(args.utd_seeds).split(",") if v != ""] or [args.seed]
     return [
@@ -104,6 +119,9 @@ def runs(out: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         {"name": "avmnist/head_mag", "tasks": ["avmnist"], "steps": args.steps // 2,
          "args": avm + init("avmnist/plain") + ["--finetune", "head"] + mag_avm,
          "what": "from avmnist/plain: head + MAG (image <- audio), rest frozen"},
+        {"name": "avmnist/head_mag_inside", "tasks": ["avmnist"], "steps": args.steps // 2,
+         "args": avm + init("avmnist/plain") + ["--finetune", "head"] + mag_avm + INSIDE,
+         "what": "from avmnist/plain: head + MAG inside the image's encoder pass, rest frozen"},
     ] + [
         {"name": name if seed == seeds[0] else f"{name}-seed{seed}", "group": name, "seed": seed, "tasks": ["utd_mhad"],
          "args": extra, "what": what}
@@ -188,6 +206,72 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---- MAG's positions on a planted interaction (no data files) ------------------------------------------
+MAG_ARMS = ("head_only", "after_encoder", "inside_encoder")
+
+
+def planted_interaction(n: int, generator: torch.Generator) -> tuple[dict[str, Tensor], Tensor]:
+    """Two modalities a, b [n, 6 steps, 2 channels] of unit noise; each carries a hidden bit as an
+    offset of +-1 on channel 0; the label is the XOR of the two bits, so neither modality alone
+    says anything about it and a linear read-out of the two side by side cannot compute it."""
+    bits = torch.randint(0, 2, (2, n), generator=generator)
+    x = {m: torch.randn(n, 6, 2, generator=generator) for m in ("a", "b")}
+    for m, bit in zip(("a", "b"), bits):
+        x[m][:, :, 0] += (2 * bit - 1).unsqueeze(1).float()
+    return x, bits[0] ^ bits[1]
+
+
+def synthetic_mag_run(arm: str, seed: int, *, steps: int = 150, batch: int = 64, rows: int = 1024) -> float:
+    """Test accuracy of one arm of :func:`synthetic_mag` for one seed.
+
+    A HighMMT (dim 16, 4 latents, no fusion: the head reads the two modalities' pooled latents side by
+    side) at random init is frozen, as a pretrained model would be; only the head (``head_only``) or
+    the head and a MAG gate on a from b (at ``after_encoder`` or ``inside_encoder``) train, AdamW lr
+    3e-3, ``steps`` steps of ``batch`` rows out of ``rows`` training rows; tested on ``rows`` fresh rows.
+    """
+    from highmmt import HighMMTConfig, ModalityConfig, TaskConfig
+    from highmmt.config import RepresentationTuningConfig
+
+    torch.manual_seed(seed)
+    rt = {} if arm == "head_only" else {"primary": "a", "context": ["b"], "position": arm}
+    cfg = HighMMTConfig(dim=16, modalities={m: ModalityConfig("timeseries", {"channels": 2}) for m in ("a", "b")},
+                        tasks={"xor": TaskConfig(["a", "b"], "classification", 2)},
+                        representation_tuning=RepresentationTuningConfig(**rt))
+    cfg.encoder.num_latents, cfg.encoder.dim_head, cfg.fusion.kind = 4, 8, "none"
+    model = HighMMT(cfg)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(("heads.", "representation_tuning.")))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    g = torch.Generator().manual_seed(1000 + seed)
+    (train_x, train_y), (test_x, test_y) = planted_interaction(rows, g), planted_interaction(rows, g)
+    model.train()
+    for _ in range(steps):
+        i = torch.randint(0, rows, (batch,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model({m: v[i] for m, v in train_x.items()}, "xor"), train_y[i])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        return (model(test_x, "xor").argmax(dim=-1) == test_y).float().mean().item()
+
+
+def synthetic_mag(seeds: Sequence[int] = (0, 1, 2), steps: int = 150) -> dict[str, list[float]]:
+    """Arm -> test accuracy per seed on :func:`planted_interaction` (chance 0.5), same seeds and budget."""
+    return {arm: [synthetic_mag_run(arm, s, steps=steps) for s in seeds] for arm in MAG_ARMS}
+
+
+def synthetic_mag_markdown(acc: dict[str, list[float]], seeds: Sequence[int], wall_s: float) -> str:
+    lines = ["| arm | test accuracy | difference from |", "|---|---|---|"]
+    against = {"after_encoder": "head_only", "inside_encoder": "after_encoder"}
+    for arm, values in acc.items():
+        versus = f"{against[arm]}: {compare(values, acc[against[arm]]).format()}" if arm in against else "-"
+        lines.append(f"| {arm} | {format_mean_sd(values, per_seed=True)} | {versus} |")
+    lines += ["", f"{format_seeds(seeds)}: {STATS_RULE}",
+              f"{hardware_line(machine_info(torch.device('cpu')))}, one torch thread, {wall_s:.0f} s wall in all."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default")
@@ -203,8 +287,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--output-dir", default="experiments/results/pretrained")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--synthetic-mag", action="store_true",
+                   help="only MAG's positions (head only / after_encoder / inside_encoder) on a planted XOR task, --utd-seeds seeds")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.synthetic_mag:
+        seeds = [int(v) for v in str(args.utd_seeds).split(",") if v != ""]
+        started = time.time()
+        acc = synthetic_mag(seeds)
+        print(synthetic_mag_markdown(acc, seeds, time.time() - started))
+        return {"synthetic_mag": acc, "seeds": seeds}
     out = Path(args.output_dir)
     started = time.time()
     results: dict[str, Any] = {"preset": args.preset, "steps": args.steps, "source_steps": args.source_steps, "seed": args.seed,
