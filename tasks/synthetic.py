@@ -26,6 +26,13 @@ Tasks with a planted structure, each built so that one training method must show
 - ``synthetic_translate`` (co-learning): a hidden value s ~ U(0, 1) in four bins is the class.
   ``translate_primary`` reads s noisily (a linear code along one channel direction, 8 steps of
   unit noise); ``translate_secondary`` reads it cleanly (one-hot of the class and s itself).
+- ``synthetic_privileged`` (co-learning with privileged information, Vapnik & Vashist 2009; Lopez-Paz
+  et al. 2016's "clean labels as privileged information"): four classes; ``privileged_primary``
+  reads the class noisily (amplitude ``amp`` along one of four orthonormal channel directions, 8
+  steps of unit noise), ``privileged_secondary`` cleanly (its one-hot). Each training label is
+  replaced by one of the other three classes with probability ``train_label_noise`` (validation and
+  test labels are clean), so the labels teach the primary little per row while the secondary, seen
+  only in training, still names every row's true class.
 """
 
 from __future__ import annotations
@@ -185,6 +192,41 @@ def _build_translate(data_root: Path, *, size: int = 96, seed: int = 0, amp: flo
     return _splits("synthetic_translate", (size, 64, 200), seed, make, feats)
 
 
+_PRIVILEGED_CLASSES = 4
+
+
+def _noisy_labels(split: datasets.Dataset, rate: float, rng: np.random.Generator, classes: int) -> datasets.Dataset:
+    """``split`` with each label replaced, with probability ``rate``, by one of the other classes (uniformly)."""
+    y = np.array(split["label"])
+    flip = rng.uniform(size=len(y)) < rate
+    y[flip] = (y[flip] + rng.integers(1, classes, size=int(flip.sum()))) % classes
+    return split.remove_columns("label").add_column("label", y.tolist(), feature=split.features["label"])
+
+
+def _build_privileged(data_root: Path, *, size: int = 256, seed: int = 0, amp: float = 1.5, train_label_noise: float = 0.6,
+                      quiet: bool = False) -> datasets.DatasetDict:
+    chance = 1 - 1 / _PRIVILEGED_CLASSES
+    if not 0.0 <= train_label_noise < chance:
+        raise ValueError(f"synthetic_privileged: train_label_noise must be in [0, {chance}) (at {chance} the labels say "
+                         f"nothing), got {train_label_noise}")
+    q, _ = np.linalg.qr(np.random.default_rng(4321).standard_normal((8, 8)))
+    directions = q[:_PRIVILEGED_CLASSES]  # [4 classes, 8 channels], orthonormal
+
+    def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+        y = rng.integers(0, _PRIVILEGED_CLASSES, size=n)
+        primary = amp * directions[y][:, None, :] + rng.standard_normal((n, 8, 8))
+        secondary = np.eye(_PRIVILEGED_CLASSES)[y][:, None, :] + 0.05 * rng.standard_normal((n, 4, _PRIVILEGED_CLASSES))
+        return {"privileged_primary": list(primary.astype(np.float32)), "privileged_secondary": list(secondary.astype(np.float32)),
+                "label": y.tolist()}
+
+    feats = {"privileged_primary": datasets.Array2D(shape=(None, 8), dtype="float32"),
+             "privileged_secondary": datasets.Array2D(shape=(None, _PRIVILEGED_CLASSES), dtype="float32")}
+    splits = _splits("synthetic_privileged", (size, 64, 200), seed, make, feats)
+    rng = np.random.default_rng([seed, len(_SPLITS), zlib.crc32(b"synthetic_privileged")])
+    splits["train"] = _noisy_labels(splits["train"], train_label_noise, rng, _PRIVILEGED_CLASSES)
+    return splits
+
+
 def _register(name: str, modalities: dict[str, tuple[str, int]], num_classes: int, build: Callable[..., datasets.DatasetDict],
               options: dict, description: str, extra_metrics: tuple[str, ...] = ()) -> None:
     register_task(
@@ -222,6 +264,9 @@ _register("synthetic_clusters", {"clusters_x": ("timeseries", _CLUSTER_DIMS)}, 3
           {"size": 600, "seed": 0, "radius": 3.5}, "synthetic: three Gaussian clusters in 32 dimensions (semi-supervised tests)")
 _register("synthetic_translate", {"translate_primary": ("timeseries", 8), "translate_secondary": ("timeseries", 5)}, 4,
           _build_translate, {"size": 96, "seed": 0, "amp": 2.5}, "synthetic: a noisy primary and a clean secondary (co-learning tests)")
+_register("synthetic_privileged", {"privileged_primary": ("timeseries", 8), "privileged_secondary": ("timeseries", _PRIVILEGED_CLASSES)},
+          _PRIVILEGED_CLASSES, _build_privileged, {"size": 256, "seed": 0, "amp": 1.5, "train_label_noise": 0.6},
+          "synthetic: noisy training labels, a noisy primary and a clean secondary (privileged-information co-learning tests)")
 
 
 # ---- zero-shot: two modalities read one class attribute ---------------------------------------------------

@@ -17,7 +17,8 @@ import evaluate
 import modalities  # noqa: F401  (registers the embedders)
 import train
 from highmmt import HighMMT, HighMMTConfig, TaskConfig
-from transference.colearn import ColearnHook, ColearnPredictor, class_prototypes, info_nce, load_predictor, nearest_prototype, normalized_mse, target_tasks
+from transference.colearn import (ColearnHook, ColearnPredictor, centered_mse, class_prototypes, info_nce, load_predictor, nearest_prototype,
+                                  normalized_mse, target_tasks)
 from transference.config import ColearnConfig, RunConfig, TrainConfig
 from transference.hooks import TrainContext
 
@@ -76,6 +77,35 @@ def test_translation_loss_decreases_and_the_cycle_is_there_only_when_cyclic(tmp_
     model, hook, ctx = hooked(method="translation")
     assert set(hook.modules()) == {"to_secondary"}
     assert "colearn_cycle" not in fit(model, hook, ctx, 1)[0]
+
+
+def test_centered_mse_scores_what_changes_from_sample_to_sample():
+    """Targets [b, l, d] that are mostly a fixed per-position pattern: a prediction of the pattern
+    alone (blind to the sample) gets a small normalized_mse but 1.0 of centered_mse."""
+    g = torch.Generator().manual_seed(0)
+    pattern = 5 * torch.randn(8, 16, generator=g)
+    target = pattern + 0.3 * torch.randn(64, 8, 16, generator=g)
+    blind = target.mean(dim=0).expand_as(target)
+    assert normalized_mse(blind, target).item() < 0.01
+    assert abs(centered_mse(blind, target).item() - 1.0) < 1e-4
+    assert centered_mse(target, target).item() < 1e-6
+    assert centered_mse(blind + 1.0, target).item() > 1.0  # a wrong batch mean costs too
+    with pytest.raises(ValueError, match="same shape"):
+        centered_mse(target, target[:, :4])
+
+
+def test_the_translation_loss_option_picks_the_loss(hooked):
+    batch = pair_batch()
+    parts = {}
+    for loss in ("normalized_mse", "centered_mse"):
+        model, hook, ctx = hooked(method="translation", translation_loss=loss)
+        with torch.no_grad():
+            latents = {m: model.encode_modality(m, x) for m, x in batch["inputs"].items()}
+            parts[loss] = hook._losses(model, "pair", latents, batch["target"])["translation"]
+            translated = hook.modules()["to_secondary"](latents["a"])
+        expect = {"normalized_mse": normalized_mse, "centered_mse": centered_mse}[loss](translated, latents["b"])
+        torch.testing.assert_close(parts[loss], expect)
+    assert parts["centered_mse"] > parts["normalized_mse"]  # an untrained decoder: near-blind to the sample
 
 
 def test_the_supervised_forward_latents_are_reused_not_recomputed(tmp_path, hooked):
@@ -197,6 +227,7 @@ def test_hook_state_saves_and_resumes(tmp_path, monkeypatch):
           'train.colearn.tasks=["other"]'], ValueError, "names task 'other', which is not being trained"),
         (["train.colearn.method=translation"], ValueError, "needs train.colearn.primary and train.colearn.secondary"),
         (["train.colearn.method=mixup"], ValueError, "method must be one of"),
+        (["train.colearn.translation_loss=huber"], ValueError, "translation_loss must be one of"),
         (["train.colearn.method=contrastive", "train.colearn.primary=syn_a", "train.colearn.secondary=syn_b",
           "train.colearn.missing_slot=translation"], ValueError, "needs method=translation"),
         (["train.colearn.method=contrastive", "train.colearn.primary=syn_a", "train.colearn.secondary=syn_b",

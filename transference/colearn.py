@@ -5,7 +5,8 @@ Two training hooks (``transference.hooks``), switched on by ``train.colearn`` (:
 - ``translation`` (Pham et al. 2019, MCTN): a :class:`Translator` maps the primary modality's latents
   to the secondary's (normalised MSE against the secondary's latents, detached by default so the
   two encoders cannot meet by collapsing), and with ``cyclic`` a second one maps the translation
-  back to the primary's latents. With ``missing_slot=translation`` the task head also learns to read
+  back to the primary's latents. ``translation_loss=centered_mse`` takes the batch mean out of that
+  MSE (:func:`centered_mse`), so the loss is about what differs from sample to sample. With ``missing_slot=translation`` the task head also learns to read
   [primary, translated secondary], which is what it reads at test time when only the primary is given.
 - ``contrastive`` (CLIP / ALIGN): the two modalities' pooled latents are projected and aligned by a
   symmetric InfoNCE loss at a fixed temperature (a coordinated representation). With
@@ -55,6 +56,28 @@ def normalized_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     if pred.shape != target.shape:
         raise ValueError(f"normalized_mse needs pred and target of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
     return F.mse_loss(pred.float(), target.float()) / target.detach().float().var().clamp_min(eps)
+
+
+def centered_mse(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """:func:`normalized_mse` in two parts: the per-sample deviations from the batch mean (normalized by
+    the target's deviations), plus the batch mean's error (normalized by the target's variance).
+
+    pred, target [b, ...] -> a scalar: 1.0 + 0.0 for a translation that gets the batch mean right and
+    ignores its input; 0.0 for a perfect one. Why: much of an encoder's latent values does not depend on
+    the sample (the latents differ by position whatever the input); with :func:`normalized_mse` a decoder
+    lowers the loss a long way by learning that part alone, and the part that carries the secondary's
+    information about the sample gets a small share of the gradient.
+    """
+    if pred.shape != target.shape or pred.ndim < 2:
+        raise ValueError(f"centered_mse needs pred and target [b, ...] of the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    pred, target = pred.float(), target.float()
+    pred_mean, target_mean = pred.mean(dim=0), target.mean(dim=0)
+    deviations = target - target_mean
+    spread = deviations.detach().pow(2).mean().clamp_min(eps)
+    return F.mse_loss(pred - pred_mean, deviations) / spread + F.mse_loss(pred_mean, target_mean) / target.detach().var().clamp_min(eps)
+
+
+TRANSLATION_LOSS_FNS = {"normalized_mse": normalized_mse, "centered_mse": centered_mse}
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
@@ -296,9 +319,10 @@ class ColearnHook(TrainHook):
             translated = self._modules["to_secondary"](z_p)
             if cfg.weight > 0:
                 target_s = z_s.detach() if cfg.detach_target else z_s
-                parts["translation"] = cfg.weight * normalized_mse(translated, target_s)
+                loss = TRANSLATION_LOSS_FNS[cfg.translation_loss]
+                parts["translation"] = cfg.weight * loss(translated, target_s)
                 if cfg.cyclic:
-                    parts["cycle"] = cfg.weight * normalized_mse(self._modules["to_primary"](translated), z_p.detach())
+                    parts["cycle"] = cfg.weight * loss(self._modules["to_primary"](translated), z_p.detach())
         elif cfg.method == "contrastive" and cfg.weight > 0:
             proj = self._modules["project"]
             parts["contrastive"] = cfg.weight * info_nce(proj["primary"](z_p.mean(dim=1)), proj["secondary"](z_s.mean(dim=1)), cfg.temperature)
@@ -355,6 +379,7 @@ __all__ = [
     "ColearnPredictor",
     "Translator",
     "build_modules",
+    "centered_mse",
     "class_prototypes",
     "info_nce",
     "load_predictor",

@@ -13,6 +13,7 @@ from highmmt.config import HighMMTConfig
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COLEARN_METHODS = ("none", "translation", "contrastive")
 MISSING_SLOTS = ("auto", "translation", "zero", "none")
+TRANSLATION_LOSSES = ("normalized_mse", "centered_mse")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class ColearnConfig:
     translated latents), ``zero`` (a zero slot: modality dropout), ``none``; ``auto`` is
     ``translation`` for the translation method, else ``none``. ``supervise_secondary=false`` keeps the
     secondary out of the supervised forward: its labels are never used (cross-modal label transfer).
+    ``translation_loss``: ``normalized_mse`` (MSE over the target's variance) or ``centered_mse`` (the
+    same with the batch mean taken out, so the part of the target that depends on the sample is not
+    drowned by the part that does not; see :func:`transference.colearn.centered_mse`).
     """
 
     method: str = "none"
@@ -42,10 +46,13 @@ class ColearnConfig:
     supervise_secondary: bool = True
     decoder_depth: int = 1
     proj_dim: int = 0
+    translation_loss: str = "normalized_mse"
 
     def __post_init__(self) -> None:
         if self.method not in COLEARN_METHODS:
             raise ValueError(f"train.colearn.method must be one of {COLEARN_METHODS}, got {self.method!r}")
+        if self.translation_loss not in TRANSLATION_LOSSES:
+            raise ValueError(f"train.colearn.translation_loss must be one of {TRANSLATION_LOSSES}, got {self.translation_loss!r}")
         if self.missing_slot not in MISSING_SLOTS:
             raise ValueError(f"train.colearn.missing_slot must be one of {MISSING_SLOTS}, got {self.missing_slot!r}")
         if self.method == "none":
@@ -306,6 +313,7 @@ __all__ = [
     "COLEARN_METHODS",
     "FINETUNE_POLICIES",
     "MISSING_SLOTS",
+    "TRANSLATION_LOSSES",
     "PRECISIONS",
     "PrefixConfig",
     "SEMI_METHODS",
