@@ -208,10 +208,8 @@ class ColearnPredictor(nn.Module):
         if cfg.primary not in inputs:
             raise ValueError(f"task {task!r}: the co-learning predictor needs the primary modality {cfg.primary!r}; got {sorted(inputs)}")
         order = model.config.tasks[task].modalities
-        latents = {m: model.encode_modality(m, inputs[m]) for m in order if m in inputs and m != cfg.secondary}
-        tuning = getattr(model, "representation_tuning", None)  # as in HighMMT.encode: the fusion reads tuned latents
-        if tuning is not None:
-            latents = tuning(latents)
+        # as in HighMMT.encode (representation tuning after or inside the encoder, prefixes), without the secondary
+        latents = model.latents({m: v for m, v in inputs.items() if m != cfg.secondary}, task)
         if resolved_slot(cfg) == "translation":
             latents[cfg.secondary] = self.colearn["to_secondary"](latents[cfg.primary])
         return model.heads[_key(task)](model.fusion(latents, order, _key(task)))
