@@ -641,7 +641,7 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         optimizer, scheduler: as prepared; the scheduler (None: none) steps only when the optimizer
             did (fp16 skips steps with inf/nan gradients).
         accelerator: None for a plain single-process step on the batches' device (the speed benchmarks).
-        tc: the training config (``augment_noise``, ``loss_weights``, ``grad_clip``).
+        tc: the training config (``augment_noise``, ``modality_dropout``, ``loss_weights``, ``grad_clip``).
     Returns:
         (task, loss) per batch.
     """
@@ -652,6 +652,8 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         batch = move_to(batch, accelerator.device) if accelerator is not None else batch
         if tc.augment_noise > 0:
             augment_inputs(batch["inputs"], tc.augment_noise)
+        if tc.modality_dropout > 0:
+            batch = {**batch, "inputs": drop_one_modality(batch["inputs"], tc.modality_dropout)}
         if accelerator is None:
             loss = step_loss(batch, t)
             (tc.loss_weights.get(t, 1.0) * loss).backward()
@@ -790,6 +792,17 @@ def augment_inputs(inputs: dict[str, Any], strength: float) -> None:
         scale = (1 + strength * torch.randn(x.shape[0], *([1] * (x.ndim - 1)), device=x.device)).clamp(0.5, 1.5)
         noisy = (x + strength * std * torch.randn_like(x)) * scale
         batch["x"] = torch.where(real, noisy, x).to(x.dtype)
+
+
+def drop_one_modality(inputs: dict[str, Any], p: float) -> dict[str, Any]:
+    """Modality dropout per batch (``train.modality_dropout`` = ``p``): with probability ``p`` one of a
+    batch's two or more modalities, drawn uniformly, is left out, so the fusion fills its slot as for a
+    missing modality. Draws use torch's global generator (seeded, saved on resume)."""
+    if len(inputs) < 2 or float(torch.rand(())) >= p:
+        return inputs
+    names = sorted(inputs)
+    gone = names[int(torch.randint(len(names), ()))]
+    return {m: v for m, v in inputs.items() if m != gone}
 
 
 def _tensorboard(out: Path) -> Any:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import evaluate
 import train
 from highmmt import HighMMT
+from transference.config import TrainConfig
 from transference.schedules import make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +197,21 @@ def test_augmentation_changes_real_float_values_only():
     assert not torch.equal(out[mask], x[mask])
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
     assert torch.equal(inputs["text"]["x"], ids)
+
+
+def test_modality_dropout_leaves_out_one_modality_at_the_rate_asked():
+    torch.manual_seed(0)
+    inputs = {"a": torch.zeros(2), "b": torch.ones(2), "c": torch.ones(2)}
+    kept = [train.drop_one_modality(inputs, 0.3) for _ in range(2000)]
+    dropped = [set(inputs) - set(k) for k in kept]
+    assert all(len(d) <= 1 for d in dropped) and all(k[m] is inputs[m] for k in kept for m in k)
+    rate = np.mean([bool(d) for d in dropped])
+    assert abs(rate - 0.3) < 0.04, rate
+    counts = [sum(d == {m} for d in dropped) for m in inputs]  # each modality equally often
+    assert max(counts) - min(counts) < 0.35 * np.mean(counts), counts
+    assert train.drop_one_modality({"a": inputs["a"]}, 0.99) == {"a": inputs["a"]}  # one modality: never
+    with pytest.raises(ValueError, match="modality_dropout"):
+        TrainConfig(modality_dropout=1.0)
 
 
 def test_noise_corrupts_each_input_type_and_only_the_named_modality():
