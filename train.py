@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import analysis.interference  # noqa: F401  (registers the sharing-analysis hook: train.shuffle_labels, train.train_only)
@@ -496,6 +497,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # State: fresh or resumed; the run folder's config.json and metrics.jsonl.
     start_epoch, global_step, best = restore_trainer_state(st, out, model, extra, optimizer, scheduler, accelerator, streams, log)
+    ema = average_of(model, tc.ema_decay, (st or {}).get("ema"))
     if main_process:
         run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
                       "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides),
@@ -524,6 +526,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             step_batches = list(zip(schedule.steps[i], [f.result() for f in pending.pop(0)]))
             for t, loss in train_step(step_loss, step_batches, optimizer, scheduler, accelerator, tc):
                 sums[t].append(loss)
+            if ema is not None:
+                ema.update_parameters(model)
             global_step += 1
             if show:
                 bar.set_postfix({t[:12]: f"{np.mean(v[-10:]):.3f}" for t, v in sums.items() if v})
@@ -536,18 +540,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
         # Evaluate on validation (main process), select on the weighted mean of primary metrics; checkpoint.
         if main_process:
             log_rows.add(hook_rows)
-            rows, selection = validate(eval_model_of(hooks, ctx), loaded, tc, accelerator, global_step, epoch, sums)
+            with averaged_weights(model, ema):
+                rows, selection = validate(eval_model_of(hooks, ctx), loaded, tc, accelerator, global_step, epoch, sums)
+                if selection > best:
+                    best = selection
+                    save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
             log_rows.add(rows)
             summary = " ".join(f"{r['task']}={r['value']:.3f}" for r in rows if r["split"] == "validation" and r["metric"] == loaded[r["task"]].spec.metric)
             log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
-            if selection > best:
-                best = selection
-                save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
             save_trainer_state(
                 out, model, optimizer, scheduler,
                 {"epoch": epoch + 1, "global_step": global_step, "best": best,
                  "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()},
                  "hooks": {h.name: h.state_dict() for h in hooks}, "extra": extra.state_dict(),
+                 **({"ema": ema.state_dict()} if ema is not None else {}),
                  **({"scaler": accelerator.scaler.state_dict()} if accelerator.scaler is not None else {})},
             )
         accelerator.wait_for_everyone()
@@ -668,6 +674,33 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
     if scheduler is not None and not getattr(optimizer, "step_was_skipped", False):
         scheduler.step()
     return losses
+
+
+def average_of(model: HighMMT, decay: float, state: dict[str, Any] | None) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights (``train.ema_decay`` = ``decay``; None when
+    0), restored from a resumed run's ``state``. Updated after each optimizer step; its first update
+    copies the weights."""
+    if decay <= 0:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if state is not None:
+        ema.load_state_dict(state)
+    return ema
+
+
+@contextlib.contextmanager
+def averaged_weights(model: HighMMT, ema: AveragedModel | None) -> Any:
+    """Within the block ``model`` holds the averaged weights (what validation scores and the best
+    checkpoint saves); the live weights come back after it. No-op without an average."""
+    if ema is None:
+        yield
+        return
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.module.state_dict())
+    try:
+        yield
+    finally:
+        model.load_state_dict(live)
 
 
 def eval_model_of(hooks: Sequence[Any], ctx: TrainContext) -> nn.Module:

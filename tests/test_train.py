@@ -62,6 +62,28 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch, t
     assert len(rows_a) == len(rows_b)
 
 
+def test_weight_average_is_what_validation_saves_and_it_resumes(tmp_path, monkeypatch, tiny_run):
+    ema = ("--set", "train.ema_decay=0.9")
+    validate = train.validate
+    monkeypatch.setattr(train, "validate", lambda *a: (validate(*a)[0], float(a[5])))  # each epoch beats the last
+    full = tiny_run("full", *ema)
+    with killed_after_epoch(monkeypatch, 1):
+        tiny_run("killed", *ema)
+    tiny_run("killed", "--resume")
+    st = {d: torch.load(d / "trainer_state" / "state.pt", weights_only=True) for d in (full, tmp_path / "killed")}
+    for k, v in st[full]["ema"].items():  # the average (and its count) resume exactly
+        torch.testing.assert_close(v, st[tmp_path / "killed"]["ema"][k], rtol=0, atol=0, msg=k)
+    assert int(st[full]["ema"]["n_averaged"]) == 12  # 3 epochs x 4 steps
+    live = load_file(str(full / "trainer_state" / st[full]["weights"]))
+    best = load_file(str(full / "model.safetensors"))
+    averaged = {k[len("module."):]: v for k, v in st[full]["ema"].items() if k.startswith("module.")}
+    assert json.loads((full / "best.json").read_text())["epoch"] == 3
+    assert all(torch.equal(best[k], averaged[k]) for k in best)  # the best checkpoint holds the average
+    assert not all(torch.equal(best[k], live[k]) for k in best)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
 def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_run):
     a = load_file(str(tiny_run("a") / "model.safetensors"))
     b = load_file(str(tiny_run("b") / "model.safetensors"))
