@@ -57,7 +57,7 @@ from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 from tasks.splits import stratified_holdout
 from transference import autotune
-from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig
+from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig, TrainConfig
 from transference.hooks import TrainContext, build_hooks
 from transference.schedules import make_schedule, warmup_cosine
 
@@ -141,12 +141,23 @@ EXECUTION_KEYS = ("threads", "prefetch_workers", "eval_batch_size")
 
 
 def check_resumed_config(saved: dict[str, Any], train_cfg: dict[str, Any], out: Path) -> None:
-    """The rebuilt training config must be the saved one, but for :data:`EXECUTION_KEYS`."""
+    """The rebuilt training config must be the saved one, but for :data:`EXECUTION_KEYS`. A setting the
+    saved config lacks (added to the project after the run started) counts as its default then."""
+    saved = with_defaults(saved, dataclasses.asdict(TrainConfig()))
     differ = sorted(k for k in set(saved) | set(train_cfg) if k not in EXECUTION_KEYS and saved.get(k) != train_cfg.get(k))
     if differ:
         shown = ", ".join(f"train.{k}: {saved.get(k)!r} -> {train_cfg.get(k)!r}" for k in differ[:5])
         raise ValueError(f"--resume: the command line changes the run in {out} ({shown}); a resumed run keeps its "
                          "settings: drop the changing flags, or start a new run")
+
+
+def with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with each key it lacks taken from ``defaults``, into nested settings sections too."""
+    filled = {**defaults, **saved}
+    for k, v in defaults.items():
+        if isinstance(v, dict) and v and isinstance(saved.get(k), dict):
+            filled[k] = with_defaults(saved[k], v)
+    return filled
 
 
 def load_preset(name: str) -> tuple[RunConfig, list[str] | None]:
