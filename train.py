@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import analysis.interference  # noqa: F401  (registers the sharing-analysis hook: train.shuffle_labels, train.train_only)
@@ -56,7 +57,7 @@ from tasks.cache import LoadedTask, find_bad_rows, load_task
 from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
 from tasks.splits import stratified_holdout
 from transference import autotune
-from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig
+from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig, TrainConfig
 from transference.hooks import TrainContext, build_hooks
 from transference.schedules import make_schedule, warmup_cosine
 
@@ -140,12 +141,23 @@ EXECUTION_KEYS = ("threads", "prefetch_workers", "eval_batch_size")
 
 
 def check_resumed_config(saved: dict[str, Any], train_cfg: dict[str, Any], out: Path) -> None:
-    """The rebuilt training config must be the saved one, but for :data:`EXECUTION_KEYS`."""
+    """The rebuilt training config must be the saved one, but for :data:`EXECUTION_KEYS`. A setting the
+    saved config lacks (added to the project after the run started) counts as its default then."""
+    saved = with_defaults(saved, dataclasses.asdict(TrainConfig()))
     differ = sorted(k for k in set(saved) | set(train_cfg) if k not in EXECUTION_KEYS and saved.get(k) != train_cfg.get(k))
     if differ:
         shown = ", ".join(f"train.{k}: {saved.get(k)!r} -> {train_cfg.get(k)!r}" for k in differ[:5])
         raise ValueError(f"--resume: the command line changes the run in {out} ({shown}); a resumed run keeps its "
                          "settings: drop the changing flags, or start a new run")
+
+
+def with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with each key it lacks taken from ``defaults``, into nested settings sections too."""
+    filled = {**defaults, **saved}
+    for k, v in defaults.items():
+        if isinstance(v, dict) and v and isinstance(saved.get(k), dict):
+            filled[k] = with_defaults(saved[k], v)
+    return filled
 
 
 def load_preset(name: str) -> tuple[RunConfig, list[str] | None]:
@@ -496,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # State: fresh or resumed; the run folder's config.json and metrics.jsonl.
     start_epoch, global_step, best = restore_trainer_state(st, out, model, extra, optimizer, scheduler, accelerator, streams, log)
+    ema = average_of(model, tc.ema_decay, (st or {}).get("ema"))
     if main_process:
         run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
                       "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides),
@@ -524,6 +537,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
             step_batches = list(zip(schedule.steps[i], [f.result() for f in pending.pop(0)]))
             for t, loss in train_step(step_loss, step_batches, optimizer, scheduler, accelerator, tc):
                 sums[t].append(loss)
+            if ema is not None:
+                ema.update_parameters(model)
             global_step += 1
             if show:
                 bar.set_postfix({t[:12]: f"{np.mean(v[-10:]):.3f}" for t, v in sums.items() if v})
@@ -536,18 +551,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
         # Evaluate on validation (main process), select on the weighted mean of primary metrics; checkpoint.
         if main_process:
             log_rows.add(hook_rows)
-            rows, selection = validate(eval_model_of(hooks, ctx), loaded, tc, accelerator, global_step, epoch, sums)
+            with averaged_weights(model, ema):
+                rows, selection = validate(eval_model_of(hooks, ctx), loaded, tc, accelerator, global_step, epoch, sums)
+                if selection > best:
+                    best = selection
+                    save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
             log_rows.add(rows)
             summary = " ".join(f"{r['task']}={r['value']:.3f}" for r in rows if r["split"] == "validation" and r["metric"] == loaded[r["task"]].spec.metric)
             log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
-            if selection > best:
-                best = selection
-                save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
             save_trainer_state(
                 out, model, optimizer, scheduler,
                 {"epoch": epoch + 1, "global_step": global_step, "best": best,
                  "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()},
                  "hooks": {h.name: h.state_dict() for h in hooks}, "extra": extra.state_dict(),
+                 **({"ema": ema.state_dict()} if ema is not None else {}),
                  **({"scaler": accelerator.scaler.state_dict()} if accelerator.scaler is not None else {})},
             )
         accelerator.wait_for_everyone()
@@ -641,7 +658,7 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         optimizer, scheduler: as prepared; the scheduler (None: none) steps only when the optimizer
             did (fp16 skips steps with inf/nan gradients).
         accelerator: None for a plain single-process step on the batches' device (the speed benchmarks).
-        tc: the training config (``augment_noise``, ``loss_weights``, ``grad_clip``).
+        tc: the training config (``augment_noise``, ``modality_dropout``, ``loss_weights``, ``grad_clip``).
     Returns:
         (task, loss) per batch.
     """
@@ -652,6 +669,8 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         batch = move_to(batch, accelerator.device) if accelerator is not None else batch
         if tc.augment_noise > 0:
             augment_inputs(batch["inputs"], tc.augment_noise)
+        if tc.modality_dropout > 0:
+            batch = {**batch, "inputs": drop_one_modality(batch["inputs"], tc.modality_dropout)}
         if accelerator is None:
             loss = step_loss(batch, t)
             (tc.loss_weights.get(t, 1.0) * loss).backward()
@@ -666,6 +685,33 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
     if scheduler is not None and not getattr(optimizer, "step_was_skipped", False):
         scheduler.step()
     return losses
+
+
+def average_of(model: HighMMT, decay: float, state: dict[str, Any] | None) -> AveragedModel | None:
+    """The exponential moving average of ``model``'s weights (``train.ema_decay`` = ``decay``; None when
+    0), restored from a resumed run's ``state``. Updated after each optimizer step; its first update
+    copies the weights."""
+    if decay <= 0:
+        return None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    if state is not None:
+        ema.load_state_dict(state)
+    return ema
+
+
+@contextlib.contextmanager
+def averaged_weights(model: HighMMT, ema: AveragedModel | None) -> Any:
+    """Within the block ``model`` holds the averaged weights (what validation scores and the best
+    checkpoint saves); the live weights come back after it. No-op without an average."""
+    if ema is None:
+        yield
+        return
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(ema.module.state_dict())
+    try:
+        yield
+    finally:
+        model.load_state_dict(live)
 
 
 def eval_model_of(hooks: Sequence[Any], ctx: TrainContext) -> nn.Module:
@@ -790,6 +836,17 @@ def augment_inputs(inputs: dict[str, Any], strength: float) -> None:
         scale = (1 + strength * torch.randn(x.shape[0], *([1] * (x.ndim - 1)), device=x.device)).clamp(0.5, 1.5)
         noisy = (x + strength * std * torch.randn_like(x)) * scale
         batch["x"] = torch.where(real, noisy, x).to(x.dtype)
+
+
+def drop_one_modality(inputs: dict[str, Any], p: float) -> dict[str, Any]:
+    """Modality dropout per batch (``train.modality_dropout`` = ``p``): with probability ``p`` one of a
+    batch's two or more modalities, drawn uniformly, is left out, so the fusion fills its slot as for a
+    missing modality. Draws use torch's global generator (seeded, saved on resume)."""
+    if len(inputs) < 2 or float(torch.rand(())) >= p:
+        return inputs
+    names = sorted(inputs)
+    gone = names[int(torch.randint(len(names), ()))]
+    return {m: v for m, v in inputs.items() if m != gone}
 
 
 def _tensorboard(out: Path) -> Any:

@@ -47,6 +47,21 @@ LOG_EPS = 1e-6
 NORMALIZE = ("none", "utterance")
 
 
+def warp_bands(spec: Tensor, max_warp: float) -> Tensor:
+    """Vocal tract length perturbation, simplified (Jaitly & Hinton 2013 warp the filterbank's
+    frequencies; this warps the mel axis of the log-mel spectrogram): each sample's band j reads
+    source band ``j * alpha`` (linear interpolation, the top band repeated), alpha drawn uniformly
+    from [1 - max_warp, 1 + max_warp] per sample. spec [b, m, f] -> [b, m, f]."""
+    b, m, f = spec.shape
+    alpha = 1 + max_warp * (2 * torch.rand(b, 1, device=spec.device) - 1)  # [b, 1]
+    src = (torch.arange(m, device=spec.device) * alpha).clamp(max=m - 1)  # [b, m]
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=m - 1)
+    w = (src - lo).unsqueeze(-1)  # [b, m, 1]
+    band = lambda idx: spec.gather(1, idx.unsqueeze(-1).expand(b, m, f))  # noqa: E731
+    return band(lo) * (1 - w) + band(hi) * w
+
+
 def utterance_normalize(spec: Tensor, real_frames: Tensor, eps: float = 1e-5) -> Tensor:
     """Standardise each mel band over each sample's first ``real_frames`` frames.
 
@@ -78,6 +93,8 @@ class AudioEmbedder(Embedder):
             over the sample's own real frames (cepstral mean and variance normalisation, per
             utterance), which removes a speaker's and a microphone's constant spectral colouring.
         stem: ``"linear"`` (one linear map per group of frames) or ``"conv"`` (``ConvStem1d``).
+        warp: training-time augmentation for unheard voices: each sample's mel axis is stretched by
+            a factor drawn from [1 - warp, 1 + warp] (:func:`warp_bands`); 0 (default) = off.
     """
 
     kind = "audio"
@@ -96,6 +113,7 @@ class AudioEmbedder(Embedder):
         max_tokens: int = 512,
         normalize: str = "none",
         stem: str = "linear",
+        warp: float = 0.0,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.sample_rate = positive_int(self.kind, "sample_rate", sample_rate)
@@ -112,6 +130,9 @@ class AudioEmbedder(Embedder):
         if normalize not in NORMALIZE:
             raise ValueError(f"audio embedder: option 'normalize' must be one of {NORMALIZE}, got {normalize!r}")
         self.normalize = normalize
+        if not (isinstance(warp, (int, float)) and 0.0 <= warp < 1.0):
+            raise ValueError(f"audio embedder: option 'warp' must be a number in [0, 1), got {warp!r}")
+        self.warp = float(warp)
         # Kept out of the module tree on purpose: the filterbank is derived from the options (nothing to
         # store in a checkpoint) and must stay float32 (stft) even when the model is cast to bf16.
         mel = torchaudio.transforms.MelSpectrogram(
@@ -159,6 +180,8 @@ class AudioEmbedder(Embedder):
         real_frames = torch.div(lengths - self.n_fft, self.hop_length, rounding_mode="floor") + 1  # [b]
         with torch.autocast(device_type=x.device.type, enabled=False):
             spec = torch.log(mel(x) + LOG_EPS)  # [b, n_mels, frames]
+            if self.training and self.warp > 0:
+                spec = warp_bands(spec, self.warp)
             if self.normalize == "utterance":
                 spec = utterance_normalize(spec, real_frames.clamp(min=0))
         # pad with the log of silence, what a frame of zeros gives, so padding looks the same in any batch

@@ -638,6 +638,31 @@ def test_audio_utterance_normalization_removes_a_constant_gain_and_ignores_paddi
         AudioEmbedder(name="a", dim=8, normalize="global")
 
 
+def test_audio_band_warp_stretches_the_mel_axis_in_training_only():
+    from modalities.audio import AudioEmbedder, warp_bands
+
+    spec = torch.arange(5.0).repeat(2, 1).unsqueeze(-1).expand(2, 5, 3)  # band j holds the value j
+    torch.testing.assert_close(warp_bands(spec, 0.0), spec)
+    torch.manual_seed(0)
+    warped = warp_bands(spec, 0.2)
+    alpha = warped[:, 1, 0]  # band 1 reads source band alpha
+    assert ((alpha >= 0.8) & (alpha <= 1.2)).all() and not torch.allclose(alpha, torch.ones(2))
+    torch.testing.assert_close(warped[:, :, 0], (torch.arange(5.0) * alpha[:, None]).clamp(max=4))  # linear in j, top repeated
+    torch.testing.assert_close(warped[..., 0:1].expand_as(warped), warped)  # every frame alike
+    emb = AudioEmbedder(name="a", dim=8, warp=0.1)
+    batch = {"x": 0.1 * torch.randn(2, 4000), "mask": torch.ones(2, 4000, dtype=torch.bool)}
+    emb.eval()
+    with torch.no_grad():
+        a, _ = emb.embed(batch)
+        b, _ = emb.embed(batch)
+        emb.train()
+        c, _ = emb.embed(batch)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="warp"):
+        AudioEmbedder(name="a", dim=8, warp=1.5)
+
+
 def test_text_bag_of_words_options():
     from modalities.text import TextEmbedder, encode_words
 

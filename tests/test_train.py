@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import evaluate
 import train
 from highmmt import HighMMT
+from transference.config import TrainConfig
 from transference.schedules import make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,28 @@ def test_resume_after_a_kill_ends_with_the_same_weights(tmp_path, monkeypatch, t
     rows_a = (full / "metrics.jsonl").read_text().splitlines()
     rows_b = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert len(rows_a) == len(rows_b)
+
+
+def test_weight_average_is_what_validation_saves_and_it_resumes(tmp_path, monkeypatch, tiny_run):
+    ema = ("--set", "train.ema_decay=0.9")
+    validate = train.validate
+    monkeypatch.setattr(train, "validate", lambda *a: (validate(*a)[0], float(a[5])))  # each epoch beats the last
+    full = tiny_run("full", *ema)
+    with killed_after_epoch(monkeypatch, 1):
+        tiny_run("killed", *ema)
+    tiny_run("killed", "--resume")
+    st = {d: torch.load(d / "trainer_state" / "state.pt", weights_only=True) for d in (full, tmp_path / "killed")}
+    for k, v in st[full]["ema"].items():  # the average (and its count) resume exactly
+        torch.testing.assert_close(v, st[tmp_path / "killed"]["ema"][k], rtol=0, atol=0, msg=k)
+    assert int(st[full]["ema"]["n_averaged"]) == 12  # 3 epochs x 4 steps
+    live = load_file(str(full / "trainer_state" / st[full]["weights"]))
+    best = load_file(str(full / "model.safetensors"))
+    averaged = {k[len("module."):]: v for k, v in st[full]["ema"].items() if k.startswith("module.")}
+    assert json.loads((full / "best.json").read_text())["epoch"] == 3
+    assert all(torch.equal(best[k], averaged[k]) for k in best)  # the best checkpoint holds the average
+    assert not all(torch.equal(best[k], live[k]) for k in best)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_run):
@@ -196,6 +219,21 @@ def test_augmentation_changes_real_float_values_only():
     assert not torch.equal(out[mask], x[mask])
     assert torch.equal(out[~mask], torch.zeros_like(out[~mask]))
     assert torch.equal(inputs["text"]["x"], ids)
+
+
+def test_modality_dropout_leaves_out_one_modality_at_the_rate_asked():
+    torch.manual_seed(0)
+    inputs = {"a": torch.zeros(2), "b": torch.ones(2), "c": torch.ones(2)}
+    kept = [train.drop_one_modality(inputs, 0.3) for _ in range(2000)]
+    dropped = [set(inputs) - set(k) for k in kept]
+    assert all(len(d) <= 1 for d in dropped) and all(k[m] is inputs[m] for k in kept for m in k)
+    rate = np.mean([bool(d) for d in dropped])
+    assert abs(rate - 0.3) < 0.04, rate
+    counts = [sum(d == {m} for d in dropped) for m in inputs]  # each modality equally often
+    assert max(counts) - min(counts) < 0.35 * np.mean(counts), counts
+    assert train.drop_one_modality({"a": inputs["a"]}, 0.99) == {"a": inputs["a"]}  # one modality: never
+    with pytest.raises(ValueError, match="modality_dropout"):
+        TrainConfig(modality_dropout=1.0)
 
 
 def test_noise_corrupts_each_input_type_and_only_the_named_modality():
@@ -420,6 +458,9 @@ def test_resume_keeps_the_runs_settings_and_refuses_contradicting_flags(tmp_path
                            (["--tasks", "synthetic_single"], "--tasks"), (["--set", "train.lr=0.5"], "train.lr")):
         with pytest.raises(ValueError, match=re.escape(message)):
             train.main([*bare, *extra])
+    saved = json.loads((out / "config.json").read_text())  # a run started before two settings existed
+    del saved["train"]["ema_decay"], saved["train"]["semi"][next(iter(saved["train"]["semi"]))]
+    (out / "config.json").write_text(json.dumps(saved))
     train.main([*bare, "--set", "train.threads=1"])  # bare --resume: the run's preset, tasks, seed and overrides
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 3 and cfg["preset"] == "tiny" and cfg["train"]["epochs"] == 2 and (out / "DONE").exists()

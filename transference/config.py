@@ -252,6 +252,12 @@ class TrainConfig:
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_fraction: float = 1.0
     augment_noise: float = 0.0
+    # With this probability a training batch of a task that reads 2+ modalities loses one of them, drawn
+    # uniformly (train.py drop_one_modality): each modality must also predict alone, as with a missing one.
+    modality_dropout: float = 0.0
+    # > 0: validation, the best checkpoint and evaluation use an exponential moving average of the model's
+    # weights with this decay per optimizer step (torch.optim.swa_utils; 0 = off, the live weights).
+    ema_decay: float = 0.0
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
@@ -274,6 +280,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.train_only not in ("", "embedders", "encoders", "fusion"):
             raise ValueError(f"train.train_only must be '', 'embedders', 'encoders' or 'fusion', got {self.train_only!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError(f"train.modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.augment_noise < 0.0:
             raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
         if self.bad_rows not in ("error", "drop"):
