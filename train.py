@@ -94,8 +94,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--finetune", default=None, metavar="|".join(FINETUNE_POLICIES),
-                   help="freezing policy with --init-from (= --set train.finetune=...); embedders_head trains the embedders "
-                        "and heads over a frozen encoder and fusion")
+                   help="freezing policy with --init-from (= --set train.finetune=...); full trains everything; head the "
+                        "heads; embedders_head the embedders and heads over a frozen encoder and fusion; lora low-rank "
+                        "adapters; prefix (Frozen) only a new modality's k tokens prepended to train.prefix.host in a frozen model")
     p.add_argument("--train-fraction", type=float, default=None, help="keep a stratified, seeded fraction of each training split (= --set train.train_fraction=...)")
     p.add_argument("--labeled-fraction", type=float, default=None, help="keep labels for a stratified, seeded fraction of each training split; the rest is unlabeled data for train.semi.method (= --set train.semi.labeled_fraction=...)")
     args = p.parse_args(argv)
