@@ -28,7 +28,6 @@ predictor from a run folder.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,16 +37,15 @@ import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor, nn
 
-from highmmt.config import HighMMTConfig, from_dict
+from highmmt.config import HighMMTConfig
 from highmmt.heads import task_loss
 from highmmt.layers import CrossBlock
 from highmmt.model import HighMMT, _key
 from tasks.loader import predict, score
 from transference.config import ColearnConfig
-from transference.hooks import TrainContext, TrainHook, register_hook_factory
+from transference.hooks import TrainContext, TrainHook, load_hook_modules, register_hook_factory, saved_section
 
 HOOK_NAME = "colearn"
-HOOK_WEIGHTS = "hooks.safetensors"
 
 
 # ---- losses and cross-modal label transfer ------------------------------------------------------
@@ -347,23 +345,14 @@ def _factory(run: Any) -> ColearnHook | None:
 def load_predictor(run_dir: str | Path, map_location: str | torch.device = "cpu", *, model: HighMMT | None = None) -> ColearnPredictor:
     """A finished co-learning run folder -> its primary-only predictor (best weights + their co-learning
     modules). ``model``: the run's model when the caller has already loaded it (it is not read again)."""
-    from highmmt.checkpoint import load_weights
-
-    run_dir = Path(run_dir)
-    raw = json.loads((run_dir / "config.json").read_text())
-    cfg = from_dict(ColearnConfig, raw.get("train", {}).get("colearn", {}), prefix="train.colearn.")
+    cfg = saved_section(run_dir, ColearnConfig, "colearn")
     if cfg.method == "none":
         raise ValueError(f"{run_dir} was trained without co-learning (train.colearn.method is none)")
     if model is None:
         model = HighMMT.from_pretrained(run_dir, map_location=map_location)
     modules = build_modules(cfg, model.config)
     if len(modules):
-        path = run_dir / HOOK_WEIGHTS
-        if not path.is_file():
-            raise FileNotFoundError(f"{run_dir} has no {HOOK_WEIGHTS} (the co-learning modules saved with the best weights)")
-        prefix = HOOK_NAME + "."
-        state = {k[len(prefix):]: v for k, v in load_weights(path).items() if k.startswith(prefix)}
-        modules.load_state_dict(state)
+        load_hook_modules(run_dir, modules, HOOK_NAME, "the co-learning modules")
     return ColearnPredictor(model, modules.to(map_location), cfg, target_tasks(cfg, model.config)).eval()
 
 

@@ -16,6 +16,15 @@ MISSING_SLOTS = ("auto", "translation", "zero", "none")
 TRANSLATION_LOSSES = ("normalized_mse", "centered_mse")
 
 
+def check_modality_pair(section: str, method: str, primary: str, secondary: str) -> None:
+    """A two-modality method's ``train.<section>.primary`` and ``.secondary``: both named, and different."""
+    if not primary or not secondary:
+        raise ValueError(f"train.{section}.method={method} needs train.{section}.primary and train.{section}.secondary "
+                         f"(modality names), got primary={primary!r}, secondary={secondary!r}")
+    if primary == secondary:
+        raise ValueError(f"train.{section}.primary and train.{section}.secondary must differ, both are {primary!r}")
+
+
 @dataclass
 class ColearnConfig:
     """Co-learning between two modalities of a task (``transference/colearn.py``; off while ``method`` is none).
@@ -57,11 +66,7 @@ class ColearnConfig:
             raise ValueError(f"train.colearn.missing_slot must be one of {MISSING_SLOTS}, got {self.missing_slot!r}")
         if self.method == "none":
             return
-        if not self.primary or not self.secondary:
-            raise ValueError(f"train.colearn.method={self.method} needs train.colearn.primary and train.colearn.secondary "
-                             f"(modality names), got primary={self.primary!r}, secondary={self.secondary!r}")
-        if self.primary == self.secondary:
-            raise ValueError(f"train.colearn.primary and train.colearn.secondary must differ, both are {self.primary!r}")
+        check_modality_pair("colearn", self.method, self.primary, self.secondary)
         if self.weight < 0.0:
             raise ValueError(f"train.colearn.weight must be >= 0, got {self.weight}")
         if self.temperature <= 0.0:
@@ -109,11 +114,7 @@ class ZeroShotConfig:
             raise ValueError(f"train.zeroshot.align_rows must be one of {ZEROSHOT_ALIGN_ROWS}, got {self.align_rows!r}")
         if self.method == "none":
             return
-        if not self.primary or not self.secondary:
-            raise ValueError(f"train.zeroshot.method={self.method} needs train.zeroshot.primary and train.zeroshot.secondary "
-                             f"(modality names), got primary={self.primary!r}, secondary={self.secondary!r}")
-        if self.primary == self.secondary:
-            raise ValueError(f"train.zeroshot.primary and train.zeroshot.secondary must differ, both are {self.primary!r}")
+        check_modality_pair("zeroshot", self.method, self.primary, self.secondary)
         if not self.unseen_classes:
             raise ValueError("train.zeroshot.unseen_classes is empty: name the classes held out of the primary's labels, "
                              "e.g. train.zeroshot.unseen_classes=[7,8,9]")

@@ -37,6 +37,7 @@ The context carries no hidden globals: everything a hook may touch is on :class:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,25 @@ def hooks_for_run(run_config: Mapping[str, Any]) -> list[TrainHook]:
     run = RunConfig(model=HighMMTConfig.from_dict(run_config.get("model", {})),
                     train=from_dict(TrainConfig, run_config.get("train", {}), prefix="train."))
     return build_hooks(run)
+
+
+# ---- a finished run folder ----------------------------------------------------------------------
+HOOK_WEIGHTS = "hooks.safetensors"  # the hooks' modules, saved beside the best model.safetensors
+
+
+def saved_section(run_dir: Path, cls: type, section: str) -> Any:
+    """A run folder's ``train.<section>`` settings (from its ``config.json``) as ``cls``."""
+    raw = json.loads((Path(run_dir) / "config.json").read_text())
+    return from_dict(cls, raw.get("train", {}).get(section, {}), prefix=f"train.{section}.")
+
+
+def load_hook_modules(run_dir: Path, modules: nn.Module, hook_name: str, what: str) -> None:
+    """Load ``modules`` in place from the run folder's :data:`HOOK_WEIGHTS` (the entries under
+    ``hook_name``); ``what`` names them in the error when the file is missing."""
+    from highmmt.checkpoint import load_weights
+
+    path = Path(run_dir) / HOOK_WEIGHTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no {HOOK_WEIGHTS} ({what} saved with the best weights)")
+    prefix = hook_name + "."
+    modules.load_state_dict({k[len(prefix):]: v for k, v in load_weights(path).items() if k.startswith(prefix)})

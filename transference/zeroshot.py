@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import zlib
 from collections.abc import Mapping, Sequence
@@ -46,15 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from highmmt.config import HighMMTConfig, from_dict
+from highmmt.config import HighMMTConfig
 from highmmt.model import HighMMT
 from tasks.loader import TaskStream, collate_rows, move_to
 from transference.colearn import class_prototypes, info_nce, nearest_prototype
 from transference.config import ZeroShotConfig
-from transference.hooks import TrainContext, TrainHook, register_hook_factory
+from transference.hooks import TrainContext, TrainHook, load_hook_modules, register_hook_factory, saved_section
 
 HOOK_NAME = "zeroshot"
-HOOK_WEIGHTS = "hooks.safetensors"
 NO_LABEL = -1  # the target column of the alignment rows: their labels are not kept
 
 
@@ -426,22 +424,14 @@ def _factory(run: Any) -> ZeroShotHook | None:
 def load_classifier(run_dir: str | Path, map_location: str | torch.device = "cpu", *, model: HighMMT | None = None) -> ZeroShotClassifier:
     """A finished zero-shot run folder -> its classifier (best weights, their projections and prototypes).
     ``model``: the run's model when the caller has already loaded it."""
-    from highmmt.checkpoint import load_weights
-
-    run_dir = Path(run_dir)
-    raw = json.loads((run_dir / "config.json").read_text())
-    cfg = from_dict(ZeroShotConfig, raw.get("train", {}).get("zeroshot", {}), prefix="train.zeroshot.")
+    cfg = saved_section(run_dir, ZeroShotConfig, "zeroshot")
     if cfg.method == "none":
         raise ValueError(f"{run_dir} was trained without zero-shot learning (train.zeroshot.method is none)")
     if model is None:
         model = HighMMT.from_pretrained(run_dir, map_location=map_location)
     task = target_task(cfg, model.config)
     modules = build_modules(cfg, model.config, model.config.tasks[task].num_outputs)
-    path = run_dir / HOOK_WEIGHTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {HOOK_WEIGHTS} (the zero-shot projections and prototypes saved with the best weights)")
-    prefix = HOOK_NAME + "."
-    modules.load_state_dict({k[len(prefix):]: v for k, v in load_weights(path).items() if k.startswith(prefix)})
+    load_hook_modules(run_dir, modules, HOOK_NAME, "the zero-shot projections and prototypes")
     return ZeroShotClassifier(model, modules.to(map_location), cfg, task).eval()
 
 
