@@ -70,6 +70,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "host (whose tokens the prefix is prepended to) is the first besides which it reads another modality")
     p.add_argument("--prefix-tokens", type=int, default=2, help="with --policies ...,prefix: prefix tokens k (default 2, as in Frozen)")
     p.add_argument("--layer-decay", type=float, default=0.5, help="also fine-tune fully with this train.layer_decay (method full_ld; 1 = leave it out)")
+    p.add_argument("--lrs", default=None, help="comma-separated learning rates: each --lr-methods run is repeated at each, and per "
+                   "target, fraction and method the lr with the best mean validation score over seeds is reported (default: the preset's)")
+    p.add_argument("--lr-methods", default=None, help="methods that get the --lrs grid (default: all; the others keep the preset's lr)")
     p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"seeds of the fine-tuning runs, comma-separated (default {DEFAULT_SEEDS})")
     p.add_argument("--preset", default="default", help="model size and training preset of every run (default: default)")
     p.add_argument("--init-from", default=None, help="fine-tune this checkpoint instead of pre-training one (its tasks must not include the targets)")
@@ -141,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     prefix_hosts: dict[str, str] = {}
     if args.layer_decay < 1.0:
         methods["full_ld"] = ["--finetune", "full", "--set", f"train.layer_decay={args.layer_decay}"]
+    lrs = [float(x) for x in args.lrs.split(",") if x.strip()] if args.lrs else [None]
+    lr_methods = [m for m in args.lr_methods.split(",") if m] if args.lr_methods else list(methods)
+    if set(lr_methods) - set(methods):
+        raise ValueError(f"--lr-methods: unknown {sorted(set(lr_methods) - set(methods))}; this study runs {list(methods)}")
     out = Path(args.output_dir)
     common = ["--preset", args.preset, "--quiet", "--set", f"train.threads={args.threads}"]
     common += (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
@@ -170,10 +177,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             prefix_hosts[task] = prefix_host(hosts, task, list(lt.spec.modalities))
         for fraction in fractions:
             for seed in seeds:
-                for method, method_args in methods.items():
-                    name = f"{task}/f{fraction:g}-s{seed}-{method}"
-                    run_dir = out / "runs" / task / f"f{fraction:g}-s{seed}-{method}"
+                for method, method_args, lr in [(m, a, lr) for m, a in methods.items() for lr in (lrs if m in lr_methods else [None])]:
+                    tag = f"{method}" if lr is None else f"{method}-lr{lr:g}"
+                    name = f"{task}/f{fraction:g}-s{seed}-{tag}"
+                    run_dir = out / "runs" / task / f"f{fraction:g}-s{seed}-{tag}"
                     argv_ = [*common, "--tasks", task, "--seed", str(seed), "--train-fraction", str(fraction), *ft_sets, *every]
+                    argv_ += [] if lr is None else ["--set", f"train.lr={lr:g}"]
                     if method != "scratch":
                         argv_ += ["--init-from", str(pre_dir), *method_args]
                     if method == "prefix":
@@ -183,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     scores = test_score(run_dir, task, args)
                     runs.append({
                         "task": task, "fraction": fraction, "seed": seed, "method": method, "metric": metric,
+                        "lr": cfg["train"]["lr"], "val": json.loads((run_dir / "best.json").read_text()).get("selection"),
                         "test": scores[metric], "test_metrics": scores,
                         "train_rows": len(train.subsample_train(lt, fraction, seed).splits["train"]),
                         "trainable_parameters": cfg.get("trainable_parameters", {}).get("trainable"),
@@ -194,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     machine["load_average_end"] = load_average()
     results = {
         "benchmark": "transfer", "machine": machine, "preset": args.preset, "targets": targets, "pretrain_tasks": pretrain,
-        "fractions": fractions, "policies": policies, "layer_decay": args.layer_decay, "methods": list(methods), "seeds": seeds,
+        "fractions": fractions, "policies": policies, "layer_decay": args.layer_decay, "lrs": lrs, "lr_methods": lr_methods, "methods": list(methods), "seeds": seeds,
         "prefix": {"hosts": prefix_hosts, "tokens": args.prefix_tokens} if "prefix" in policies else None,
         "pretrain_overrides": PRETRAIN_SET + args.pretrain_set, "finetune_overrides": FINETUNE_SET + args.finetune_set,
         "overrides": args.overrides, "pretrain_wall_s": pre_wall, "pretrain_loop_s": loop_seconds(pre_dir),
@@ -214,13 +224,32 @@ def loop_seconds(run_dir: Path) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
+def selected_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per target, fraction and method, the runs of the learning rate whose mean validation score
+    over seeds is best (ties: the first lr run); the test split plays no part. Runs without an lr
+    grid pass through."""
+    by: dict[tuple[Any, ...], dict[Any, list[dict[str, Any]]]] = {}
+    for r in runs:
+        by.setdefault((r["task"], r["fraction"], r["method"]), {}).setdefault(r.get("lr"), []).append(r)
+    chosen: list[dict[str, Any]] = []
+    for per_lr in by.values():
+        if len(per_lr) == 1:
+            chosen += next(iter(per_lr.values()))
+            continue
+        # "selection" is higher-is-better for every metric (train.py negates losses).
+        best = max(per_lr, key=lambda lr: sum(r["val"] for r in per_lr[lr]) / len(per_lr[lr]))
+        chosen += [dict(r, lr_selected=True) for r in per_lr[best]]
+    return chosen
+
+
 def summarize(results: dict[str, Any]) -> dict[str, dict[float, dict[str, dict[str, Any]]]]:
     """task -> fraction -> method -> {values (per seed, in run order), mean, sd (sample, ddof = 1;
-    None for one seed), n}."""
+    None for one seed), n, lr}, over the runs of the lr chosen on validation (``selected_runs``)."""
     out: dict[str, dict[float, dict[str, dict[str, Any]]]] = {}
-    for r in results["runs"]:
+    for r in selected_runs(results["runs"]):
         cell = out.setdefault(r["task"], {}).setdefault(r["fraction"], {}).setdefault(r["method"], {"values": []})
         cell["values"].append(r["test"])
+        cell["lr"] = r.get("lr")
     for per_task in out.values():
         for per_fraction in per_task.values():
             for cell in per_fraction.values():
@@ -237,6 +266,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"({', '.join(results['pretrain_tasks'])}) vs training from scratch; preset `{results['preset']}`, "
         f"fine-tuning {' '.join(results['finetune_overrides'])}; test split. {stats_note(results['seeds'])} The last column "
         "compares the transfer method with the best mean to scratch."
+        + (f" Learning rates: {', '.join(f'{lr:g}' for lr in results['lrs'])} for {', '.join(results['lr_methods'])}; each cell is "
+           "the lr (in brackets) with the best mean validation score over seeds, its test scores shown." if len(results.get("lrs") or [None]) > 1 else "")
         + (f" `full_ld`: full fine-tuning with layer-wise lr decay {results['layer_decay']:g}." if "full_ld" in results["methods"] else "")
         + (f" `prefix`: prefix tuning, {results['prefix']['tokens']} prefix tokens in front of the host modality ("
            + ", ".join(f"{t}: `{h}`" for t, h in results["prefix"]["hosts"].items())
@@ -259,7 +290,8 @@ def markdown(results: dict[str, Any]) -> str:
             versus = "-"
             if best is not None and "scratch" in cells:
                 versus = f"{best} " + compare(cells[best]["values"], cells["scratch"]["values"], higher_is_better=higher).format()
-            fmt = lambda c: "-" if c is None else format_mean_sd(c["values"])  # noqa: E731
+            grid = len(results.get("lrs") or [None]) > 1
+            fmt = lambda c: "-" if c is None else format_mean_sd(c["values"]) + (f" (lr {c['lr']:g})" if grid and c.get("lr") else "")  # noqa: E731
             rows = rows_by.get((task, fraction), {}).get("train_rows")
             table.append([f"{fraction:g}", "-" if rows is None else rows, *[fmt(cells.get(m)) for m in methods], versus])
         table.append(["trainable parameters", "", *[trainable_cell(results["runs"], task, m) for m in methods], ""])

@@ -193,6 +193,25 @@ def test_transfer_table_uses_the_sample_sd_and_judges_the_best_transfer() -> Non
     assert "seeds 0, 1" in md and "ddof = 1" in md
 
 
+def test_transfer_lr_grid_is_chosen_on_validation_never_on_test() -> None:
+    from experiments import transfer
+
+    def run(method: str, seed: int, lr: float, val: float, test: float) -> dict:
+        return {"task": "t", "fraction": 0.5, "method": method, "seed": seed, "lr": lr, "val": val, "test": test, "metric": "accuracy",
+                "train_rows": 10, "trainable_parameters": 5, "total_parameters": 10, "train_loop_s": 1.0}
+
+    # lr 1e-3 validates better (0.7 vs 0.6 on average) but tests worse: the table must show its test scores.
+    runs = [run("full", 0, 1e-3, 0.70, 0.50), run("full", 1, 1e-3, 0.70, 0.52), run("full", 0, 3e-3, 0.60, 0.90), run("full", 1, 3e-3, 0.60, 0.92),
+            run("scratch", 0, 3e-3, 0.5, 0.40), run("scratch", 1, 3e-3, 0.5, 0.42)]
+    results = {"methods": ["scratch", "full"], "runs": runs, "pretrain_tasks": ["a"], "preset": "tiny", "finetune_overrides": [],
+               "seeds": [0, 1], "layer_decay": 1.0, "machine": MACHINE, "wall_s": 60.0, "pretrain_loop_s": 60.0,
+               "lrs": [1e-3, 3e-3], "lr_methods": ["full"]}
+    cell = transfer.summarize(results)["t"][0.5]["full"]
+    assert cell["values"] == [0.50, 0.52] and cell["lr"] == 1e-3
+    md = transfer.markdown(results)
+    assert "0.510 ± 0.014 (lr 0.001)" in md and "best mean validation score" in md
+
+
 def test_sharing_aggregate_uses_the_sample_sd_and_compares_with_all() -> None:
     from experiments import sharing
 
