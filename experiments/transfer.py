@@ -46,7 +46,7 @@ from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
-from tasks.cache import load_task
+from tasks.cache import is_spec_path, load_task
 from tasks.loader import predict, score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--policies", default=DEFAULT_POLICIES, help=f"fine-tuning policies to compare with scratch (default {DEFAULT_POLICIES})")
     p.add_argument("--prefix-host", default=None, help="with --policies ...,prefix: comma-separated checkpoint modalities; a target's "
                    "host (whose tokens the prefix is prepended to) is the first besides which it reads another modality")
+    p.add_argument("--prefix-head", default="new", choices=["new", "reuse"], help="with --policies ...,prefix: a new head per target "
+                   "(default; the targets' classes are not the checkpoint's) or the checkpoint's head, frozen (Frozen; same classes)")
     p.add_argument("--prefix-tokens", type=int, default=2, help="with --policies ...,prefix: prefix tokens k (default 2, as in Frozen)")
     p.add_argument("--layer-decay", type=float, default=0.5, help="also fine-tune fully with this train.layer_decay (method full_ld; 1 = leave it out)")
     p.add_argument("--lrs", default=None, help="comma-separated learning rates: each --lr-methods run is repeated at each, and per "
@@ -119,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     targets = train.expand_tasks(args.target_tasks.split(","))
     pretrain = train.expand_tasks(args.pretrain_tasks.split(",")) if args.pretrain_tasks else [t for t in train.SUITE if t not in targets]
-    overlap = sorted(set(targets) & set(pretrain))
+    # A target may be a spec file: its runs and rows are named by the spec's task name.
+    names = {t: load_task(t, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True).spec.name if is_spec_path(t) else t for t in targets}
+    overlap = sorted(set(names.values()) & set(pretrain))
     if overlap:
         raise ValueError(f"--target-tasks and --pretrain-tasks overlap: {overlap}; targets must be new to the checkpoint")
     fractions = floats(args.fractions, "fractions")
@@ -139,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError("--policies prefix needs --prefix-host: the checkpoint's modalities the prefix tokens may be prepended to")
     for policy in policies:
         methods[policy] = ["--finetune", policy]
-    if "prefix" in policies:  # a new head: the targets' classes are not those of a checkpoint task
-        methods["prefix"] += ["--set", f"train.prefix.tokens={args.prefix_tokens}", "--set", "train.prefix.new_head=true"]
+    if "prefix" in policies:  # by default a new head: the targets' classes are not those of a checkpoint task
+        methods["prefix"] += ["--set", f"train.prefix.tokens={args.prefix_tokens}", "--set", f"train.prefix.new_head={str(args.prefix_head == 'new').lower()}"]
     prefix_hosts: dict[str, str] = {}
     if args.layer_decay < 1.0:
         methods["full_ld"] = ["--finetune", "full", "--set", f"train.layer_decay={args.layer_decay}"]
@@ -160,8 +164,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.init_from:
         pre_dir, pre_wall = Path(args.init_from), 0.0
         pretrain = sorted(json.loads((pre_dir / "config.json").read_text())["model"]["tasks"])
-        if set(pretrain) & set(targets):
-            raise ValueError(f"--init-from {pre_dir} was trained on target task(s) {sorted(set(pretrain) & set(targets))}")
+        if set(pretrain) & set(names.values()):
+            raise ValueError(f"--init-from {pre_dir} was trained on target task(s) {sorted(set(pretrain) & set(names.values()))}")
     else:
         pre_dir = out / "pretrain"
         pre_argv = [*common, "--tasks", ",".join(pretrain), *[a for o in PRETRAIN_SET + args.pretrain_set for a in ("--set", o)], *every]
@@ -170,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     ft_sets = [a for o in FINETUNE_SET + args.finetune_set for a in ("--set", o)]
     runs: list[dict[str, Any]] = []
-    for task in targets:
-        lt = load_task(task, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+    for target in targets:
+        task = names[target]
+        lt = load_task(target, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
         metric = lt.spec.metric
         if "prefix" in policies:
             prefix_hosts[task] = prefix_host(hosts, task, list(lt.spec.modalities))
@@ -181,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     tag = f"{method}" if lr is None else f"{method}-lr{lr:g}"
                     name = f"{task}/f{fraction:g}-s{seed}-{tag}"
                     run_dir = out / "runs" / task / f"f{fraction:g}-s{seed}-{tag}"
-                    argv_ = [*common, "--tasks", task, "--seed", str(seed), "--train-fraction", str(fraction), *ft_sets, *every]
+                    argv_ = [*common, "--tasks", target, "--seed", str(seed), "--train-fraction", str(fraction), *ft_sets, *every]
                     argv_ += [] if lr is None else ["--set", f"train.lr={lr:g}"]
                     if method != "scratch":
                         argv_ += ["--init-from", str(pre_dir), *method_args]
@@ -189,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         argv_ += ["--set", f"train.prefix.host={prefix_hosts[task]}"]
                     wall = train_unless_done(run_dir, argv_, log=run_dir.parent / f"{run_dir.name}.log")
                     cfg = json.loads((run_dir / "config.json").read_text())
-                    scores = test_score(run_dir, task, args)
+                    scores = test_score(run_dir, target, args)
                     runs.append({
                         "task": task, "fraction": fraction, "seed": seed, "method": method, "metric": metric,
                         "lr": cfg["train"]["lr"], "val": json.loads((run_dir / "best.json").read_text()).get("selection"),
@@ -205,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = {
         "benchmark": "transfer", "machine": machine, "preset": args.preset, "targets": targets, "pretrain_tasks": pretrain,
         "fractions": fractions, "policies": policies, "layer_decay": args.layer_decay, "lrs": lrs, "lr_methods": lr_methods, "methods": list(methods), "seeds": seeds,
-        "prefix": {"hosts": prefix_hosts, "tokens": args.prefix_tokens} if "prefix" in policies else None,
+        "prefix": {"hosts": prefix_hosts, "tokens": args.prefix_tokens, "head": args.prefix_head} if "prefix" in policies else None,
         "pretrain_overrides": PRETRAIN_SET + args.pretrain_set, "finetune_overrides": FINETUNE_SET + args.finetune_set,
         "overrides": args.overrides, "pretrain_wall_s": pre_wall, "pretrain_loop_s": loop_seconds(pre_dir),
         "wall_s": time.time() - started, "runs": runs,
@@ -271,7 +276,8 @@ def markdown(results: dict[str, Any]) -> str:
         + (f" `full_ld`: full fine-tuning with layer-wise lr decay {results['layer_decay']:g}." if "full_ld" in results["methods"] else "")
         + (f" `prefix`: prefix tuning, {results['prefix']['tokens']} prefix tokens in front of the host modality ("
            + ", ".join(f"{t}: `{h}`" for t, h in results["prefix"]["hosts"].items())
-           + "), a new head, the checkpoint frozen." if results.get("prefix") else ""),
+           + "), " + ("the checkpoint's head reused, frozen" if results["prefix"].get("head") == "reuse" else "a new head")
+           + ", the checkpoint frozen." if results.get("prefix") else ""),
         f"Hardware: {hardware_line(results['machine'])}. This call: {results['wall_s'] / 60:.1f} min wall "
         f"(runs finished by an earlier call are reused). Training loops, as each run's DONE file says: pre-training "
         f"{results['pretrain_loop_s'] / 60:.1f} min, {len(results['runs'])} fine-tuning / scratch runs "
