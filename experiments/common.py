@@ -48,3 +48,25 @@ def train_unless_done(folder: Path, argv: Sequence[str], *, log: Path | None = N
                 stack.enter_context(contextlib.redirect_stderr(out))
             train.main(argv)
     return time.time() - started
+
+
+def write_doc_section(path: Path, begin: str, end: str, text: str, *, append: bool = True) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` of the markdown file ``path`` with
+    ``text``, so that a study regenerates its table inside a hand-written page.
+
+    Args:
+        append: where the markers are missing, append them with ``text`` (the file is created when
+            it does not exist); False makes that an error naming the file and the markers.
+    Raises:
+        ValueError: the markers are missing and ``append`` is False.
+    """
+    block = f"{begin}\n{text.strip()}\n{end}"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old.split(begin, 1)[1]:
+        head, rest = old.split(begin, 1)
+        new = head + block + rest.split(end, 1)[1]
+    elif append:
+        new = (old.rstrip() + "\n\n" if old.strip() else "") + block + "\n"
+    else:
+        raise ValueError(f"{path}: no block between {begin!r} and {end!r} to replace")
+    path.write_text(new)

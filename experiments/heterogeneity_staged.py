@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, write_json
-from experiments.common import train_unless_done
+from experiments.common import train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.config import HighMMTConfig, SharingConfig
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -311,11 +310,7 @@ def _groups(spec: Any) -> str:
 
 def write_doc_block(path: Path, md: str) -> None:
     """Replace the text between the ``staged-table`` markers of ``path`` with ``md``."""
-    text = path.read_text()
-    pattern = re.compile(re.escape(DOC_BEGIN) + r".*?" + re.escape(DOC_END), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"--write-doc {path}: no block between {DOC_BEGIN!r} and {DOC_END!r} to replace")
-    path.write_text(pattern.sub(lambda _: f"{DOC_BEGIN}\n{md}{DOC_END}", text, count=1))
+    write_doc_section(path, DOC_BEGIN, DOC_END, md, append=False)
 
 
 __all__ = ["arms", "check_stage2", "random_sharing", "restrict_sharing", "stage2_model", "stage_argv", "staged_protocol", "table"]

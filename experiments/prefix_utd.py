@@ -25,7 +25,6 @@ least one row per class, so 1% and 5% are the same 27 rows (5% is run). Writes `
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ from experiments.common import train_unless_done
 from tasks.cache import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKERS = ("<!-- prefix-utd:begin -->", "<!-- prefix-utd:end -->")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,20 +72,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--target-tasks", str(target_spec), "--init-from", str(source), "--fractions", args.fractions, "--seeds", args.seeds,
         "--policies", args.policies, "--prefix-host", "skeleton", "--prefix-head", "reuse", "--prefix-tokens", str(args.prefix_tokens),
         "--layer-decay", "1", "--lrs", args.lrs, "--lr-methods", args.lr_methods, "--preset", args.preset, "--threads", str(args.threads),
-        "--output-dir", str(out), *[a for o in finetune for a in ("--finetune-set", o)], *paths,
+        "--output-dir", str(out), "--doc", args.doc, "--doc-section", "prefix-utd", *[a for o in finetune for a in ("--finetune-set", o)], *paths,
     ])
-    if args.doc:
-        write_doc(Path(args.doc), (out / "transfer.md").read_text())
     return results
-
-
-def write_doc(path: Path, table: str) -> None:
-    """Put ``table`` between the prefix-utd markers of ``path`` (appended with them when missing)."""
-    text = path.read_text() if path.exists() else ""
-    block = f"{MARKERS[0]}\n{table.strip()}\n{MARKERS[1]}"
-    pattern = re.compile(re.escape(MARKERS[0]) + r".*?" + re.escape(MARKERS[1]), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import compare, hardware_line, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
-from experiments.common import train_unless_done
+from experiments.common import train_unless_done, write_doc_section
 from highmmt.plotting import pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
     p.add_argument("--output-dir", default=str(ROOT / "experiments" / "results" / "semisup"))
+    p.add_argument("--doc", default="", help="also put the tables between the <!-- semisup:begin --> / <!-- semisup:end --> markers of this "
+                   "markdown file ('' = none)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     args = p.parse_args(argv)
@@ -381,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(out / "results.json", results)
     table = markdown(results)
     (out / "results.md").write_text(table)
+    if args.doc:
+        write_doc_section(Path(args.doc), "<!-- semisup:begin -->", "<!-- semisup:end -->", table)
     plot(results, out / "semisup.png")
     print(table)
     return results

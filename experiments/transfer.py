@@ -41,7 +41,7 @@ import torch
 
 import train
 from benchmarks.common import compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
-from experiments.common import train_unless_done
+from experiments.common import train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -83,6 +83,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1; 0 = torch's default)")
     p.add_argument("--output-dir", default="experiments/results/transfer")
+    p.add_argument("--doc", default="", help="also put the tables between the --doc-section markers of this markdown file ('' = none)")
+    p.add_argument("--doc-section", default="transfer", help="the markers' name: <!-- NAME:begin --> ... <!-- NAME:end --> (default transfer)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
@@ -219,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     text = markdown(results)
     atomic_write_bytes(out / "transfer.md", text.encode())
     plot(results, out / "transfer.png")
+    if args.doc:
+        write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", text)
     print(text)
     return results
 

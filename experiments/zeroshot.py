@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
-from experiments.common import train_unless_done
+from experiments.common import train_unless_done, write_doc_section
 from tasks.cache import load_task
 from transference.zeroshot import evaluate_split, load_classifier
 
@@ -102,14 +102,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def write_doc(doc: Path, table: str, command: str) -> None:
     """Replace the text between the results markers of ``doc`` (appended when it has none)."""
-    block = f"{RESULTS_BEGIN}\nMade by `{command}`.\n\n{table}{RESULTS_END}"
-    text = doc.read_text() if doc.is_file() else ""
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        head, rest = text.split(RESULTS_BEGIN, 1)
-        text = head + block + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
+    write_doc_section(doc, RESULTS_BEGIN, RESULTS_END, f"Made by `{command}`.\n\n{table}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -277,3 +277,17 @@ def test_compare_runs_reads_evaluated_folders_and_judges_by_the_seed_spread(tmp_
     assert rows[0][1] == "accuracy" and rows[0][4] == "+0.110 (gain)"
     with pytest.raises(FileNotFoundError, match="no evaluation"):
         compare_runs.main(["--tasks", "t", "--seeds", "0,5", "--a", str(tmp_path / "a" / "s{seed}"), "--b", str(tmp_path / "b" / "s{seed}")])
+
+
+def test_write_doc_section_replaces_only_between_its_markers(tmp_path) -> None:
+    from experiments.common import write_doc_section
+
+    doc = tmp_path / "doc.md"
+    write_doc_section(doc, "<!-- t:begin -->", "<!-- t:end -->", "first\n")  # created
+    doc.write_text("intro\n" + doc.read_text() + "outro\n")
+    write_doc_section(doc, "<!-- t:begin -->", "<!-- t:end -->", "second")
+    assert doc.read_text() == "intro\n<!-- t:begin -->\nsecond\n<!-- t:end -->\noutro\n"
+    with pytest.raises(ValueError, match="doc.md: no block between '<!-- u:begin -->'"):
+        write_doc_section(doc, "<!-- u:begin -->", "<!-- u:end -->", "x", append=False)
+    write_doc_section(doc, "<!-- u:begin -->", "<!-- u:end -->", "x")
+    assert doc.read_text().endswith("outro\n\n<!-- u:begin -->\nx\n<!-- u:end -->\n") and "second" in doc.read_text()
