@@ -7,8 +7,9 @@
 Two studies, each a set of ordinary ``train.py`` runs (in this process, one torch thread) on
 suite data, evaluated on the test split:
 
-``missing`` (UTD-MHAD; translation, Pham et al. 2019): trained with depth video + wrist IMU
-(``inertial``), tested on the IMU alone. Runs: the IMU alone; plain depth + IMU training (tested
+``missing`` (UTD-MHAD, or AV-MNIST with ``--missing-task avmnist``: image primary, audio secondary;
+translation, Pham et al. 2019): trained with depth video + wrist IMU (``inertial``), tested on the
+IMU alone. Runs: the IMU alone; plain depth + IMU training (tested
 with the depth slot zeroed); modality dropout (the head also learns the IMU-only path); translation
 IMU -> depth latents (the head also reads [IMU, translated depth], the test-time path); the same
 with the cyclic back-translation. The two-modality and one-modality tasks are bring-your-own
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
-from experiments.common import train_unless_done
+from experiments.common import train_unless_done, write_doc_section
 from highmmt import HighMMT
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import collate_rows, move_to, predict, score
@@ -53,7 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STUDIES = ("missing", "label_transfer")
 RENAMED_STUDIES = {"zeroshot": "label_transfer"}  # every class is seen in training: label transfer, not zero-shot
-UTD = {"primary": "inertial", "secondary": "depth"}
+# ``missing`` study per task: the primary (kept at test) and secondary (training only) modalities, and their short names.
+MISSING = {
+    "utd_mhad": {"primary": "inertial", "secondary": "depth", "names": ("IMU", "depth"),
+                 "what": "UTD-MHAD (27 actions, cross-subject test split, 430 sequences)"},
+    "avmnist": {"primary": "mnist_image", "secondary": "fsdd_audio", "names": ("image", "audio"),
+                "what": "AV-MNIST (10 digits; the image degraded to ~25% PCA energy, test speakers unheard)"},
+}
 AV = {"primary": "mnist_image", "secondary": "fsdd_audio"}
 
 
@@ -100,16 +107,19 @@ def accuracy(model: torch.nn.Module, lt: LoadedTask, modalities: Sequence[str] |
 
 # ---- study 1: a modality missing at test time ---------------------------------------------------
 def missing_study(args: argparse.Namespace, common: list[str], out: Path, seed: int) -> list[dict[str, Any]]:
-    utd = load_task("utd_mhad", data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
-    p, s = UTD["primary"], UTD["secondary"]
-    both = subset_spec(utd, [s, p], "utd_depth_inertial", out.parent.parent / "specs")
-    alone = subset_spec(utd, [p], "utd_inertial", out.parent.parent / "specs")
+    cfg = MISSING[args.missing_task]
+    lt_full = load_task(args.missing_task, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+    p, s = cfg["primary"], cfg["secondary"]
+    pn, sn = cfg["names"]
+    both = subset_spec(lt_full, [s, p], f"{args.missing_task}_{s}_{p}" if args.missing_task != "utd_mhad" else "utd_depth_inertial",
+                       out.parent.parent / "specs")
+    alone = subset_spec(lt_full, [p], f"{args.missing_task}_{p}" if args.missing_task != "utd_mhad" else "utd_inertial", out.parent.parent / "specs")
     tr = {"method": "translation", "primary": p, "secondary": s}
     arms = [
-        ("IMU alone", alone, None),
-        ("plain depth + IMU", both, None),
-        ("modality dropout (IMU path also supervised)", both, {**tr, "weight": 0.0, "missing_slot": "zero"}),
-        ("translation IMU -> depth", both, {**tr, "weight": args.weight}),
+        (f"{pn} alone", alone, None),
+        (f"plain {sn} + {pn}", both, None),
+        (f"modality dropout ({pn} path also supervised)", both, {**tr, "weight": 0.0, "missing_slot": "zero"}),
+        (f"translation {pn} -> {sn}", both, {**tr, "weight": args.weight}),
         ("translation, cyclic", both, {**tr, "weight": args.weight, "cyclic": True}),
     ]
     rows = []
@@ -126,9 +136,9 @@ def missing_study(args: argparse.Namespace, common: list[str], out: Path, seed: 
             primary_only = accuracy(model, lt, [p], args.limit)
             params = trainable_parameters(model)
         full = accuracy(model, lt, None, args.limit) if s in lt.spec.modalities else float("nan")
-        rows.append({"study": "missing", "seed": seed, "run": label, "task": lt.spec.name, "trainable_parameters": params,
-                     "test_imu_only": primary_only, "test_depth_and_imu": full, **timing, "folder": str(folder)})
-        print(f"[missing seed {seed}] {label}: IMU-only test accuracy {primary_only:.3f} (both: {full:.3f}), {timing['train_wall_s']:.0f} s", flush=True)
+        rows.append({"study": "missing", "seed": seed, "run": label, "task": lt.spec.name, "source_task": args.missing_task,
+                     "trainable_parameters": params, "test_primary_only": primary_only, "test_both": full, **timing, "folder": str(folder)})
+        print(f"[missing seed {seed}] {label}: {pn}-only test accuracy {primary_only:.3f} (both: {full:.3f}), {timing['train_wall_s']:.0f} s", flush=True)
     return rows
 
 
@@ -227,11 +237,13 @@ def markdown(results: dict[str, Any]) -> str:
              + stats_note(seeds) + (" Each seed's value in brackets; train time: mean per run." if len(seeds) > 1 else ""), ""]
     miss = _by_run(results["rows"], "missing")
     if miss:
-        lines += ["UTD-MHAD (27 actions, cross-subject test split, 430 sequences): trained with depth + IMU, tested on the IMU alone.", ""]
+        cfg = MISSING[next(iter(miss.values()))[0].get("source_task", "utd_mhad")]
+        pn, sn = cfg["names"]
+        lines += [f"{cfg['what']}: trained with {sn} + {pn}, tested on the {pn} alone.", ""]
         lines.append(markdown_table(
-            ["run", "trainable params", "test acc, IMU only", "IMU only vs IMU alone", "test acc, depth + IMU", "train time (s)"],
-            [[k, f"{rs[0]['trainable_parameters']:,}", _mean(rs, "test_imu_only"), _versus(rs, miss.get("IMU alone"), "test_imu_only"),
-              _mean(rs, "test_depth_and_imu"), round(sum(r["train_wall_s"] for r in rs) / len(rs))] for k, rs in miss.items()]))
+            ["run", "trainable params", f"test acc, {pn} only", f"{pn} only vs {pn} alone", f"test acc, {sn} + {pn}", "train time (s)"],
+            [[k, f"{rs[0]['trainable_parameters']:,}", _mean(rs, "test_primary_only"), _versus(rs, miss.get(f"{pn} alone"), "test_primary_only"),
+              _mean(rs, "test_both"), round(sum(r["train_wall_s"] for r in rs) / len(rs))] for k, rs in miss.items()]))
         lines.append("")
     lt = _by_run(results["rows"], "label_transfer")
     if lt:
@@ -252,6 +264,8 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--studies", default=",".join(STUDIES), help=f"comma-separated, of {STUDIES}")
+    p.add_argument("--missing-task", default="utd_mhad", choices=sorted(MISSING),
+                   help="task of the missing study (its primary and secondary modalities: see MISSING)")
     p.add_argument("--preset", default="default")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--steps", type=int, default=100, help="steps per epoch")
@@ -265,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--output-dir", default=str(ROOT / "experiments" / "results" / "colearn"))
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--doc", default="", help="also put the tables between the --doc-section markers of this markdown file ('' = none)")
+    p.add_argument("--doc-section", default="colearn", help="the markers' name: <!-- NAME:begin --> ... <!-- NAME:end --> (default colearn)")
     args = p.parse_args(argv)
     studies = args.studies.split(",")
     renamed = [s for s in studies if s in RENAMED_STUDIES]
@@ -300,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(out / "results.json", results)
     table = markdown(results)
     (out / "results.md").write_text(table)
+    if args.doc:
+        write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", table)
     print(table)
     return results
 

@@ -239,8 +239,8 @@ def test_colearn_tables_name_label_transfer_and_judge_against_the_baseline() -> 
 
     rows = []
     for seed, (alone, trans, aligned, none) in enumerate([(0.78, 0.77, 0.41, 0.10), (0.74, 0.76, 0.30, 0.12)]):
-        rows += [row("missing", "IMU alone", seed, test_imu_only=alone, test_depth_and_imu=float("nan")),
-                 row("missing", "translation IMU -> depth", seed, test_imu_only=trans, test_depth_and_imu=trans),
+        rows += [row("missing", "IMU alone", seed, test_primary_only=alone, test_both=float("nan")),
+                 row("missing", "translation IMU -> depth", seed, test_primary_only=trans, test_both=trans),
                  row("label_transfer", "contrastive alignment", seed, test_audio_accuracy=aligned, test_image_accuracy=0.6),
                  row("label_transfer", "no alignment (weight 0)", seed, test_audio_accuracy=none, test_image_accuracy=0.6)]
     md = colearn.markdown({"machine": MACHINE, "settings": "s", "wall_s": 60.0, "seeds": [0, 1], "rows": rows})
