@@ -315,3 +315,30 @@ def _build_prefix(data_root: Path, *, size: int = 128, seed: int = 0, quiet: boo
 
 _register("synthetic_prefix", {"syn_a": ("timeseries", 3), "prefix_x": ("timeseries", 4)}, 2, _build_prefix, {"size": 128, "seed": 0},
           "synthetic: the label only in prefix_x, a modality new to a synthetic_single model (prefix-tuning tests)")
+
+
+# ---- heterogeneity-aware sharing: two families that need the encoder's one attention in two places ------
+# synthetic_position_<family>_<v> (family early / late, v a / b): every step of pos_<family>_<v> (6 steps x 3
+# channels) is N(0, 1) noise; the class is the channel holding the largest value at step 1 (early) or step 4
+# (late). The four modalities have the same statistics and only the position of the label differs: an encoder
+# with one latent (one cross-attention pattern) serves either family, a shared one must split its attention.
+_POSITION_STEPS, _POSITION_OF = 6, {"early": 1, "late": 4}
+
+
+def _build_position(family: str, modality: str):
+    def build(data_root: Path, *, size: int = 1024, seed: int = 0, quiet: bool = False) -> datasets.DatasetDict:
+        def make(n: int, rng: np.random.Generator) -> dict[str, list]:
+            x = rng.standard_normal((n, _POSITION_STEPS, 3))
+            return {modality: list(x.astype(np.float32)), "label": x[:, _POSITION_OF[family]].argmax(axis=1).tolist()}
+
+        return _splits(f"synthetic_{modality.replace('pos_', 'position_')}", (size, 64, 256), seed, make,
+                       {modality: datasets.Array2D(shape=(None, 3), dtype="float32")})
+
+    return build
+
+
+for _family in _POSITION_OF:
+    for _v in ("a", "b"):
+        _register(f"synthetic_position_{_family}_{_v}", {f"pos_{_family}_{_v}": ("timeseries", 3)}, 3,
+                  _build_position(_family, f"pos_{_family}_{_v}"), {"size": 1024, "seed": 0},
+                  f"synthetic: the channel of the largest value at step {_POSITION_OF[_family]} (heterogeneity-aware sharing tests)")
