@@ -490,10 +490,11 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
         names = r["names"]
         lines += ["", f"### {kind}: d matrix (transfer part: {', '.join(r['transferred'])})", ""]
         lines.append(markdown_table(["", *names], [[n, *row] for n, row in zip(names, r["d"])]))
+        first = seed_list(results["seeds"])[0]  # the first seed's init 0 (seeds need not start at 0)
         scratch = [[n, next(x["task"] for x in r["nodes"] if x["name"] == n), r["L_scratch"][n], r["noise_floor"][n],
-                    r["scratch"][f"{n}@0#0"]["metric"]] for n in names]
+                    r["scratch"][f"{n}@{first}#0"]["metric"]] for n in names]
         lines += ["", markdown_table(["node", "task", f"L* scratch (mean of {r['scratch_inits']} inits)", "noise floor (sd)",
-                                      "val metric (init 0)"], scratch), ""]
+                                      f"val metric (seed {first}, init 0)"], scratch), ""]
         pct = lambda v: "-" if v is None or v != v else f"{v:.0%}"  # noqa: E731
         lines.append(f"{pct(r['fraction_T_negative'])} of measured T < 0 (transfer helped); {pct(r['fraction_T_above_noise'])} "
                      f"of |T| exceed twice the target's noise floor (median floor {r['noise_floor_median']:.3f}); triangle "

@@ -57,8 +57,6 @@ def test_measurement_recovers_the_planted_families(tmp_path, cache, monkeypatch)
     from experiments import heterogeneity as study
 
     monkeypatch.setattr(study, "draw", lambda results, out: None)  # heatmaps: tests/test_heterogeneity.py
-    # summary.md reads the scratch runs of seed 0 only (KeyError for another seed); the numbers come from the result.
-    monkeypatch.setattr(study, "summary_markdown", lambda results: "")
     for seed in SEEDS:
         res = study.main(["--tasks", TASKS, "--only", "unimodal", "--steps", "30", "--batch-size", "32", "--train-rows", "512",
                           "--eval-rows", "64", "--evals", "2", "--scratch-inits", "1", "--k", "2", "--seeds", f"{seed},",
