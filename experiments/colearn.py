@@ -233,7 +233,8 @@ def _by_run(rows: list[dict[str, Any]], study: str) -> dict[str, list[dict[str, 
 def markdown(results: dict[str, Any]) -> str:
     seeds = results["seeds"]
     lines = [f"Hardware: {hardware_line(results['machine'])}. Settings: {results['settings']}. "
-             f"Whole study {results['wall_s'] / 60:.1f} min wall. "
+             f"This call {results['wall_s'] / 60:.1f} min wall (finished runs are reused); the runs' training loops "
+             f"{sum(r['train_wall_s'] for r in results['rows']) / 60:.1f} min in total. "
              + stats_note(seeds) + (" Each seed's value in brackets; train time: mean per run." if len(seeds) > 1 else ""), ""]
     miss = _by_run(results["rows"], "missing")
     if miss:
