@@ -57,7 +57,7 @@ from torch import Tensor
 
 import modalities  # noqa: F401  (registers the embedders)
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli
-from experiments.common import train_unless_done
+from experiments.common import train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from tasks.cache import load_task
@@ -285,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--utd-seeds", default="0,1,2", help="seeds of the UTD-MHAD runs (they share the source checkpoint)")
     p.add_argument("--output-dir", default="experiments/results/pretrained")
+    p.add_argument("--doc", default="", metavar="FILE", help="also put the table between FILE's <!-- SECTION:begin/end --> markers")
+    p.add_argument("--doc-section", default="pretrained", metavar="SECTION", help="the markers' name (default: pretrained)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--synthetic-mag", action="store_true",
@@ -321,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     atomic_write_json(out / "results.json", results)
     table = markdown(results)
     atomic_write_bytes(out / "results.md", table.encode())
+    if args.doc:
+        write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", table)
     print(table)
     return results
 
