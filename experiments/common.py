@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -70,3 +71,9 @@ def write_doc_section(path: Path, begin: str, end: str, text: str, *, append: bo
     else:
         raise ValueError(f"{path}: no block between {begin!r} and {end!r} to replace")
     path.write_text(new)
+
+
+def loop_seconds(run_dir: Path) -> float:
+    """The training loop's seconds from a finished run's DONE file ("... steps in 123s")."""
+    match = re.search(r" in (\d+(?:\.\d+)?)s", (run_dir / "DONE").read_text()) if (run_dir / "DONE").exists() else None
+    return float(match.group(1)) if match else float("nan")

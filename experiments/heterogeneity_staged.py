@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, write_json
-from experiments.common import train_unless_done, write_doc_section
+from experiments.common import loop_seconds, train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.config import HighMMTConfig, SharingConfig
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -130,7 +130,7 @@ def stage_argv(args: argparse.Namespace, tasks: Sequence[str], seed: int, sharin
     ``pairwise``: every stage uses pairwise fusion (fusion groups are groups of modality pairs)."""
     argv = ["--preset", args.preset, "--tasks", ",".join(tasks), "--seed", str(seed), "--quiet",
             *(["--data-root", args.data_root] if args.data_root else []), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
-            *(["--cpu"] if args.cpu else []), *(["--init-from", str(init_from)] if init_from else []),
+            *(["--cpu"] if args.cpu else []), *(["--init-from", str(init_from.resolve())] if init_from else []),
             "--set", "train.epochs=1", "--set", f"train.steps_per_epoch={steps}", "--set", "train.threads=1",
             "--set", "model.sharing.encoder=" + json.dumps(sharing["encoder"], separators=(",", ":")),
             "--set", "model.sharing.fusion=" + json.dumps(sharing["fusion"], separators=(",", ":"))]
@@ -218,7 +218,7 @@ def staged_protocol(args: argparse.Namespace, tasks: Sequence[str], grouped: Map
             if steps != expected:
                 raise RuntimeError(f"{folder}: trained {steps} steps, expected {expected}")
             runs.append({"run": name, "seed": seed, "sharing": sharing, "steps": steps, "steps_total": sum(steps.values()),
-                         "copied": (report or {}).get("copied", {}), **evaluate(folder, args)})
+                         "copied": (report or {}).get("copied", {}), "train_s": loop_seconds(folder), **evaluate(folder, args)})
             log(f"[staged] seed {seed} {name}: mean {signed_mean(runs[-1]['metrics'], runs[-1]['metric_names']):.3f}")
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     machine = machine_info(device)
@@ -289,7 +289,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
                "grouped - share-all same steps", "grouped - random"]
     n1, n3 = summary["stage1_steps"], summary["stage3_steps"]
     seeds = summary["seeds"]
-    lines = [f"Staged sharing protocol; {summary['hardware_line']}; wall time {summary['wall_s']:.0f} s.", "",
+    train_s = sum(r.get("train_s", float("nan")) for r in summary["runs"])
+    lines = [f"Staged sharing protocol; {summary['hardware_line']}; this call {summary['wall_s'] / 60:.1f} min wall "
+             f"(finished runs are reused); the {len(summary['runs'])} runs' training loops {train_s / 60:.1f} min in total.", "",
              f"Preset `{summary['preset']}`{' with ' + ', '.join(f'`{o}`' for o in summary['overrides']) if summary['overrides'] else ''}; "
              f"stage 1 (share-all) {n1} steps, stage 3 (multitask fine-tuning after the copy into groups) {n3} steps, so "
              f"{n1 + n3} steps in all for the grouped, random and share-all-same-steps models; {format_seeds(seeds)}; "

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 
 import train
 from benchmarks.common import compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
-from experiments.common import train_unless_done, write_doc_section
+from experiments.common import loop_seconds, train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -225,12 +224,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", text)
     print(text)
     return results
-
-
-def loop_seconds(run_dir: Path) -> float:
-    """The training loop's seconds from a finished run's DONE file ("... steps in 123s")."""
-    match = re.search(r" in (\d+(?:\.\d+)?)s", (run_dir / "DONE").read_text()) if (run_dir / "DONE").exists() else None
-    return float(match.group(1)) if match else float("nan")
 
 
 def selected_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
