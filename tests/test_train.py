@@ -492,3 +492,14 @@ def test_a_run_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, tin
     monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(PermissionError, match=r"run: cannot write the run folder \(Permission denied\); pick a writable --output-dir"):
         tiny_run("run")
+
+
+def test_every_shipped_preset_loads_and_long_is_default_with_a_longer_averaged_schedule():
+    import dataclasses
+    names = sorted(p.stem for p in train.CONFIG_DIR.glob("*.json"))
+    assert {"tiny", "default", "long"} <= set(names)
+    loaded = {n: train.load_preset(n)[0] for n in names}
+    default, long = loaded["default"], loaded["long"]
+    assert long.model == default.model
+    assert (long.train.epochs, long.train.ema_decay) == (30, 0.998)
+    assert dataclasses.replace(long.train, epochs=default.train.epochs, ema_decay=default.train.ema_decay) == default.train
