@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
-from experiments.common import train_unless_done, write_doc_section
+from experiments.common import data_flags, doc_markers, train_unless_done, write_doc_section
 from highmmt import HighMMT
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import collate_rows, move_to, predict, score
@@ -54,11 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 STUDIES = ("missing", "label_transfer")
 RENAMED_STUDIES = {"zeroshot": "label_transfer"}  # every class is seen in training: label transfer, not zero-shot
-# ``missing`` study per task: the primary (kept at test) and secondary (training only) modalities, and their short names.
+# ``missing`` study per task: the primary (kept at test) and secondary (training only) modalities, their short names,
+# and the task names of the two spec files (both modalities; the primary alone).
 MISSING = {
-    "utd_mhad": {"primary": "inertial", "secondary": "depth", "names": ("IMU", "depth"),
+    "utd_mhad": {"primary": "inertial", "secondary": "depth", "names": ("IMU", "depth"), "specs": ("utd_depth_inertial", "utd_inertial"),
                  "what": "UTD-MHAD (27 actions, cross-subject test split, 430 sequences)"},
     "avmnist": {"primary": "mnist_image", "secondary": "fsdd_audio", "names": ("image", "audio"),
+                "specs": ("avmnist_fsdd_audio_mnist_image", "avmnist_mnist_image"),
                 "what": "AV-MNIST (10 digits; the image degraded to ~25% PCA energy, test speakers unheard)"},
 }
 AV = {"primary": "mnist_image", "secondary": "fsdd_audio"}
@@ -111,9 +113,9 @@ def missing_study(args: argparse.Namespace, common: list[str], out: Path, seed: 
     lt_full = load_task(args.missing_task, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
     p, s = cfg["primary"], cfg["secondary"]
     pn, sn = cfg["names"]
-    both = subset_spec(lt_full, [s, p], f"{args.missing_task}_{s}_{p}" if args.missing_task != "utd_mhad" else "utd_depth_inertial",
-                       out.parent.parent / "specs")
-    alone = subset_spec(lt_full, [p], f"{args.missing_task}_{p}" if args.missing_task != "utd_mhad" else "utd_inertial", out.parent.parent / "specs")
+    both_name, alone_name = cfg["specs"]  # the task names of the bring-your-own specs (two modalities, the primary alone)
+    both = subset_spec(lt_full, [s, p], both_name, out.parent.parent / "specs")
+    alone = subset_spec(lt_full, [p], alone_name, out.parent.parent / "specs")
     tr = {"method": "translation", "primary": p, "secondary": s}
     arms = [
         (f"{pn} alone", alone, None),
@@ -301,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         common = ["--preset", args.preset, "--seed", str(seed), "--quiet", "--cpu",
                   "--set", f"train.epochs={args.epochs}", "--set", f"train.steps_per_epoch={args.steps}",
                   "--set", f"train.threads={args.threads}", *[a for o in args.overrides for a in ("--set", o)]]
-        common += (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+        common += data_flags(args)
         if "missing" in studies:
             rows += missing_study(args, common, out / f"seed{seed}" / "missing", seed)
         if "label_transfer" in studies:
@@ -318,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     table = markdown(results)
     (out / "results.md").write_text(table)
     if args.doc:
-        write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", table)
+        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), table)
     print(table)
     return results
 

@@ -77,3 +77,15 @@ def loop_seconds(run_dir: Path) -> float:
     """The training loop's seconds from a finished run's DONE file ("... steps in 123s")."""
     match = re.search(r" in (\d+(?:\.\d+)?)s", (run_dir / "DONE").read_text()) if (run_dir / "DONE").exists() else None
     return float(match.group(1)) if match else float("nan")
+
+
+def data_flags(args: object) -> list[str]:
+    """``train.py``'s ``--data-root`` / ``--cache-dir`` arguments from a study's parsed arguments
+    (each left out when unset)."""
+    return [a for flag, value in (("--data-root", getattr(args, "data_root", None)), ("--cache-dir", getattr(args, "cache_dir", None)))
+            if value for a in (flag, value)]
+
+
+def doc_markers(section: str) -> tuple[str, str]:
+    """The begin / end markers of a page's ``section`` that a study's ``--doc`` rewrites."""
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"

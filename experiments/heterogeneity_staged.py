@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, write_json
-from experiments.common import loop_seconds, train_unless_done, write_doc_section
+from experiments.common import data_flags, doc_markers, loop_seconds, train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.config import HighMMTConfig, SharingConfig
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -61,7 +61,7 @@ from transference.heterogeneity import can_regroup, partition, random_groups_unl
 SHARE_ALL = sharing_config("all", "all")
 STAGE1 = "stage1_share_all"
 SAME_STEPS = "share_all_same_steps"
-DOC_BEGIN, DOC_END = "<!-- staged-table:begin -->", "<!-- staged-table:end -->"
+DOC_BEGIN, DOC_END = doc_markers("staged-table")
 SHARED_PARTS = ("encoders.", "fusion.")
 
 
@@ -129,7 +129,7 @@ def stage_argv(args: argparse.Namespace, tasks: Sequence[str], seed: int, sharin
 
     ``pairwise``: every stage uses pairwise fusion (fusion groups are groups of modality pairs)."""
     argv = ["--preset", args.preset, "--tasks", ",".join(tasks), "--seed", str(seed), "--quiet",
-            *(["--data-root", args.data_root] if args.data_root else []), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
+            *data_flags(args),
             *(["--cpu"] if args.cpu else []), *(["--init-from", str(init_from.resolve())] if init_from else []),
             "--set", "train.epochs=1", "--set", f"train.steps_per_epoch={steps}", "--set", "train.threads=1",
             "--set", "model.sharing.encoder=" + json.dumps(sharing["encoder"], separators=(",", ":")),

@@ -32,7 +32,7 @@ from typing import Any
 from benchmarks.common import run_cli
 from experiments import transfer
 from experiments.colearn import subset_spec
-from experiments.common import train_unless_done
+from experiments.common import data_flags, train_unless_done
 from tasks.cache import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     source_spec = subset_spec(utd, ["skeleton"], "utd_skeleton", out / "specs")
     target_spec = subset_spec(utd, ["inertial"], "utd_inertial", out / "specs")
     source = out / "source"
-    paths = [a for flag in ("--data-root", "--cache-dir") if getattr(args, flag[2:].replace("-", "_")) for a in (flag, getattr(args, flag[2:].replace("-", "_")))]
+    paths = data_flags(args)
     train_unless_done(source, ["--preset", args.preset, "--tasks", str(source_spec), "--seed", "0", "--quiet",
                                "--set", f"train.threads={args.threads}", *paths], log=out / "source.log")
     finetune = ["train.epochs=10", "train.steps_per_epoch=60", "train.warmup_steps=30", *args.finetune_set]

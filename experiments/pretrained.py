@@ -57,7 +57,7 @@ from torch import Tensor
 
 import modalities  # noqa: F401  (registers the embedders)
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli
-from experiments.common import train_unless_done, write_doc_section
+from experiments.common import data_flags, doc_markers, train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from tasks.cache import load_task
@@ -137,7 +137,7 @@ def train_run(run: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
     argv = ["--preset", args.preset, "--tasks", ",".join(run["tasks"]), "--quiet", "--seed", str(run.get("seed", args.seed)),
             "--set", f"train.epochs={epochs}", "--set", f"train.steps_per_epoch={steps // epochs}",
             "--set", f"train.warmup_steps={min(50, steps // 10)}", "--set", f"train.threads={args.threads}",
-            *(["--data-root", args.data_root] if args.data_root else []), *(["--cache-dir", args.cache_dir] if args.cache_dir else []),
+            *data_flags(args),
             *run["args"]]
     folder.parent.mkdir(parents=True, exist_ok=True)
     train_unless_done(folder, argv, log=folder.parent / f"{folder.name}.log", threads=args.threads)
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     table = markdown(results)
     atomic_write_bytes(out / "results.md", table.encode())
     if args.doc:
-        write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", table)
+        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), table)
     print(table)
     return results
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import compare, hardware_line, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
-from experiments.common import train_unless_done, write_doc_section
+from experiments.common import doc_markers, train_unless_done, write_doc_section
 from highmmt.plotting import pyplot, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     table = markdown(results)
     (out / "results.md").write_text(table)
     if args.doc:
-        write_doc_section(Path(args.doc), "<!-- semisup:begin -->", "<!-- semisup:end -->", table)
+        write_doc_section(Path(args.doc), *doc_markers("semisup"), table)
     plot(results, out / "semisup.png")
     print(table)
     return results

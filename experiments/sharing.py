@@ -36,7 +36,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import train
 from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, num_threads, run_cli, stats_note, write_json
-from experiments.common import train_unless_done
+from experiments.common import data_flags, train_unless_done
 from highmmt import HighMMT
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
@@ -84,7 +84,7 @@ def configurations(task_mods: Mapping[str, Sequence[str]], ks: Sequence[int], gr
 def run_one(name: str, sharing: Mapping[str, Any], seed: int, args: argparse.Namespace, tasks: Sequence[str], out: Path) -> dict[str, Any]:
     """Train (unless this exact command already finished) and evaluate one configuration."""
     folder = out / "runs" / f"{name}_s{seed}"
-    common = ["--quiet"] + (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    common = ["--quiet"] + data_flags(args)
     argv = ["--preset", args.preset, "--tasks", ",".join(tasks), "--seed", str(seed), *common,
             "--set", f"train.epochs={args.epochs}", "--set", f"train.steps_per_epoch={args.steps_per_epoch}",
             "--set", f"train.threads={args.threads}",

@@ -38,7 +38,7 @@ from typing import Any
 
 import train
 from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, run_cli, stats_note
-from experiments.common import train_unless_done
+from experiments.common import data_flags, train_unless_done
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return combined
     tasks = train.expand_tasks(args.tasks.split(","))
     out = Path(args.output_dir)
-    common = ["--quiet"] + (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    common = ["--quiet"] + data_flags(args)
     extra = ["--seed", str(args.seed)] + [a for o in args.overrides for a in ("--set", o)]
     kinds = args.runs.split(",")
     results: dict[str, Any] = {"preset": args.preset, "overrides": args.overrides, "seed": args.seed, "tasks": tasks, "runs": {}}

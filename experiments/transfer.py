@@ -40,7 +40,7 @@ import torch
 
 import train
 from benchmarks.common import compare, format_mean_sd, hardware_line, load_average, machine_info, markdown_table, mean_sd, run_cli, stats_note, write_json
-from experiments.common import loop_seconds, train_unless_done, write_doc_section
+from experiments.common import data_flags, doc_markers, loop_seconds, train_unless_done, write_doc_section
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"--lr-methods: unknown {sorted(set(lr_methods) - set(methods))}; this study runs {list(methods)}")
     out = Path(args.output_dir)
     common = ["--preset", args.preset, "--quiet", "--set", f"train.threads={args.threads}"]
-    common += (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    common += data_flags(args)
     common += ["--cpu"] if args.cpu else []
     every = [a for o in args.overrides for a in ("--set", o)]
     machine = machine_info(torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu"))
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     atomic_write_bytes(out / "transfer.md", text.encode())
     plot(results, out / "transfer.png")
     if args.doc:
-        write_doc_section(Path(args.doc), f"<!-- {args.doc_section}:begin -->", f"<!-- {args.doc_section}:end -->", text)
+        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), text)
     print(text)
     return results
 

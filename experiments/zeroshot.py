@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
-from experiments.common import train_unless_done, write_doc_section
+from experiments.common import data_flags, train_unless_done, write_doc_section
 from tasks.cache import load_task
 from transference.zeroshot import evaluate_split, load_classifier
 
@@ -142,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         common = ["--preset", args.preset, "--seed", str(seed), "--quiet", "--cpu",
                   "--set", f"train.epochs={args.epochs}", "--set", f"train.steps_per_epoch={args.steps}",
                   "--set", f"train.threads={args.threads}", "--set", "train.precision=fp32", *[a for o in args.overrides for a in ("--set", o)]]
-        common += (["--data-root", args.data_root] if args.data_root else []) + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+        common += data_flags(args)
         for label, settings in arms(args):
             row = {"seed": seed, "run": label, **run_one(out / f"seed{seed}" / _slug(label), args, common, settings)}
             rows.append(row)
