@@ -4,7 +4,8 @@
     python evaluate.py --checkpoint runs/x --tasks utd_mhad --output-dir runs/x/eval
 
 Writes into ``--output-dir`` (default ``CHECKPOINT/eval``):
-    metrics.json      task -> metric -> value (test split; plus robustness and efficiency entries)
+    metrics.json      task -> metric -> value (test split; plus robustness and efficiency entries);
+                      ``_weights``: task -> the weights that scored it, when the run keeps per-task weights
     robustness.json   per task: metric with each modality dropped, and per modality under noise levels
     results.md        the same as tables
     robustness.png    per-task noise curves
@@ -21,6 +22,10 @@ validation, scored on the model's own test rows) and cached under ``CACHE_DIR/ba
 data fingerprint, so each task's data is fitted once whatever the run. ``--no-baselines`` skips it.
 The baselines always use the whole split (``--limit`` scores the model on a subset) and the whole
 training split (whatever fraction of it the model was trained on).
+
+Weights (``--weights``): a run trained with ``train.select=task`` (the default preset) keeps each
+task's own best-on-validation weights in ``task_weights/``; each task is scored with its own
+(``auto``, the default), or every task with ``model.safetensors`` (``mean``).
 
 Robustness (as in MultiBench): each modality is dropped in turn, and each modality is corrupted
 with increasing noise (``--noise-levels``, 5 by default). The summary number per task is the
@@ -48,7 +53,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
-from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
+from highmmt.checkpoint import atomic_write_bytes, atomic_write_json, task_weight_epochs
 from highmmt.plotting import pyplot, save_figure
 from tasks import baselines
 from tasks.base import TaskSpec
@@ -75,6 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--baselines", default=None, help="baseline.py's output (folder or baselines.json) to measure the margin "
                    "against; default: a cheap baseline computed on demand and cached")
     p.add_argument("--no-baselines", action="store_true", help="no margin over simple baselines")
+    p.add_argument("--weights", default="auto", choices=["auto", "mean", "task"],
+                   help="mean: model.safetensors for every task; task: each task's own best weights "
+                   "(train.select=task; error if the run has none); auto: task where the run has them")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -172,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(predictors) > 1:
         raise ValueError(f"two training methods replace the predictor: {[h.name for h in methods]}")
     predictor = predictors[0] if predictors else model
+    per_task = task_weight_epochs(ckpt, args.weights)
+    mean_state = {k: v.clone() for k, v in model.state_dict().items()} if per_task else None
     levels = [float(v) for v in args.noise_levels.split(",") if v]
     out = Path(args.output_dir or ckpt / "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -181,10 +191,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     reference = baselines.load_results(args.baselines) if args.baselines and not args.no_baselines else None
     used_baselines: dict[str, Any] = {}
     card_tasks: dict[str, tuple[Any, dict[str, int]]] = {}
+    weights_used: dict[str, str] = {}
     for name in tqdm(names, desc="tasks", disable=args.quiet):
         lt = load_run_task(run_cfg, name, data_root=args.data_root, cache_dir=args.cache_dir, quiet=args.quiet)
         spec, ds = lt.spec, lt.splits[args.split]
         card_tasks[name] = (spec, {k: len(v) for k, v in lt.splits.items()})
+        if mean_state is not None:  # this task's own best epoch, over the mean-selected weights
+            model.load_state_dict(mean_state)
+            weights_used[name] = f"task epoch {per_task[name]['epoch']}" if model.load_task_weights(ckpt, name) else "mean"
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
         metrics[name] = dict(clean)
@@ -211,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 used_baselines[name] = entry
                 metrics[name].update(margin_over_baselines(entry, clean[spec.metric], args.split))
     metrics["_model"] = {"parameters_total": float(counts["total"]), "parameters_shared": float(counts["shared"])}
+    if weights_used:
+        metrics["_weights"] = weights_used
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "robustness.json", robust)
     if used_baselines:
@@ -268,13 +284,17 @@ def model_card(ckpt: Path, run_cfg: Mapping[str, Any], card_tasks: Mapping[str, 
         mods = ", ".join(f"{m} ({k})" for m, k in spec.modalities.items())
         rows = " / ".join(str(sizes.get(s, "-")) for s in ("train", "validation", "test"))
         lines.append(f"| {name} | {spec.task_type} | {spec.num_classes or '-'} | {mods} | {rows} |")
-    lines += ["", f"## Metrics on the {split} split", "", "| task | metric | model | best simple baseline | margin |", "|---|---|---|---|---|"]
+    used = metrics.get("_weights", {})
+    lines += ["", f"## Metrics on the {split} split", "", "| task | metric | model | best simple baseline | margin | weights |",
+              "|---|---|---|---|---|---|"]
     for name, (spec, _) in card_tasks.items():
         m = metrics.get(name, {})
         value = m.get(spec.metric)
         base = f"{m['baseline_best']:.4f} ({m['baseline_name']})" if "baseline_best" in m else "-"
         margin = f"{m['margin']:+.4f}" if "margin" in m else "-"
-        lines.append(f"| {name} | {spec.metric} | {'-' if value is None else f'{value:.4f}'} | {base} | {margin} |")
+        lines.append(f"| {name} | {spec.metric} | {'-' if value is None else f'{value:.4f}'} | {base} | {margin} | {used.get(name, 'mean')} |")
+    lines += ["", "Weights: `mean` is `model.safetensors` (the best mean of the tasks' validation metrics); `task epoch N` "
+              "is the task's own best validation epoch (`task_weights/`, `train.select=task`)."]
     tasks_arg = ",".join(run_cfg.get("task_args", {}).values())
     sets = " ".join(f"--set {o}" for o in run_cfg.get("overrides", []))
     lines += ["", "## Reproduce", "", "```bash",

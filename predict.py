@@ -31,6 +31,7 @@ import torch
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 from highmmt import HighMMT
+from highmmt.checkpoint import task_weight_epochs
 from tasks.base import TaskSpec
 from tasks.cache import SPEC_SUFFIXES, load_task
 from tasks.loader import predict
@@ -46,6 +47,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--weights", default="auto", choices=["auto", "mean", "task"],
+                   help="mean: model.safetensors; task: the task's own best weights (train.select=task; error if "
+                   "the run has none); auto: task where the run has them")
     p.add_argument("--cpu", action="store_true", help="predict on the CPU even if a GPU is present")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -149,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     spec = checkpoint_task(ckpt, args.task)
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
+    if task_weight_epochs(ckpt, args.weights):
+        model.load_task_weights(ckpt, spec.name)
     rows = with_target(read_rows(Path(args.input), args.split, args), spec, f"--input {args.input}")
     if len(rows) == 0:
         raise ValueError(f"--input {args.input}: no rows to predict")

@@ -46,7 +46,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
-from highmmt.checkpoint import atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
+from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
 from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig, apply_overrides, from_dict
 from highmmt.heads import task_loss
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -315,7 +315,7 @@ def read_metrics(path: Path, log: Any = print) -> list[dict[str, Any]]:
 
 
 # What a run writes into its folder; --overwrite removes exactly these before the new run starts.
-RUN_FILES = ("config.json", "model.safetensors", "hooks.safetensors", "best.json", "DONE", "metrics.jsonl", "curves.png",
+RUN_FILES = ("config.json", "model.safetensors", "hooks.safetensors", "best.json", TASK_WEIGHTS_DIR, "DONE", "metrics.jsonl", "curves.png",
              "ranks.json", "semisup.json", "trainer_state", "tensorboard", "eval")
 LOCK_FILE = ".lock"
 
@@ -502,6 +502,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for h in hooks:  # they may reshape the training data first
         h.setup(ctx, (st or {}).get("hooks", {}).get(h.name))
     extra = nn.ModuleDict({h.name: nn.ModuleDict(mods) for h in hooks if (mods := h.modules())}).to(accelerator.device)
+    if tc.select == "task" and (len(extra) or eval_model_of(hooks, ctx) is not model):
+        log(f"train.select=task keeps per-task weights of the model alone, and the training methods {[h.name for h in hooks]} "
+            "add modules or predict with another model: one checkpoint, selected on the mean (train.select=mean)")
+        tc = dataclasses.replace(tc, select="mean")
     optimizer = build_optimizer(model, tc, extra, {k: v for h in hooks for k, v in h.lr_scales(model).items()})
     scheduler = warmup_cosine(optimizer, tc.warmup_steps, tc.epochs * tc.steps_per_epoch)
     streams = {t: TaskStream(len(lt.splits["train"]), tc.batch_sizes.get(t, tc.batch_size), seed=args.seed * 1000 + i,
@@ -510,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     # State: fresh or resumed; the run folder's config.json and metrics.jsonl.
     start_epoch, global_step, best = restore_trainer_state(st, out, model, extra, optimizer, scheduler, accelerator, streams, log)
     ema = average_of(model, tc.ema_decay, (st or {}).get("ema"))
+    task_bests: dict[str, dict[str, Any]] = dict((st or {}).get("task_bests", {}))  # train.select=task
     if main_process:
         run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
                       "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides),
@@ -557,12 +562,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 if selection > best:
                     best = selection
                     save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
+                if tc.select == "task":
+                    save_task_bests(out, model, hooks, loaded, rows, task_bests, {"epoch": epoch + 1, "step": global_step})
             log_rows.add(rows)
             summary = " ".join(f"{r['task']}={r['value']:.3f}" for r in rows if r["split"] == "validation" and r["metric"] == loaded[r["task"]].spec.metric)
             log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
             save_trainer_state(
                 out, model, optimizer, scheduler,
-                {"epoch": epoch + 1, "global_step": global_step, "best": best,
+                {"epoch": epoch + 1, "global_step": global_step, "best": best, "task_bests": task_bests,
                  "streams": {t: (s.state.passes, s.state.position) for t, s in streams.items()},
                  "hooks": {h.name: h.state_dict() for h in hooks}, "extra": extra.state_dict(),
                  **({"ema": ema.state_dict()} if ema is not None else {}),
@@ -742,13 +749,36 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
     return rows, selection / sum(tc.eval_weights.get(t, 1.0) for t in loaded)
 
 
-def save_best(out: Path, model: HighMMT, extra: nn.ModuleDict, hooks: Sequence[Any], best: dict[str, Any]) -> None:
-    """The best weights so far: ``model.safetensors`` as the methods export it (LoRA merged: it loads
-    into a plain HighMMT; config.json already holds the model config), the methods' modules beside it."""
+def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dict[str, LoadedTask],
+                    rows: Sequence[dict[str, Any]], task_bests: dict[str, dict[str, Any]], when: dict[str, Any]) -> None:
+    """``train.select=task``: each task whose primary validation metric beat its own best so far gets the
+    weights it reads saved as ``task_weights/<task>.safetensors``; ``task_weights/best.json`` says
+    which epoch each file holds. ``task_bests`` (task -> epoch, step, value) is updated in place."""
+    state = None
+    for t, lt in loaded.items():
+        metric = lt.spec.metric
+        value = next(r["value"] for r in rows if r["task"] == t and r["split"] == "validation" and r["metric"] == metric)
+        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+        if math.isnan(value) or (t in task_bests and sign * value <= sign * task_bests[t]["value"]):
+            continue
+        state = exported_state(model, hooks) if state is None else state
+        atomic_save_safetensors(out / TASK_WEIGHTS_DIR / f"{t}.safetensors", model.task_state(state, t), metadata={"format": "pt"})
+        task_bests[t] = {**when, "metric": metric, "value": value}
+    atomic_write_json(out / TASK_WEIGHTS_DIR / "best.json", task_bests)
+
+
+def exported_state(model: HighMMT, hooks: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """The weights as the methods export them (LoRA merged: they load into a plain HighMMT)."""
     state = model.state_dict()
     for h in hooks:
         state = h.export_weights(model, state)
-    atomic_save_safetensors(out / "model.safetensors", state, metadata={"format": "pt"})
+    return state
+
+
+def save_best(out: Path, model: HighMMT, extra: nn.ModuleDict, hooks: Sequence[Any], best: dict[str, Any]) -> None:
+    """The best weights so far: ``model.safetensors`` as the methods export it (LoRA merged: it loads
+    into a plain HighMMT; config.json already holds the model config), the methods' modules beside it."""
+    atomic_save_safetensors(out / "model.safetensors", exported_state(model, hooks), metadata={"format": "pt"})
     if len(extra):  # hook modules (e.g. a translation decoder) that belong to these weights
         atomic_save_safetensors(out / "hooks.safetensors", extra.state_dict(), metadata={"format": "pt"})
     atomic_write_json(out / "best.json", best)

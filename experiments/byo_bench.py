@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default="", help=f"comma-separated subset of the exports (default: all: {', '.join(_NAMES)})")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="short", help="the preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--output-dir", default="results/byo_bench")
     p.add_argument("--work-dir", default=None, help="where the exported spec files and parquet data go "
                    "(default $HIGHMMT_CACHE/byo_bench, else ~/.cache/highmmt/byo_bench); not inside the repo")

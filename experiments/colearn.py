@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--studies", default=",".join(STUDIES), help=f"comma-separated, of {STUDIES}")
     p.add_argument("--missing-task", default="utd_mhad", choices=sorted(MISSING),
                    help="task of the missing study (its primary and secondary modalities: see MISSING)")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="short", help="the preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--steps", type=int, default=100, help="steps per epoch")
     p.add_argument("--weight", type=float, default=1.0, help="train.colearn.weight of the co-learning runs")

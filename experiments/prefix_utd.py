@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="short", help="the preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--fractions", default="0.05,0.2,1.0")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--policies", default="full,embedders_head,lora,prefix")

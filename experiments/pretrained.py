@@ -274,7 +274,7 @@ def synthetic_mag_markdown(acc: dict[str, list[float]], seeds: Sequence[int], wa
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="short", help="the preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps of each study run (head-only runs: half)")
     p.add_argument("--source-steps", type=int, default=800, help="steps of the multitask source run")
     p.add_argument("--epochs", type=int, default=3, help="validation points per run (the best one is tested)")

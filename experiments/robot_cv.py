@@ -202,7 +202,7 @@ def run_fold(folder: Path, spec_files: Sequence[Path], args: argparse.Namespace)
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", default=",".join(ROBOT_TASKS), help="comma-separated robot tasks (default: LP1-LP5)")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="short", help="the preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--output-dir", default="results/robot_cv")
     p.add_argument("--repeats", type=int, default=None, help="run only the first N repeats (default: all of --cv-repeats)")
     p.add_argument("--folds", default="", help="run only these folds, comma-separated (e.g. 0 for a first check)")

@@ -75,7 +75,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "target, fraction and method the lr with the best mean validation score over seeds is reported (default: the preset's)")
     p.add_argument("--lr-methods", default=None, help="methods that get the --lrs grid (default: all; the others keep the preset's lr)")
     p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"seeds of the fine-tuning runs, comma-separated (default {DEFAULT_SEEDS})")
-    p.add_argument("--preset", default="default", help="model size and training preset of every run (default: default)")
+    p.add_argument("--preset", default="short", help="model size and training preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--init-from", default=None, help="fine-tune this checkpoint instead of pre-training one (its tasks must not include the targets)")
     p.add_argument("--pretrain-set", action="append", default=[], metavar="KEY=VALUE", help="override for the pre-training run (after the small defaults)")
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE", help="override for every fine-tuning and scratch run")

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--secondary", default="fsdd_audio", help="B: its labeled examples give every class's prototype")
     p.add_argument("--unseen", default="7,8,9", help="comma-separated classes never labeled for the primary")
     p.add_argument("--protocols", default="all,seen", help=f"comma-separated alignment rows, of {list(PROTOCOLS)}")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--preset", default="short", help="the preset of every run (default: short, the default preset when the study was run)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--steps", type=int, default=100, help="steps per epoch")
     p.add_argument("--weight", type=float, default=1.0, help="train.zeroshot.weight of the aligned runs")

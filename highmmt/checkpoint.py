@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+TASK_WEIGHTS_DIR = "task_weights"  # train.select=task: <task>.safetensors, each task's own best epoch
 
 
 def _umask() -> int:
@@ -114,3 +115,15 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})")
         raise ValueError(f"{where}: the config does not match the weights: " + "; ".join(parts))
+
+
+def task_weight_epochs(ckpt: Path, choice: str) -> dict[str, Any]:
+    """``task_weights/best.json`` of a ``train.select=task`` run (task -> epoch, step, metric, value) when
+    ``--weights`` asks for them; {} for ``mean``, or ``auto`` on a run without them."""
+    path = Path(ckpt) / TASK_WEIGHTS_DIR / "best.json"
+    if choice == "mean" or (choice == "auto" and not path.is_file()):
+        return {}
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights task: {path} does not exist; only a run trained with "
+                                "--set train.select=task keeps each task's own weights")
+    return json.loads(path.read_text())

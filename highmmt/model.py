@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from highmmt.checkpoint import (
     CONFIG_NAME,
+    TASK_WEIGHTS_DIR,
     WEIGHTS_NAME,
     atomic_save_safetensors,
     atomic_write_json,
@@ -338,6 +339,35 @@ class HighMMT(nn.Module):
             "shared": sum(enc.values()) + count(self.fusion),
             "total": count(self),
         }
+
+    def task_state(self, state: Mapping[str, Tensor], task: str) -> dict[str, Tensor]:
+        """The entries of ``state`` (this model's state dict) that ``task`` reads: its modalities'
+        embedders, modality embeddings and prefixes, the encoders, the fusion, its own head; other
+        tasks' heads and other modalities' embedders are left out."""
+        if task not in self.config.tasks:
+            raise ValueError(f"unknown task {task!r}; the model has {sorted(self.config.tasks)}")
+        others = {
+            "embedders": {_key(m) for m in self.config.modalities} - {_key(m) for m in self.config.tasks[task].modalities},
+            "heads": {_key(t) for t in self.config.tasks if t != task},
+        }
+        others["modality_embedding"] = others["prefixes"] = others["embedders"]
+        def reads(key: str) -> bool:
+            part, _, rest = key.partition(".")
+            return rest.split(".")[0] not in others.get(part, ())
+
+        return {k: v for k, v in state.items() if reads(k)}
+
+    def load_task_weights(self, directory: str | Path, task: str) -> bool:
+        """Overlay ``task``'s own best weights (``task_weights/<task>.safetensors``, ``train.select=task``)
+        on the loaded ones; False (nothing changed) when the run folder has none for it."""
+        path = Path(directory) / TASK_WEIGHTS_DIR / f"{task}.safetensors"
+        if not path.is_file():
+            return False
+        state = load_weights(path)
+        own = self.task_state(self.state_dict(), task)
+        check_state_dict(own, state, where=str(path))
+        self.load_state_dict(state, strict=False)
+        return True
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (atomically)."""

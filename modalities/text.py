@@ -17,6 +17,10 @@ Table ``Embedding(buckets, d, padding_idx=0)``; ``buckets`` defaults to 2**15.
 Tokens (both tokenizers): table row + fixed sinusoidal position of the token's index; texts longer than
 ``max_len`` tokens keep their first ``max_len``. An empty string gives one (padding) token, kept real so
 attention has something to read.
+
+``bag=True`` appends one more token: the mean of the text's token rows (before positions) plus a learned
+marker, i.e. the pooled bag of words a fastText classifier reads (Joulin et al. 2017), handed to the
+encoder beside the tokens it attends over.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
-from modalities._common import batch_mask, finish, nonempty, pad_stack, positive_int, who
+from modalities._common import append_token, batch_mask, finish, nonempty, pad_stack, positive_int, who
 
 PAD_ID = 256
 VOCAB_SIZE = 257
@@ -100,6 +104,8 @@ class TextEmbedder(Embedder):
         bigrams: the ``"words"`` tokenizer interleaves bigrams with the words (default) or not.
         positions: add the sinusoidal position of each token (default); without, a text is a bag of
             its tokens, as TF-IDF sees it.
+        bag: append one token, the mean of the text's token rows plus a learned marker (a pooled bag of
+            words; off by default).
     """
 
     kind = "text"
@@ -114,12 +120,14 @@ class TextEmbedder(Embedder):
         buckets: int = DEFAULT_BUCKETS,
         bigrams: bool = True,
         positions: bool = True,
+        bag: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
-        for option, value in (("bigrams", bigrams), ("positions", positions)):
+        for option, value in (("bigrams", bigrams), ("positions", positions), ("bag", bag)):
             if not isinstance(value, bool):
                 raise ValueError(f"text embedder: option {option!r} must be true or false, got {value!r}")
         self.bigrams, self.positions = bigrams, positions
+        self.bag_marker = nn.Parameter(torch.randn(dim) * 0.02) if bag else None
         self.max_len = positive_int(self.kind, "max_len", max_len)
         self.tokenizer = tokenizer_option(tokenizer)
         self.buckets = buckets_option(buckets)
@@ -154,7 +162,7 @@ class TextEmbedder(Embedder):
         return {"x": x, "mask": mask}
 
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``x`` [b, n] int ids (+ ``mask`` [b, n]) -> tokens [b, n, d], mask [b, n] (n <= max_len)."""
+        """``x`` [b, n] int ids (+ ``mask`` [b, n]) -> tokens [b, n, d], mask [b, n] (n <= max_len, one more with ``bag``)."""
         x = batch["x"]
         self.check_rank(x, 2, f"[b, n] ({self.tokenizer} ids)")
         if torch.is_floating_point(x) or torch.is_complex(x) or x.dtype == torch.bool:
@@ -169,6 +177,11 @@ class TextEmbedder(Embedder):
             )
         x, mask = x[:, : self.max_len], mask[:, : self.max_len]
         tokens = self.token_embed(x.long())
+        rows = tokens
         if self.positions:
             tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
+        if self.bag_marker is not None:
+            weights = mask.unsqueeze(-1).to(rows.dtype)
+            bag = (rows * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            tokens, mask = append_token(tokens, mask, (bag + self.bag_marker).unsqueeze(1))
         return finish(tokens, mask)

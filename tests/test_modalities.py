@@ -676,3 +676,24 @@ def test_text_bag_of_words_options():
     assert torch.allclose(a.sort(dim=1).values, b.sort(dim=1).values)  # word order is gone: the same bag
     with pytest.raises(ValueError, match="positions"):
         TextEmbedder(name="t", dim=8, positions="no")
+
+
+def test_text_bag_token_is_the_mean_of_the_real_token_rows():
+    from modalities.text import TextEmbedder
+
+    torch.manual_seed(0)
+    emb = TextEmbedder(name="t", dim=8, tokenizer="words", positions=True, bigrams=False, bag=True)
+    batch = TextEmbedder.collate(["not bad at all", "good"], tokenizer="words", bigrams=False)
+    tokens, mask = emb.embed(batch)
+    assert tokens.shape == (2, 5, 8) and mask.tolist() == [[True] * 5, [True, False, False, False, True]]
+    rows = emb.token_embed(batch["x"])
+    torch.testing.assert_close(tokens[0, -1], rows[0].mean(0) + emb.bag_marker)  # no positions in the bag
+    torch.testing.assert_close(tokens[1, -1], rows[1, 0] + emb.bag_marker)  # padding left out of the mean
+    swapped, _ = emb.embed(TextEmbedder.collate(["all at bad not", "good"], tokenizer="words", bigrams=False))
+    torch.testing.assert_close(swapped[0, -1], tokens[0, -1])  # word order does not change the bag
+    assert not torch.allclose(swapped[0, :4], tokens[0, :4])  # it does change the positioned tokens
+    tokens.sum().backward()
+    assert emb.bag_marker.grad is not None and emb.token_embed.weight.grad.abs().sum() > 0
+    assert TextEmbedder(name="t", dim=8, tokenizer="words").bag_marker is None  # off by default
+    with pytest.raises(ValueError, match="bag"):
+        TextEmbedder(name="t", dim=8, bag="yes")

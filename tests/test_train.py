@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -16,8 +17,10 @@ from _helpers import killed_after_epoch
 from safetensors.torch import load_file
 
 import evaluate
+import predict
 import train
 from highmmt import HighMMT
+from tasks.cache import load_task
 from transference.config import TrainConfig
 from transference.schedules import make_schedule
 
@@ -494,12 +497,64 @@ def test_a_run_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch, tin
         tiny_run("run")
 
 
-def test_every_shipped_preset_loads_and_long_is_default_with_a_longer_averaged_schedule():
+def test_every_shipped_preset_loads_and_default_is_short_with_a_longer_averaged_schedule():
     import dataclasses
     names = sorted(p.stem for p in train.CONFIG_DIR.glob("*.json"))
-    assert {"tiny", "default", "long"} <= set(names)
+    assert {"tiny", "default", "short"} <= set(names)
     loaded = {n: train.load_preset(n)[0] for n in names}
-    default, long = loaded["default"], loaded["long"]
-    assert long.model == default.model
-    assert (long.train.epochs, long.train.ema_decay) == (30, 0.998)
-    assert dataclasses.replace(long.train, epochs=default.train.epochs, ema_decay=default.train.ema_decay) == default.train
+    default, short = loaded["default"], loaded["short"]
+    assert short.model == default.model
+    assert (default.train.epochs, default.train.ema_decay, default.train.select) == (30, 0.998, "task")
+    assert (short.train.epochs, short.train.ema_decay, short.train.select) == (20, 0.0, "mean")  # the default until 2026-12-05
+    assert dataclasses.replace(default.train, epochs=20, ema_decay=0.0, select="mean") == short.train
+
+
+def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it(tmp_path, monkeypatch, tiny_run):
+    validate = train.validate
+
+    def staged(*a):  # synthetic_pair peaks at epoch 1, synthetic_single at epoch 3, the mean at epoch 2
+        rows, _ = validate(*a)
+        epoch = a[5] + 1
+        fake = {"synthetic_pair": {1: 0.9, 2: 0.8, 3: 0.1}[epoch], "synthetic_single": {1: 0.1, 2: 0.5, 3: 0.6}[epoch]}
+        rows = [{**r, "value": fake[r["task"]]} if r["split"] == "validation" and r["metric"] == "accuracy" else r for r in rows]
+        return rows, {1: 0.5, 2: 0.65, 3: 0.35}[epoch]
+
+    monkeypatch.setattr(train, "validate", staged)
+    out = tiny_run("run", "--set", "train.select=task")
+    with killed_after_epoch(monkeypatch, 1):
+        tiny_run("killed", "--set", "train.select=task")
+    tiny_run("killed", "--resume")
+    bests = json.loads((out / "task_weights" / "best.json").read_text())
+    assert {t: b["epoch"] for t, b in bests.items()} == {"synthetic_pair": 1, "synthetic_single": 3}
+    assert json.loads((tmp_path / "killed" / "task_weights" / "best.json").read_text()) == bests  # resumes
+    assert json.loads((out / "best.json").read_text())["epoch"] == 2  # model.safetensors: the mean's epoch
+    mean = load_file(str(out / "model.safetensors"))
+    pair, single = (load_file(str(out / "task_weights" / f"{t}.safetensors")) for t in ("synthetic_pair", "synthetic_single"))
+    assert not any(k.startswith("heads.synthetic_single") for k in pair) and not any(k.startswith("embedders.syn_b") for k in single)
+    assert any(k.startswith("embedders.syn_b") for k in pair) and any(k.startswith("heads.synthetic_single") for k in single)
+    st = torch.load(out / "trainer_state" / "state.pt", weights_only=True)
+    last = load_file(str(out / "trainer_state" / st["weights"]))
+    assert all(torch.equal(single[k], last[k]) for k in single)  # epoch 3 = the last weights
+    assert not all(torch.equal(pair[k], mean[k]) for k in pair)
+
+    flags = ["--checkpoint", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--no-robustness", "--no-baselines"]
+    own = evaluate.main([*flags, "--output-dir", str(tmp_path / "own")])
+    assert own["_weights"] == {"synthetic_pair": "task epoch 1", "synthetic_single": "task epoch 3"}
+    assert "| task epoch 1 |" in (out / "README.md").read_text()  # the model card says which weights scored it
+    one = evaluate.main([*flags, "--output-dir", str(tmp_path / "one"), "--weights", "mean"])
+    assert "_weights" not in one
+    test = load_task("synthetic_pair", cache_dir=tmp_path / "cache", quiet=True).splits["test"]
+    test.to_parquet(str(tmp_path / "rows.parquet"))
+    for weights, metrics in (("auto", own), ("mean", one)):  # predict.py reads the same weights as evaluate.py
+        path = predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "rows.parquet"), "--task", "synthetic_pair",
+                             "--output", str(tmp_path / f"{weights}.csv"), "--quiet", "--cpu", "--weights", weights])
+        hits = np.array(datasets.Dataset.from_csv(str(path))["prediction"]) == np.array(test["label"])
+        assert abs(hits.mean() - metrics["synthetic_pair"]["accuracy"]) < 1e-9
+    model = HighMMT.from_pretrained(out)
+    assert model.load_task_weights(out, "synthetic_pair") and all(
+        torch.equal(model.state_dict()[k], v) for k, v in pair.items())
+    assert not model.load_task_weights(tmp_path / "killed" / "nothing", "synthetic_pair")
+    with pytest.raises(FileNotFoundError, match="train.select=task"):
+        evaluate.main([*flags[:1], str(tiny_run("plain")), *flags[2:], "--weights", "task"])
+    with pytest.raises(ValueError, match="select"):
+        TrainConfig(select="best")

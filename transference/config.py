@@ -259,6 +259,11 @@ class TrainConfig:
     # > 0: validation, the best checkpoint and evaluation use an exponential moving average of the model's
     # weights with this decay per optimizer step (torch.optim.swa_utils; 0 = off, the live weights).
     ema_decay: float = 0.0
+    # Checkpoint choice: "mean" keeps one model.safetensors, the epoch with the best weighted mean of the tasks'
+    # primary validation metrics; "task" also keeps, for each task, the weights of the epoch where that task's own
+    # validation metric was best (task_weights/<task>.safetensors: what the task reads, nothing else), and
+    # evaluate.py / predict.py score each task with its own (per-task early stopping of one training run).
+    select: str = "mean"
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
@@ -283,6 +288,8 @@ class TrainConfig:
             raise ValueError(f"train.train_only must be '', 'embedders', 'encoders' or 'fusion', got {self.train_only!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.select not in ("mean", "task"):
+            raise ValueError(f"train.select must be 'mean' or 'task', got {self.select!r}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"train.modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.augment_noise < 0.0:
