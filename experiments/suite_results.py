@@ -39,7 +39,7 @@ from typing import Any
 import train
 from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, run_cli, stats_note
 from experiments.common import data_flags, train_unless_done
-from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
+from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,8 +86,14 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     cfg = json.loads((out / "config.json").read_text())
     done = (out / "DONE").read_text().strip()
-    return {"kind": kind, "tasks": list(tasks), "metrics": metrics, "wall_s_this_call": trained, "train_log": done,
-            "parameters": metrics["_model"]["parameters_total"], "world_size": cfg.get("world_size", 1)}
+    result = {"kind": kind, "tasks": list(tasks), "metrics": metrics, "wall_s_this_call": trained, "train_log": done,
+              "parameters": metrics["_model"]["parameters_total"], "world_size": cfg.get("world_size", 1)}
+    if kind == "multitask" and (out / TASK_WEIGHTS_DIR / "best.json").is_file():  # also one checkpoint for every task
+        subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet", "--weights", "mean",
+                        "--output-dir", str(out / "eval_one_checkpoint"), *[a for a in common if a != "--quiet"], *eval_args],
+                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        result["metrics_one_checkpoint"] = json.loads((out / "eval_one_checkpoint" / "metrics.json").read_text())
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -153,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def _metric(results: dict[str, Any], key: str, task: str, metric: str) -> float | None:
+def _metric(results: dict[str, Any], key: str, task: str, metric: str, which: str = "metrics") -> float | None:
     r = results["runs"].get(key)
-    return None if r is None else r["metrics"].get(task, {}).get(metric)
+    return None if r is None or which not in r else r[which].get(task, {}).get(metric)
 
 
 def project_baseline(loaded: Sequence[dict[str, Any]], task: str) -> dict[str, Any] | None:
@@ -247,12 +253,17 @@ def combine(folders: Sequence[Path], out: Path) -> dict[str, Any]:
         metric = REFERENCES.get(t, ("accuracy", None, ""))[0]
         values = {kind: [_metric(r, key, t, metric) for r in loaded]
                   for kind, key in (("multitask", "multitask"), ("single", f"single/{t}"), ("late_fusion", f"late_fusion/{t}"))}
+        values["one_checkpoint"] = [_metric(r, "multitask", t, metric, "metrics_one_checkpoint") for r in loaded]
         per_task[t] = {"metric": metric, **values, "baseline": project_baseline(loaded, t)}
         if None not in values["multitask"] and None not in values["single"]:
             per_task[t]["multitask_vs_single"] = compare(values["multitask"], values["single"])._asdict()
+        if None not in values["multitask"] and None not in values["one_checkpoint"]:
+            per_task[t]["task_weights_vs_one_checkpoint"] = compare(values["multitask"], values["one_checkpoint"])._asdict()
     both = [t for t, v in per_task.items() if "multitask_vs_single" in v]
     means = {kind: [sum(per_task[t][kind][i] for t in both) / len(both) for i in range(len(loaded))] if both else []
              for kind in ("multitask", "single")}
+    if both and all("task_weights_vs_one_checkpoint" in per_task[t] for t in both):
+        means["one_checkpoint"] = [sum(per_task[t]["one_checkpoint"][i] for t in both) / len(both) for i in range(len(loaded))]
     combined = {"preset": first["preset"], "overrides": first.get("overrides", []), "seeds": seeds, "folders": [str(f) for f in folders],
                 "wall_s": [r.get("wall_s") for r in loaded], "hardware": first.get("hardware", {}),
                 "multitask_train": [r["runs"].get("multitask", {}).get("train_log") for r in loaded],
@@ -276,17 +287,23 @@ def markdown_seeds(combined: dict[str, Any]) -> str:
         return text if len(got) == len(vs) else f"{text} [{len(got)} of {len(vs)} seeds]"
 
     verdict = lambda c: "-" if c is None else f"{c['difference']:+.3f} ({c['verdict']})"  # noqa: E731
+    # Runs that keep each task's own weights (train.select=task) are also scored with one checkpoint for every task.
+    one = any(x is not None for v in combined["per_task"].values() for x in v.get("one_checkpoint", []))
     rows = []
     for t, v in combined["per_task"].items():
         ref, g = REFERENCES.get(t), goal(t)
         mt = [x for x in v["multitask"] if x is not None]
         met = "-" if (not mt or g is None) else ("yes" if mean_sd(mt).mean >= g else f"no ({mean_sd(mt).mean - g:+.3f})")
         base = v.get("baseline")
-        rows.append([t, v["metric"], fmt(v["multitask"]), fmt(v["single"]), verdict(v.get("multitask_vs_single")), fmt(v["late_fusion"]),
+        extra = [fmt(v["one_checkpoint"]), verdict(v.get("task_weights_vs_one_checkpoint"))] if one else []
+        rows.append([t, v["metric"], fmt(v["multitask"]), *extra, fmt(v["single"]), verdict(v.get("multitask_vs_single")), fmt(v["late_fusion"]),
                      "-" if base is None else f"{base['value']:.3f} {base['name']}",
                      "-" if ref is None else f"{ref[1]:.3f} {ref[2]}", "-" if g is None else f"{g:.3f}", met])
     if combined["mean_tasks"]:
-        rows.append([f"**mean ({len(combined['mean_tasks'])})**", "", fmt(combined["mean"]["multitask"]), fmt(combined["mean"]["single"]),
+        means = combined["mean"]
+        extra = ([fmt(means["one_checkpoint"]), verdict(compare(means["multitask"], means["one_checkpoint"])._asdict())]
+                 if one and "one_checkpoint" in means else ["", ""] if one else [])
+        rows.append([f"**mean ({len(combined['mean_tasks'])})**", "", fmt(means["multitask"]), *extra, fmt(means["single"]),
                      verdict(combined["mean_multitask_vs_single"]), "", "", "", "", ""])
     head = (f"Preset `{combined['preset']}`; test split; {format_seeds(combined['seeds'])} (folders {', '.join(combined['folders'])}). "
             f"{stats_note(combined['seeds'])}")
@@ -296,8 +313,14 @@ def markdown_seeds(combined: dict[str, Any]) -> str:
                  "Wall time per seed (all runs of that call): "
                  + ", ".join("-" if w is None else f"{w / 60:.1f} min" for w in combined.get("wall_s", []))
                  + "; multitask model: " + "; ".join(str(m) for m in combined.get("multitask_train", [])) + ".")
-    return head + "\n\n" + markdown_table(["task", "metric", "multitask", "single-task", "multitask - single-task", "late fusion",
-                                            "baseline.py (best, this split)", "data README reference", "goal", "multitask mean meets goal"], rows) + "\n"
+    columns = ["task", "metric", "multitask", *(["multitask, one checkpoint", "multitask - one checkpoint"] if one else []),
+               "single-task", "multitask - single-task", "late fusion", "baseline.py (best, this split)", "data README reference",
+               "goal", "multitask mean meets goal"]
+    if one:
+        head += ("\n\n\"multitask\" scores each task with the weights of its own best validation epoch (`train.select=task`); "
+                 "\"one checkpoint\" scores every task with the one epoch that was best on the mean of the tasks' validation metrics "
+                 "(`evaluate.py --weights mean`), both from the same training runs.")
+    return head + "\n\n" + markdown_table(columns, rows) + "\n"
 
 
 if __name__ == "__main__":

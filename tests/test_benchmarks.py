@@ -171,6 +171,17 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
     assert merged["per_task"] == combined["per_task"]
     with pytest.raises(ValueError, match="repeats the runs"):
         suite_results.main(["--combine", f"{split[0]}+{split[0]}", "--output-dir", str(tmp_path / "out3")])
+    # runs that keep each task's own weights are also scored with one checkpoint: two more columns
+    for seed, folder in enumerate(folders):
+        r = json.loads((folder / "results.json").read_text())
+        r["runs"]["multitask"]["metrics_one_checkpoint"] = {"avmnist": {"accuracy": 0.70 + seed / 100}, "omniglot": {"accuracy": 0.285}}
+        (folder / "results.json").write_text(json.dumps(r))
+    both = suite_results.main(["--combine", ",".join(map(str, folders)), "--output-dir", str(tmp_path / "out4")])
+    assert both["per_task"]["avmnist"]["task_weights_vs_one_checkpoint"]["verdict"] == "gain"
+    md = (tmp_path / "out4" / "seeds.md").read_text()
+    assert "| multitask | multitask, one checkpoint | multitask - one checkpoint | single-task |" in md
+    assert "| avmnist | accuracy | 0.790 ± 0.042 (0.820, 0.760) | 0.705 ± 0.007 (0.700, 0.710) | +0.085 (gain) | 0.835" in md
+    assert "| **mean (2)** |  | 0.537 ± 0.025 (0.555, 0.520) | 0.495 ± 0.004 (0.492, 0.497) | +0.043 (gain) |" in md
     (folders[1] / "results.json").write_text(json.dumps({**results(0, (0.8, 0.3), (0.8, 0.1))}))
     with pytest.raises(ValueError, match="repeat a seed"):
         suite_results.main(["--combine", ",".join(map(str, folders)), "--output-dir", str(tmp_path / "out")])
