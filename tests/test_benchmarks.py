@@ -302,3 +302,16 @@ def test_write_doc_section_replaces_only_between_its_markers(tmp_path) -> None:
         write_doc_section(doc, "<!-- u:begin -->", "<!-- u:end -->", "x", append=False)
     write_doc_section(doc, "<!-- u:begin -->", "<!-- u:end -->", "x")
     assert doc.read_text().endswith("outro\n\n<!-- u:begin -->\nx\n<!-- u:end -->\n") and "second" in doc.read_text()
+
+
+@pytest.mark.slow
+def test_suite_results_scores_a_per_task_run_both_ways(tmp_path: Path) -> None:
+    from experiments import suite_results
+
+    out = tmp_path / "suite"
+    results = suite_results.main(["--preset", "tiny", "--tasks", "synthetic_pair,synthetic_single", "--runs", "multitask",
+                                  "--set", "train.select=task", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
+                                  "--set", "train.threads=1", "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out)])
+    run = results["runs"]["multitask"]
+    assert set(run["metrics"]["_weights"]) == {"synthetic_pair", "synthetic_single"}
+    assert "_weights" not in run["metrics_one_checkpoint"] and (out / "multitask" / "eval_one_checkpoint" / "metrics.json").is_file()
