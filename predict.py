@@ -11,7 +11,9 @@ was given) comes from the checkpoint's ``config.json``, so the rows are read as 
 ``--output`` (``.csv`` or ``.parquet``) gets one row per input row, in input order: ``row``; for
 classification ``prediction`` (class index), ``prediction_name`` and ``probability_<class name>`` per
 class; for multilabel ``probability_<label>`` and ``prediction_<label>`` (0/1 at 0.5); for regression
-``prediction`` (or ``prediction_<i>`` per output). Nothing in the checkpoint is unpickled.
+``prediction`` (or ``prediction_<i>`` per output). Nothing in the checkpoint is unpickled. A run trained
+with ``train.select=task`` (the default preset) predicts a task with that task's own best weights
+(``task_weights/``; ``--weights mean`` uses ``model.safetensors``), as ``evaluate.py`` scores it.
 From Python: ``predict_rows(HighMMT.from_pretrained(run), rows, checkpoint_task(run, None))``.
 """
 
