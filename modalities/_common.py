@@ -288,17 +288,36 @@ class SummaryToken(nn.Module):
     dataset statistics are needed) and projected to width d, plus a learned embedding that marks the
     token as the summary. It hands the shared encoder what a random forest on summary features sees,
     which a few hundred training series cannot teach the patch tokens to compute.
+
+    With ``segments`` = k > 0 the same statistics are also taken over k consecutive parts of the
+    series holding equal numbers of its real steps (a step is real when any channel is valid there),
+    all in the one token: what the reference random forests read as segment statistics, the order
+    of events that statistics over the whole series cannot tell apart.
     """
 
-    def __init__(self, channels: int, dim: int) -> None:
+    def __init__(self, channels: int, dim: int, segments: int = 0) -> None:
         super().__init__()
-        self.proj = nn.Linear(len(SUMMARY_STATS) * channels, dim)
+        if not isinstance(segments, int) or isinstance(segments, bool) or segments < 0:
+            raise ValueError(f"summary_segments must be an integer >= 0, got {segments!r}")
+        self.segments = segments
+        self.proj = nn.Linear(len(SUMMARY_STATS) * channels * (1 + segments), dim)
         self.marker = nn.Parameter(torch.randn(dim) * 0.02)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x [b, t, c], valid [b, t, c] -> token [b, 1, d]."""
-        stats = torch.asinh(masked_summary(x, valid)).flatten(1)
+        parts = [masked_summary(x, valid)] + [masked_summary(x, v) for v in segment_masks(valid, self.segments)]
+        stats = torch.asinh(torch.cat(parts, dim=-1)).flatten(1)
         return (self.proj(stats.to(self.proj.weight.dtype)) + self.marker).unsqueeze(1)
+
+
+def segment_masks(valid: Tensor, segments: int) -> list[Tensor]:
+    """``valid`` [b, t, c] split into ``segments`` masks over consecutive runs of a sample's real steps
+    (steps where any channel is valid), each holding the same number of real steps (+-1)."""
+    real = valid.any(dim=-1)  # [b, t]
+    length = real.sum(dim=1, keepdim=True).clamp(min=1)
+    order = real.long().cumsum(dim=1) - 1  # each real step's index among the real steps
+    part = torch.div(order * segments, length, rounding_mode="floor")
+    return [valid & (real & (part == k)).unsqueeze(-1) for k in range(segments)]
 
 
 def append_token(tokens: Tensor, mask: Tensor, token: Tensor) -> tuple[Tensor, Tensor]:

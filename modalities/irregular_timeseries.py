@@ -64,6 +64,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         min_period, max_period: shortest and longest period (hours).
         summary: add one token of per-channel statistics over the observed values (count, mean, std,
             min, max, first, last): what missingness-aware tabular baselines read.
+        summary_segments: also those statistics over this many consecutive parts of the observations.
     """
 
     kind = "irregular_timeseries"
@@ -79,6 +80,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         min_period: float = 0.5,
         max_period: float = 100.0,
         summary: bool = True,
+        summary_segments: int = 0,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -91,7 +93,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         periods = torch.tensor(np.geomspace(lo, hi, self.time_bands), dtype=torch.float32)
         self.register_buffer("periods", periods, persistent=False)
         self.to_tokens = nn.Linear(2 * self.channels + 2 * self.time_bands, dim)
-        self.summary = SummaryToken(self.channels, dim) if summary else None
+        self.summary = SummaryToken(self.channels, dim, summary_segments) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:

@@ -697,3 +697,31 @@ def test_text_bag_token_is_the_mean_of_the_real_token_rows():
     assert TextEmbedder(name="t", dim=8, tokenizer="words").bag_marker is None  # off by default
     with pytest.raises(ValueError, match="bag"):
         TextEmbedder(name="t", dim=8, bag="yes")
+
+
+def test_summary_segments_are_statistics_of_equal_runs_of_real_steps():
+    from modalities._common import SummaryToken, masked_summary, segment_masks
+    from modalities.timeseries import TimeseriesEmbedder
+
+    valid = torch.zeros(2, 7, 1, dtype=torch.bool)
+    valid[0, :6] = True  # 6 real steps -> 2 + 2 + 2; padding in no part
+    valid[1, :4] = True  # 4 real steps -> 2 + 1 + 1 (floor(3 i / 4) for i = 0..3: 0, 0, 1, 2)
+    parts = segment_masks(valid, 3)
+    assert [p[0, :, 0].tolist() for p in parts] == [[True, True] + [False] * 5, [False] * 2 + [True, True] + [False] * 3,
+                                                   [False] * 4 + [True, True, False]]
+    assert [int(p[1].sum()) for p in parts] == [2, 1, 1]
+    x = torch.arange(14.0).view(2, 7, 1)
+    up, down = x.clone(), x.clone()
+    down[0, :6, 0] = x[0, :6, 0].flip(0)  # the same values in reverse order: the whole-series min/max/mean/std agree
+    torch.manual_seed(0)
+    token = SummaryToken(1, 8, segments=3)
+    assert token.proj.in_features == 7 * 4
+    whole = masked_summary(up, valid)[:, :, 1:5]  # mean, std, min, max
+    torch.testing.assert_close(whole[0], masked_summary(down, valid)[0, :, 1:5])
+    assert not torch.allclose(token(up, valid)[0], token(down, valid)[0])  # the parts tell the order apart
+    plain = SummaryToken(1, 8)
+    assert plain.proj.in_features == 7
+    emb = TimeseriesEmbedder(name="s", dim=8, channels=2, summary_segments=3)
+    assert emb.summary.proj.in_features == 7 * 2 * 4
+    with pytest.raises(ValueError, match="summary_segments"):
+        SummaryToken(1, 8, segments=-1)
