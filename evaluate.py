@@ -24,8 +24,9 @@ The baselines always use the whole split (``--limit`` scores the model on a subs
 training split (whatever fraction of it the model was trained on).
 
 Weights (``--weights``): a run trained with ``train.select=task`` (the default preset) keeps each
-task's own best-on-validation weights in ``task_weights/``; each task is scored with its own
-(``auto``, the default), or every task with ``model.safetensors`` (``mean``).
+task's own best-on-validation weights in ``task_weights/``; each task whose validation split has at
+least ``train.select_min_rows`` rows is scored with its own (``auto``, the default), the others and
+every task with ``--weights mean`` with ``model.safetensors``.
 
 Robustness (as in MultiBench): each modality is dropped in turn, and each modality is corrupted
 with increasing noise (``--noise-levels``, 5 by default). The summary number per task is the
@@ -180,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if len(predictors) > 1:
         raise ValueError(f"two training methods replace the predictor: {[h.name for h in methods]}")
     predictor = predictors[0] if predictors else model
-    per_task = task_weight_epochs(ckpt, args.weights)
+    per_task = task_weight_epochs(ckpt, args.weights, rows_of=lambda t: validation_rows(run_cfg, t, args))
     mean_state = {k: v.clone() for k, v in model.state_dict().items()} if per_task else None
     levels = [float(v) for v in args.noise_levels.split(",") if v]
     out = Path(args.output_dir or ckpt / "eval")
@@ -198,7 +199,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         card_tasks[name] = (spec, {k: len(v) for k, v in lt.splits.items()})
         if mean_state is not None:  # this task's own best epoch, over the mean-selected weights
             model.load_state_dict(mean_state)
-            weights_used[name] = f"task epoch {per_task[name]['epoch']}" if model.load_task_weights(ckpt, name) else "mean"
+            entry = per_task.get(name)
+            if entry is not None and entry["use"] and model.load_task_weights(ckpt, name):
+                weights_used[name] = f"task epoch {entry['epoch']}"
+            else:
+                weights_used[name] = "mean" if entry is None or entry["use"] else \
+                    f"mean ({entry['validation_rows']} validation rows < {entry['min_rows']})"
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
         metrics[name] = dict(clean)
@@ -241,6 +247,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.quiet:
         print((out / "results.md").read_text())
     return metrics
+
+
+def validation_rows(run_cfg: Mapping[str, Any], name: str, args: argparse.Namespace) -> int:
+    """The validation rows a run scored ``name`` on (its ``train.max_eval_samples`` caps them)."""
+    lt = load_run_task(run_cfg, name, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+    cap = int(run_cfg.get("train", {}).get("max_eval_samples", 0))
+    return min(len(lt.splits["validation"]), cap) if cap else len(lt.splits["validation"])
 
 
 def baseline_entry(lt: LoadedTask, reference: Mapping[str, Any] | None, args: argparse.Namespace) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ classification ``prediction`` (class index), ``prediction_name`` and ``probabili
 class; for multilabel ``probability_<label>`` and ``prediction_<label>`` (0/1 at 0.5); for regression
 ``prediction`` (or ``prediction_<i>`` per output). Nothing in the checkpoint is unpickled. A run trained
 with ``train.select=task`` (the default preset) predicts a task with that task's own best weights
-(``task_weights/``; ``--weights mean`` uses ``model.safetensors``), as ``evaluate.py`` scores it.
+when its validation split was large enough to choose on (``task_weights/``; ``--weights mean`` uses
+``model.safetensors``), as ``evaluate.py`` scores it.
 From Python: ``predict_rows(HighMMT.from_pretrained(run), rows, checkpoint_task(run, None))``.
 """
 
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     spec = checkpoint_task(ckpt, args.task)
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
-    if task_weight_epochs(ckpt, args.weights):
+    if task_weight_epochs(ckpt, args.weights).get(spec.name, {}).get("use"):
         model.load_task_weights(ckpt, spec.name)
     rows = with_target(read_rows(Path(args.input), args.split, args), spec, f"--input {args.input}")
     if len(rows) == 0:

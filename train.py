@@ -563,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     best = selection
                     save_best(out, model, extra, hooks, {"epoch": epoch + 1, "step": global_step, "selection": best})
                 if tc.select == "task":
-                    save_task_bests(out, model, hooks, loaded, rows, task_bests, {"epoch": epoch + 1, "step": global_step})
+                    save_task_bests(out, model, hooks, loaded, tc, rows, task_bests, {"epoch": epoch + 1, "step": global_step})
             log_rows.add(rows)
             summary = " ".join(f"{r['task']}={r['value']:.3f}" for r in rows if r["split"] == "validation" and r["metric"] == loaded[r["task"]].spec.metric)
             log(f"epoch {epoch + 1}/{tc.epochs} step {global_step} ({time.time() - started:.0f}s) val: {summary}")
@@ -749,11 +749,13 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
     return rows, selection / sum(tc.eval_weights.get(t, 1.0) for t in loaded)
 
 
-def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dict[str, LoadedTask],
+def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dict[str, LoadedTask], tc: Any,
                     rows: Sequence[dict[str, Any]], task_bests: dict[str, dict[str, Any]], when: dict[str, Any]) -> None:
     """``train.select=task``: each task whose primary validation metric beat its own best so far gets the
     weights it reads saved as ``task_weights/<task>.safetensors``; ``task_weights/best.json`` says
-    which epoch each file holds. ``task_bests`` (task -> epoch, step, value) is updated in place."""
+    which epoch each file holds and on how many validation rows it was chosen (``evaluate.py`` and
+    ``predict.py`` use it when that is at least ``train.select_min_rows``). ``task_bests`` (task ->
+    epoch, step, value, validation rows) is updated in place."""
     state = None
     for t, lt in loaded.items():
         metric = lt.spec.metric
@@ -763,7 +765,9 @@ def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dic
             continue
         state = exported_state(model, hooks) if state is None else state
         atomic_save_safetensors(out / TASK_WEIGHTS_DIR / f"{t}.safetensors", model.task_state(state, t), metadata={"format": "pt"})
-        task_bests[t] = {**when, "metric": metric, "value": value}
+        n_rows = len(lt.splits["validation"])
+        task_bests[t] = {**when, "metric": metric, "value": value,
+                         "validation_rows": min(n_rows, tc.max_eval_samples) if tc.max_eval_samples else n_rows}
     atomic_write_json(out / TASK_WEIGHTS_DIR / "best.json", task_bests)
 
 

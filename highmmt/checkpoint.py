@@ -117,13 +117,25 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         raise ValueError(f"{where}: the config does not match the weights: " + "; ".join(parts))
 
 
-def task_weight_epochs(ckpt: Path, choice: str) -> dict[str, Any]:
-    """``task_weights/best.json`` of a ``train.select=task`` run (task -> epoch, step, metric, value) when
-    ``--weights`` asks for them; {} for ``mean``, or ``auto`` on a run without them."""
+def task_weight_epochs(ckpt: str | Path, choice: str, rows_of: Any = None) -> dict[str, dict[str, Any]]:
+    """``task_weights/best.json`` of a ``train.select=task`` run when ``--weights`` asks for it ({} for
+    ``mean``, or ``auto`` on a run without one): task -> epoch, step, metric, value, ``validation_rows``
+    and ``use``. ``use`` is True where the task's validation split had at least the run's
+    ``train.select_min_rows`` rows (``rows_of(task)`` counts them for an entry that does not say);
+    the other tasks keep ``model.safetensors``."""
     path = Path(ckpt) / TASK_WEIGHTS_DIR / "best.json"
     if choice == "mean" or (choice == "auto" and not path.is_file()):
         return {}
     if not path.is_file():
         raise FileNotFoundError(f"--weights task: {path} does not exist; only a run trained with "
                                 "--set train.select=task keeps each task's own weights")
-    return json.loads(path.read_text())
+    config = Path(ckpt) / CONFIG_NAME
+    train = json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
+    min_rows = int(train.get("select_min_rows", 500))
+    entries = json.loads(path.read_text())
+    for task, entry in entries.items():
+        if "validation_rows" not in entry and rows_of is not None:
+            entry["validation_rows"] = int(rows_of(task))
+        entry["min_rows"] = min_rows
+        entry["use"] = entry.get("validation_rows", min_rows) >= min_rows
+    return entries

@@ -520,9 +520,9 @@ def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it
         return rows, {1: 0.5, 2: 0.65, 3: 0.35}[epoch]
 
     monkeypatch.setattr(train, "validate", staged)
-    out = tiny_run("run", "--set", "train.select=task")
+    out = tiny_run("run", "--set", "train.select=task", "--set", "train.select_min_rows=1")
     with killed_after_epoch(monkeypatch, 1):
-        tiny_run("killed", "--set", "train.select=task")
+        tiny_run("killed", "--set", "train.select=task", "--set", "train.select_min_rows=1")
     tiny_run("killed", "--resume")
     bests = json.loads((out / "task_weights" / "best.json").read_text())
     assert {t: b["epoch"] for t, b in bests.items()} == {"synthetic_pair": 1, "synthetic_single": 3}
@@ -554,7 +554,16 @@ def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it
     assert model.load_task_weights(out, "synthetic_pair") and all(
         torch.equal(model.state_dict()[k], v) for k, v in pair.items())
     assert not model.load_task_weights(tmp_path / "killed" / "nothing", "synthetic_pair")
+    rows = bests["synthetic_pair"]["validation_rows"]
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["select_min_rows"] = rows + 1  # too few validation rows to choose a task's own epoch on
+    (out / "config.json").write_text(json.dumps(config))
+    strict = evaluate.main([*flags, "--output-dir", str(tmp_path / "strict")])
+    assert strict["_weights"]["synthetic_pair"] == f"mean ({rows} validation rows < {rows + 1})"
+    assert strict["synthetic_pair"]["accuracy"] == one["synthetic_pair"]["accuracy"]
     with pytest.raises(FileNotFoundError, match="train.select=task"):
         evaluate.main([*flags[:1], str(tiny_run("plain")), *flags[2:], "--weights", "task"])
     with pytest.raises(ValueError, match="select"):
         TrainConfig(select="best")
+    with pytest.raises(ValueError, match="select_min_rows"):
+        TrainConfig(select_min_rows=0)

@@ -262,8 +262,12 @@ class TrainConfig:
     # Checkpoint choice: "mean" keeps one model.safetensors, the epoch with the best weighted mean of the tasks'
     # primary validation metrics; "task" also keeps, for each task, the weights of the epoch where that task's own
     # validation metric was best (task_weights/<task>.safetensors: what the task reads, nothing else), and
-    # evaluate.py / predict.py score each task with its own (per-task early stopping of one training run).
+    # evaluate.py / predict.py score each task with its own (per-task early stopping of one training run) when its
+    # validation split is large enough to choose on (select_min_rows).
     select: str = "mean"
+    # train.select=task: a task whose validation split (as scored: at most max_eval_samples rows) has fewer rows
+    # keeps the mean's checkpoint; a best-of-30-epochs accuracy on 10-100 rows is mostly noise (sd ~ 0.5/sqrt(rows)).
+    select_min_rows: int = 500
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
@@ -290,6 +294,8 @@ class TrainConfig:
             raise ValueError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.select not in ("mean", "task"):
             raise ValueError(f"train.select must be 'mean' or 'task', got {self.select!r}")
+        if self.select_min_rows < 1:
+            raise ValueError(f"train.select_min_rows must be >= 1, got {self.select_min_rows}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError(f"train.modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.augment_noise < 0.0:
