@@ -561,8 +561,10 @@ def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it
     strict = evaluate.main([*flags, "--output-dir", str(tmp_path / "strict")])
     assert strict["_weights"]["synthetic_pair"] == f"mean ({rows} validation rows < {rows + 1})"
     assert strict["synthetic_pair"]["accuracy"] == one["synthetic_pair"]["accuracy"]
+    from highmmt.checkpoint import task_weight_epochs
+    assert task_weight_epochs(tmp_path, "auto") == {} and task_weight_epochs(out, "mean") == {}
     with pytest.raises(FileNotFoundError, match="train.select=task"):
-        evaluate.main([*flags[:1], str(tiny_run("plain")), *flags[2:], "--weights", "task"])
+        task_weight_epochs(tmp_path, "task")  # evaluate.py / predict.py --weights task on a run without them
     with pytest.raises(ValueError, match="select"):
         TrainConfig(select="best")
     with pytest.raises(ValueError, match="select_min_rows"):
