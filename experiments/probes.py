@@ -98,7 +98,8 @@ def probe(spec: Any, train: tuple[np.ndarray, np.ndarray], validation: tuple[np.
 def full_log_proba(model: LogisticRegression, x: np.ndarray, spec: Any) -> np.ndarray:
     """Log-probabilities over all of the task's classes (a class absent from the probe's training rows gets -inf)."""
     out = np.full((len(x), spec.num_classes), -np.inf, dtype=np.float64)
-    out[:, model.classes_] = model.predict_log_proba(x)
+    with np.errstate(divide="ignore"):  # a probability of exactly 0 is -inf, as for an absent class
+        out[:, model.classes_] = np.log(model.predict_proba(x))
     return out
 
 
