@@ -1,6 +1,6 @@
 """Linear probes of a trained run: where does each task's information get lost (issue 15's diagnosis)?
 
-    python -m experiments.probes --checkpoint results/suite/seed0/multitask --doc docs/probes.md
+    python -m experiments.probes --checkpoint results/suite/seed0/multitask --doc docs/probes.md --doc-section probes-seed0
 
 For every task of the run, features of its train / validation / test rows are read at three places of
 the model (the weights each task is scored with: its own epoch where the run keeps one, as
@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-train-rows", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON out (default CHECKPOINT/probes.json)")
-    p.add_argument("--doc", default="", help="also write the table into this page, between its probes markers")
+    p.add_argument("--doc", default="", help="also write the table into this page, between its --doc-section markers")
+    p.add_argument("--doc-section", default="probes", help="the page's section (<!-- SECTION:begin --> ... end)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--threads", type=int, default=0)
@@ -173,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     if args.doc:
-        write_doc_section(Path(args.doc), *doc_markers("probes"), table)
+        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), table)
     print(table)
     return results
 
