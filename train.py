@@ -752,10 +752,10 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
 def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dict[str, LoadedTask], tc: Any,
                     rows: Sequence[dict[str, Any]], task_bests: dict[str, dict[str, Any]], when: dict[str, Any]) -> None:
     """``train.select=task``: each task whose primary validation metric beat its own best so far gets the
-    weights it reads saved as ``task_weights/<task>.safetensors``; ``task_weights/best.json`` says
-    which epoch each file holds and on how many validation rows it was chosen (``evaluate.py`` and
-    ``predict.py`` use it when that is at least ``train.select_min_rows``). ``task_bests`` (task ->
-    epoch, step, value, validation rows) is updated in place."""
+    weights it reads saved as ``task_weights/<task>.safetensors`` when its validation split has at
+    least ``train.select_min_rows`` rows (``evaluate.py`` and ``predict.py`` score it with them);
+    ``task_weights/best.json`` says each task's best epoch and on how many validation rows it was
+    chosen. ``task_bests`` (task -> epoch, step, value, validation rows) is updated in place."""
     state = None
     for t, lt in loaded.items():
         metric = lt.spec.metric
@@ -763,11 +763,12 @@ def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dic
         sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
         if math.isnan(value) or (t in task_bests and sign * value <= sign * task_bests[t]["value"]):
             continue
-        state = exported_state(model, hooks) if state is None else state
-        atomic_save_safetensors(out / TASK_WEIGHTS_DIR / f"{t}.safetensors", model.task_state(state, t), metadata={"format": "pt"})
         n_rows = len(lt.splits["validation"])
-        task_bests[t] = {**when, "metric": metric, "value": value,
-                         "validation_rows": min(n_rows, tc.max_eval_samples) if tc.max_eval_samples else n_rows}
+        n_rows = min(n_rows, tc.max_eval_samples) if tc.max_eval_samples else n_rows
+        if n_rows >= tc.select_min_rows:  # a smaller validation split keeps the mean's checkpoint: no file
+            state = exported_state(model, hooks) if state is None else state
+            atomic_save_safetensors(out / TASK_WEIGHTS_DIR / f"{t}.safetensors", model.task_state(state, t), metadata={"format": "pt"})
+        task_bests[t] = {**when, "metric": metric, "value": value, "validation_rows": n_rows}
     atomic_write_json(out / TASK_WEIGHTS_DIR / "best.json", task_bests)
 
 

@@ -522,11 +522,12 @@ def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it
     monkeypatch.setattr(train, "validate", staged)
     out = tiny_run("run", "--set", "train.select=task", "--set", "train.select_min_rows=1")
     with killed_after_epoch(monkeypatch, 1):
-        tiny_run("killed", "--set", "train.select=task", "--set", "train.select_min_rows=1")
+        tiny_run("killed", "--set", "train.select=task")  # the default 500 rows: the synthetic tasks have fewer
     tiny_run("killed", "--resume")
     bests = json.loads((out / "task_weights" / "best.json").read_text())
     assert {t: b["epoch"] for t, b in bests.items()} == {"synthetic_pair": 1, "synthetic_single": 3}
     assert json.loads((tmp_path / "killed" / "task_weights" / "best.json").read_text()) == bests  # resumes
+    assert not list((tmp_path / "killed" / "task_weights").glob("*.safetensors"))  # too few validation rows: no files
     assert json.loads((out / "best.json").read_text())["epoch"] == 2  # model.safetensors: the mean's epoch
     mean = load_file(str(out / "model.safetensors"))
     pair, single = (load_file(str(out / "task_weights" / f"{t}.safetensors")) for t in ("synthetic_pair", "synthetic_single"))
