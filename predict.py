@@ -21,7 +21,6 @@ From Python: ``predict_rows(HighMMT.from_pretrained(run), rows, checkpoint_task(
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import compare, format_mean_sd, hardware_line, machine_info, markdown_table, run_cli, stats_note, write_json
-from experiments.common import data_flags, doc_markers, train_unless_done, write_doc_section
+from experiments.common import data_flags, publish, train_unless_done
 from highmmt import HighMMT
 from tasks.cache import LoadedTask, load_task
 from tasks.loader import collate_rows, move_to, predict, score
@@ -319,9 +319,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(out / "results.json", results)
     table = markdown(results)
     (out / "results.md").write_text(table)
-    if args.doc:
-        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), table)
-    print(table)
+    publish(table, args.doc, args.doc_section)
     return results
 
 

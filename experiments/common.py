@@ -89,3 +89,10 @@ def data_flags(args: object) -> list[str]:
 def doc_markers(section: str) -> tuple[str, str]:
     """The begin / end markers of a page's ``section`` that a study's ``--doc`` rewrites."""
     return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+
+
+def publish(table: str, doc: str, section: str) -> None:
+    """Print a study's table and, with ``--doc``, write it into that page between ``section``'s markers."""
+    if doc:
+        write_doc_section(Path(doc), *doc_markers(section), table)
+    print(table)

@@ -57,7 +57,7 @@ from torch import Tensor
 
 import modalities  # noqa: F401  (registers the embedders)
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, format_seeds, hardware_line, machine_info, run_cli
-from experiments.common import data_flags, doc_markers, train_unless_done, write_doc_section
+from experiments.common import data_flags, publish, train_unless_done
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_bytes, atomic_write_json
 from tasks.cache import load_task
@@ -323,9 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     atomic_write_json(out / "results.json", results)
     table = markdown(results)
     atomic_write_bytes(out / "results.md", table.encode())
-    if args.doc:
-        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), table)
-    print(table)
+    publish(table, args.doc, args.doc_section)
     return results
 
 

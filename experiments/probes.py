@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 import evaluate
 from benchmarks.common import markdown_table, run_cli
-from experiments.common import doc_markers, write_doc_section
+from experiments.common import publish
 from highmmt import HighMMT
 from highmmt.checkpoint import task_weight_epochs
 from highmmt.metrics import HIGHER_IS_BETTER
@@ -173,9 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
-    if args.doc:
-        write_doc_section(Path(args.doc), *doc_markers(args.doc_section), table)
-    print(table)
+    publish(table, args.doc, args.doc_section)
     return results
 
 
