@@ -197,14 +197,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         lt = load_run_task(run_cfg, name, data_root=args.data_root, cache_dir=args.cache_dir, quiet=args.quiet)
         spec, ds = lt.spec, lt.splits[args.split]
         card_tasks[name] = (spec, {k: len(v) for k, v in lt.splits.items()})
-        if mean_state is not None:  # this task's own best epoch, over the mean-selected weights
-            model.load_state_dict(mean_state)
-            entry = per_task.get(name)
-            if entry is not None and entry["use"] and model.load_task_weights(ckpt, name):
-                weights_used[name] = f"task epoch {entry['epoch']}"
-            else:
-                weights_used[name] = "mean" if entry is None or entry["use"] else \
-                    f"mean ({entry['validation_rows']} validation rows < {entry['min_rows']})"
+        if mean_state is not None:
+            weights_used[name] = use_task_weights(model, ckpt, name, per_task, mean_state)
         run = lambda **kw: score(spec, *predict(predictor, ds, spec, batch_size=args.batch_size, limit=args.limit, device=device, **kw))  # noqa: E731
         clean = run()
         metrics[name] = dict(clean)
@@ -247,6 +241,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.quiet:
         print((out / "results.md").read_text())
     return metrics
+
+
+def use_task_weights(model: HighMMT, ckpt: Path, name: str, per_task: Mapping[str, Any], mean_state: Mapping[str, Any]) -> str:
+    """Load the weights that score task ``name``: the mean-selected ones, with the task's own best epoch
+    over them where ``per_task`` (``task_weight_epochs``) says to use it. Returns which, for the report."""
+    model.load_state_dict(mean_state)
+    entry = per_task.get(name)
+    if entry is not None and entry["use"] and model.load_task_weights(ckpt, name):
+        return f"task epoch {entry['epoch']}"
+    return "mean" if entry is None or entry["use"] else f"mean ({entry['validation_rows']} validation rows < {entry['min_rows']})"
 
 
 def validation_rows(run_cfg: Mapping[str, Any], name: str, args: argparse.Namespace) -> int:

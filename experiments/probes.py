@@ -118,9 +118,7 @@ def run_probes(ckpt: Path, *, tasks: Sequence[str] | None, max_train_rows: int, 
         spec = lt.spec
         if spec.task_type != "classification":
             continue
-        model.load_state_dict(mean_state)
-        entry = per_task.get(name)
-        weights = f"task epoch {entry['epoch']}" if entry and entry["use"] and model.load_task_weights(ckpt, name) else "mean"
+        weights = evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
         split_rows = {s: np.arange(len(lt.splits[s])) for s in ("train", "validation", "test")}
         if len(split_rows["train"]) > max_train_rows:
             split_rows["train"] = np.sort(rng.choice(len(split_rows["train"]), max_train_rows, replace=False))

@@ -81,18 +81,19 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     train_unless_done(out, ["--preset", preset, "--tasks", ",".join(tasks), *common, *extra], log=out.parent / f"{out.name}.log",
                       threads=threads)
     trained = time.time() - started
-    subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet",
-                    *[a for a in common if a != "--quiet"], *eval_args], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    def evaluate(eval_dir: Path, *flags: str) -> dict[str, Any]:
+        subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet", "--output-dir",
+                        str(eval_dir), *flags, *[a for a in common if a != "--quiet"], *eval_args],
+                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        return json.loads((eval_dir / "metrics.json").read_text())
+
+    metrics = evaluate(out / "eval")
     cfg = json.loads((out / "config.json").read_text())
     done = (out / "DONE").read_text().strip()
     result = {"kind": kind, "tasks": list(tasks), "metrics": metrics, "wall_s_this_call": trained, "train_log": done,
               "parameters": metrics["_model"]["parameters_total"], "world_size": cfg.get("world_size", 1)}
     if kind == "multitask" and (out / TASK_WEIGHTS_DIR / "best.json").is_file():  # also one checkpoint for every task
-        subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet", "--weights", "mean",
-                        "--output-dir", str(out / "eval_one_checkpoint"), *[a for a in common if a != "--quiet"], *eval_args],
-                       check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-        result["metrics_one_checkpoint"] = json.loads((out / "eval_one_checkpoint" / "metrics.json").read_text())
+        result["metrics_one_checkpoint"] = evaluate(out / "eval_one_checkpoint", "--weights", "mean")
     return result
 
 
