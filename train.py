@@ -245,14 +245,17 @@ def subsample_train(loaded: LoadedTask, fraction: float, seed: int) -> LoadedTas
 
 def build_optimizer(model: HighMMT, tc: Any, extra: nn.Module, lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """AdamW (fused where it can be) over the trainable parameters; no weight decay on biases,
-    norms, latents and tokens.
+    norms, latents and tokens. The heads' wide read-outs get ``train.wide_lr_scale`` times the lr.
 
     With ``train.layer_decay`` < 1 each depth gets its own lr (heads ``lr``, each earlier layer one
     more factor of the decay; see transference/finetune.py); hook modules get ``lr``.
     """
     named = [(n, p) for n, p in [*model.named_parameters(), *extra.named_parameters(prefix="extra")] if p.requires_grad]
     is_decayed = lambda n, p: p.ndim >= 2 and "latents" not in n and "tokens" not in n  # noqa: E731
-    scales = lr_scales or {}
+    scales = dict(lr_scales or {})
+    for n, _ in named:
+        if n.startswith("heads.") and ".wide." in n:
+            scales[n] = scales.get(n, 1.0) * tc.wide_lr_scale
     keys = sorted({(not is_decayed(n, p), -scales.get(n, 1.0)) for n, p in named})  # decayed first, then by lr
     groups = [
         {"params": [p for n, p in named if (not is_decayed(n, p), -scales.get(n, 1.0)) == key],
@@ -412,7 +415,7 @@ class TaskLoss(nn.Module):
 
     Args:
         model: the HighMMT model (its config gives each task's type).
-        tc: the training config (``label_smoothing``).
+        tc: the training config (``label_smoothing``, ``wide_loss``).
         extra: the training hooks' modules (a ModuleDict; default none).
         hooks: the training hooks; ``extra_loss`` of each is added.
         ctx: what the hooks see (needed with hooks).
@@ -433,7 +436,11 @@ class TaskLoss(nn.Module):
         with self.autocast():
             outputs, latents = self.model(inputs, task, return_latents=True)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
-            loss = task_loss(outputs, batch["target"], self.model.config.tasks[task].task_type, label_smoothing=self.tc.label_smoothing)
+            task_type = self.model.config.tasks[task].task_type
+            loss = task_loss(outputs, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
+            wide = self.model.wide_logits(inputs, task) if self.tc.wide_loss > 0 else None
+            if wide is not None:  # the wide read-out also learns alone (train.wide_loss)
+                loss = loss + self.tc.wide_loss * task_loss(wide, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
             if self.hooks:
                 self.ctx.latents = latents
                 for h in self.hooks:

@@ -71,7 +71,7 @@ def features(model: HighMMT, dataset: Any, spec: Any, rows: np.ndarray, batch_si
         out["latents"].append(torch.cat([latents[m].mean(1) for m in spec.modalities if m in latents], dim=1).float().numpy())
         fused = model.fusion(latents, model.config.tasks[spec.name].modalities, spec.name.replace(".", "_"))
         out["fused"].append(fused.float().numpy())
-        heads.append(model.heads[spec.name.replace(".", "_")](fused).float().numpy())
+        heads.append(model.head(spec.name, fused, inputs).float().numpy())
         targets.append(batch["target"].numpy())
     return {p: np.concatenate(v) for p, v in out.items()}, np.concatenate(heads), np.concatenate(targets)
 

@@ -9,6 +9,10 @@ Data flow for one modality (letters: b batch, n tokens, d width)::
 ``collate`` is a classmethod that runs on CPU in data-loader workers; it needs no weights.
 ``forward`` adds positional encodings itself; the model adds the modality-type embedding.
 
+An embedder may also hand the heads a *wide* input: a sparse bag of feature ids that each task's head
+reads linearly beside the shared encoder (Wide & Deep, Cheng et al. 2016). It sets ``wide_size`` (ids
+lie in 0..wide_size-1, 0 contributes nothing) and implements ``wide_bag``; ``wide_size`` 0 means none.
+
 An embedder also accepts a plain tensor instead of a batch dict (no padding), so
 ``model({"image": torch.rand(2, 28, 28, 1)}, task="t")`` works.
 
@@ -45,6 +49,7 @@ class Embedder(nn.Module):
         super().__init__()
         self.name = name
         self.dim = dim
+        self.wide_size = 0  # > 0: the embedder hands the heads a sparse bag of ids (``wide_bag``)
 
     # ---- CPU side -------------------------------------------------------------------------
     @classmethod
@@ -56,6 +61,11 @@ class Embedder(nn.Module):
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Return tokens [b, n, d] and mask [b, n] (True = real token) for a checked batch."""
         raise NotImplementedError
+
+    def wide_bag(self, inputs: Tensor | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The sparse wide input of a batch: ids [b, k] int64 in 0..wide_size-1 and weights [b, k]
+        float (0 for padding); only for embedders with ``wide_size`` > 0."""
+        raise NotImplementedError(f"modality {self.name!r} ({self.kind}): this embedder has no wide input")
 
     def as_batch(self, inputs: Tensor | Mapping[str, Tensor]) -> Batch:
         """Accept a bare tensor as ``{"x": tensor}``; check the container type."""

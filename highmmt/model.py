@@ -208,6 +208,8 @@ class HighMMT(nn.Module):
             out_dim=tc.num_outputs,
             hidden=self.config.head_hidden,
             dropout=self.config.head_dropout,
+            wide={_key(m): self.embedders[_key(m)].wide_size for m in tc.modalities
+                  if m in self.config.modalities and self.embedders[_key(m)].wide_size},
         )
 
     def _build_fusion(self) -> nn.Module:
@@ -310,12 +312,29 @@ class HighMMT(nn.Module):
         """inputs -> fused [b, M * d] (the head's input)."""
         return self.fusion(self.latents(inputs, task), self.config.tasks[task].modalities, _key(task))
 
+    def head(self, task: str, fused: Tensor, inputs: Mapping[str, Tensor | Mapping[str, Tensor]] | None = None) -> Tensor:
+        """fused [b, M * d] -> ``task``'s outputs [b, c]; the head also reads the wide inputs (sparse
+        bags, see :class:`TaskHead`) of those of its modalities in ``inputs`` whose embedder has one."""
+        return self.heads[_key(task)](fused, self.wide_bags(inputs, task))
+
+    def wide_bags(self, inputs: Mapping[str, Any] | None, task: str) -> dict[str, tuple[Tensor, Tensor]]:
+        """{modality key: (ids, weights)}: the sparse bags of ``task``'s modalities in ``inputs`` that its head reads."""
+        head, bags = self.heads[_key(task)], {}
+        for m in self.config.tasks[task].modalities:
+            if _key(m) in head.wide and inputs is not None and inputs.get(m) is not None:
+                bags[_key(m)] = self.embedders[_key(m)].wide_bag(self._cast(inputs[m]))
+        return bags
+
+    def wide_logits(self, inputs: Mapping[str, Any], task: str) -> Tensor | None:
+        """The wide read-outs alone [b, c] (None when ``task``'s head has none for these inputs)."""
+        return self.heads[_key(task)].wide_logits(self.wide_bags(inputs, task))
+
     def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str, *,
                 return_latents: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """inputs -> outputs [b, c] of ``task``'s head; with ``return_latents`` also the latents
         {modality: [b, l, d]} the fusion read (training methods that work on latents use them)."""
         latents = self.latents(inputs, task)
-        outputs = self.heads[_key(task)](self.fusion(latents, self.config.tasks[task].modalities, _key(task)))
+        outputs = self.head(task, self.fusion(latents, self.config.tasks[task].modalities, _key(task)), inputs)
         return (outputs, latents) if return_latents else outputs
 
     # ---- bookkeeping -----------------------------------------------------------------------------

@@ -21,13 +21,19 @@ attention has something to read.
 ``bag=True`` appends one more token: the mean of the text's token rows (before positions) plus a learned
 marker, i.e. the pooled bag of words a fastText classifier reads (Joulin et al. 2017), handed to the
 encoder beside the tokens it attends over.
+
+``wide=True`` also hands each task's head the text's set of token ids as a
+sparse bag (``wide_bag``: each distinct id once, weight 1/sqrt(number of distinct ids)), which the head
+reads with a linear layer of its own beside the encoder: the wide part of Wide & Deep (Cheng et al.
+2016), i.e. a logistic regression on the bag of hashed words trained jointly with the model. With the
+``"bytes"`` tokenizer the bag is the text's set of distinct bytes (wide id = byte + 1), which says little.
 """
 
 from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -106,6 +112,8 @@ class TextEmbedder(Embedder):
             its tokens, as TF-IDF sees it.
         bag: append one token, the mean of the text's token rows plus a learned marker (a pooled bag of
             words; off by default).
+        wide: hand each head the bag of the text's distinct token ids for a linear read-out of its own
+            (Wide & Deep; off by default; meant for the ``"words"`` tokenizer).
     """
 
     kind = "text"
@@ -121,9 +129,10 @@ class TextEmbedder(Embedder):
         bigrams: bool = True,
         positions: bool = True,
         bag: bool = False,
+        wide: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
-        for option, value in (("bigrams", bigrams), ("positions", positions), ("bag", bag)):
+        for option, value in (("bigrams", bigrams), ("positions", positions), ("bag", bag), ("wide", wide)):
             if not isinstance(value, bool):
                 raise ValueError(f"text embedder: option {option!r} must be true or false, got {value!r}")
         self.bigrams, self.positions = bigrams, positions
@@ -137,6 +146,7 @@ class TextEmbedder(Embedder):
         else:
             self.vocab_size, self.pad_id = self.buckets, WORD_PAD_ID
             self.token_embed = nn.Embedding(self.buckets, dim, padding_idx=WORD_PAD_ID)
+        self.wide_size = (self.buckets if self.tokenizer == "words" else VOCAB_SIZE) if wide else 0  # bytes: id + 1
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -161,8 +171,8 @@ class TextEmbedder(Embedder):
         x, mask = pad_stack(cls.kind, ids, dtype=np.int64, pad_value=pad)
         return {"x": x, "mask": mask}
 
-    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``x`` [b, n] int ids (+ ``mask`` [b, n]) -> tokens [b, n, d], mask [b, n] (n <= max_len, one more with ``bag``)."""
+    def ids(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The checked ids [b, n] (pad id where masked) and mask [b, n], cut to ``max_len``."""
         x = batch["x"]
         self.check_rank(x, 2, f"[b, n] ({self.tokenizer} ids)")
         if torch.is_floating_point(x) or torch.is_complex(x) or x.dtype == torch.bool:
@@ -175,8 +185,12 @@ class TextEmbedder(Embedder):
                 f"{who(self)}: {self.tokenizer} ids must lie in 0..{self.vocab_size - 1}, "
                 f"got min {int(x.min())} max {int(x.max())}"
             )
-        x, mask = x[:, : self.max_len], mask[:, : self.max_len]
-        tokens = self.token_embed(x.long())
+        return x[:, : self.max_len].long(), mask[:, : self.max_len]
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, n] int ids (+ ``mask`` [b, n]) -> tokens [b, n, d], mask [b, n] (n <= max_len, one more with ``bag``)."""
+        x, mask = self.ids(batch)
+        tokens = self.token_embed(x)
         rows = tokens
         if self.positions:
             tokens = tokens + sinusoidal_positions(tokens.shape[1], self.dim, device=x.device, dtype=tokens.dtype)
@@ -185,3 +199,17 @@ class TextEmbedder(Embedder):
             bag = (rows * weights).sum(1) / weights.sum(1).clamp_min(1.0)
             tokens, mask = append_token(tokens, mask, (bag + self.bag_marker).unsqueeze(1))
         return finish(tokens, mask)
+
+    def wide_bag(self, inputs: Tensor | Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The text's distinct word ids [b, n] (0 = repeat or padding) and weights [b, n]: 1/sqrt(k) on
+        each of its k distinct ids (a text of no words has none), 0 elsewhere."""
+        if not self.wide_size:
+            return super().wide_bag(inputs)
+        x, mask = self.ids(self.as_batch(inputs))
+        if self.tokenizer == "bytes":  # byte b is wide id b + 1, so that 0 pads as for words
+            x = torch.where(mask, x + 1, torch.zeros_like(x))
+        x = x.sort(dim=1).values
+        first = x != 0
+        first[:, 1:] &= x[:, 1:] != x[:, :-1]
+        count = first.sum(1, keepdim=True).clamp_min(1)
+        return torch.where(first, x, torch.zeros_like(x)), first.float() / count.float().sqrt()

@@ -725,3 +725,24 @@ def test_summary_segments_are_statistics_of_equal_runs_of_real_steps():
     assert emb.summary.proj.in_features == 7 * 2 * 4
     with pytest.raises(ValueError, match="summary_segments"):
         SummaryToken(1, 8, segments=-1)
+
+
+def test_text_wide_bag_holds_each_distinct_word_once():
+    from modalities.text import TextEmbedder, encode_words
+
+    emb = TextEmbedder(name="t", dim=8, tokenizer="words", buckets=64, wide=True)
+    assert emb.wide_size == 64 and TextEmbedder(name="t", dim=8, tokenizer="words").wide_size == 0  # off by default
+    texts = ["not bad not bad", "", "good movie"]
+    ids, weights = emb.wide_bag(TextEmbedder.collate(texts, tokenizer="words", buckets=64))
+    for row, text in enumerate(texts):
+        distinct = set(encode_words(text, 64))  # words and bigrams, each once
+        kept = ids[row][weights[row] > 0].tolist()
+        assert sorted(kept) == sorted(distinct)
+        if distinct:
+            torch.testing.assert_close(weights[row][weights[row] > 0], torch.full((len(distinct),), len(distinct) ** -0.5))
+    assert (ids[weights == 0] == 0).all()  # repeats and padding point at row 0, which pads
+    byte_ids, byte_weights = TextEmbedder(name="t", dim=8, wide=True).wide_bag(TextEmbedder.collate(["abba", "\x00"]))
+    assert sorted(byte_ids[0][byte_weights[0] > 0].tolist()) == [ord("a") + 1, ord("b") + 1]  # bytes: id + 1, 0 pads
+    assert byte_ids[1][byte_weights[1] > 0].tolist() == [1]  # the NUL byte is a byte like any other
+    with pytest.raises(NotImplementedError, match="no wide input"):
+        TextEmbedder(name="t", dim=8, tokenizer="words").wide_bag(TextEmbedder.collate(["a"], tokenizer="words"))

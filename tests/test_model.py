@@ -271,3 +271,84 @@ def test_a_checkpoint_saved_before_a_default_changed_still_loads(tmp_path) -> No
     (tmp_path / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError):
         HighMMT.from_pretrained(tmp_path)
+
+
+def _wide_text_model(**options) -> HighMMT:
+    cfg = HighMMTConfig(
+        dim=16, encoder=EncoderConfig(num_latents=4, heads=2, dim_head=8), fusion=FusionConfig(kind="none"),
+        modalities={"text": ModalityConfig(kind="text", options={"tokenizer": "words", "buckets": 256, "bigrams": False, **options}),
+                    "series": ModalityConfig(kind="timeseries", options={"channels": 2})},
+        tasks={"a": TaskConfig(modalities=["text", "series"]), "b": TaskConfig(modalities=["series"])},
+    )
+    return HighMMT(cfg)
+
+
+def test_wide_text_head_reads_the_bag_linearly_and_only_for_its_own_task() -> None:
+    from modalities.text import TextEmbedder
+
+    torch.manual_seed(0)
+    model = _wide_text_model(wide=True).eval()
+    assert set(model.heads["a"].wide) == {"text"} and len(model.heads["b"].wide) == 0
+    assert not any(".wide." in k for k in model.task_state(model.state_dict(), "b"))
+    assert "heads.a.wide.text.weight" in model.task_state(model.state_dict(), "a")
+    text = TextEmbedder.collate(["good good film", "bad film"], tokenizer="words", buckets=256, bigrams=False)
+    inputs = {"text": text, "series": torch.randn(2, 5, 2)}
+    before = model(inputs, "a")
+    with torch.no_grad():
+        model.heads["a"].wide["text"].weight.normal_()
+    ids, weights = model.embedders["text"].wide_bag(text)
+    added = (model.heads["a"].wide["text"].weight[ids] * weights.unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(model(inputs, "a"), before + added)  # starts at zero, adds w . bag
+    torch.testing.assert_close(model({"series": inputs["series"]}, "a"), model.head("a", model.encode({"series": inputs["series"]}, "a")))
+    assert len(_wide_text_model().heads["a"].wide) == 0  # off by default
+
+
+def test_wide_text_head_learns_a_word_the_label_follows_and_not_shuffled_labels() -> None:
+    from modalities.text import TextEmbedder
+
+    rng = torch.Generator().manual_seed(0)
+    vocab = [f"w{i}" for i in range(40)]
+    texts = [" ".join(vocab[j] for j in torch.randint(0, 40, (6,), generator=rng).tolist()) for _ in range(256)]
+    labels = torch.tensor([int("w7" in t.split() or "w3" in t.split()) for t in texts])
+    text = TextEmbedder.collate(texts, tokenizer="words", buckets=256, bigrams=False)
+
+    def held_out_accuracy(targets: torch.Tensor) -> float:
+        torch.manual_seed(0)
+        model = _wide_text_model(wide=True)
+        opt = torch.optim.AdamW(model.heads["a"].wide.parameters(), lr=0.2)  # the wide read-out alone learns
+        for _ in range(100):
+            idx = torch.randint(0, 192, (32,), generator=rng)
+            loss = nn.functional.cross_entropy(model.wide_logits({"text": {k: v[idx] for k, v in text.items()}}, "a"), targets[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out = model.wide_logits({"text": {k: v[192:] for k, v in text.items()}}, "a")
+        return float((out.argmax(1) == labels[192:]).float().mean())
+
+    assert held_out_accuracy(labels) >= 0.95
+    assert held_out_accuracy(labels[torch.randperm(256, generator=rng)]) < 0.8
+
+
+def test_training_gives_the_wide_read_out_its_own_loss_and_a_larger_lr() -> None:
+    import train
+    from modalities.text import TextEmbedder
+    from transference.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = _wide_text_model(wide=True)
+    with torch.no_grad():
+        model.heads["a"].wide["text"].weight.normal_()
+    text = TextEmbedder.collate(["good film", "bad film"], tokenizer="words", buckets=256, bigrams=False)
+    batch = {"inputs": {"text": text, "series": torch.randn(2, 4, 2)}, "target": torch.tensor([1, 0])}
+    model.eval()
+    plain = train.TaskLoss(model, TrainConfig(wide_loss=0.0))(batch, "a")
+    both = train.TaskLoss(model, TrainConfig(wide_loss=0.5))(batch, "a")
+    wide_alone = nn.functional.cross_entropy(model.wide_logits(batch["inputs"], "a"), batch["target"])
+    torch.testing.assert_close(both, plain + 0.5 * wide_alone)
+    optimizer = train.build_optimizer(model, TrainConfig(lr=0.001, wide_lr_scale=10.0), nn.ModuleDict())
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(model.heads["a"].wide["text"].weight)] == pytest.approx(0.01)
+    assert lr_of[id(model.heads["a"].to_logits[-1].weight)] == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="wide_lr_scale"):
+        TrainConfig(wide_lr_scale=0.0)

@@ -210,7 +210,7 @@ class ColearnPredictor(nn.Module):
         latents = model.latents({m: v for m, v in inputs.items() if m != cfg.secondary}, task)
         if resolved_slot(cfg) == "translation":
             latents[cfg.secondary] = self.colearn["to_secondary"](latents[cfg.primary])
-        return model.heads[_key(task)](model.fusion(latents, order, _key(task)))
+        return model.head(task, model.fusion(latents, order, _key(task)), {m: v for m, v in inputs.items() if m != cfg.secondary})
 
 
 # ---- the training hook -------------------------------------------------------------------------
@@ -274,7 +274,7 @@ class ColearnHook(TrainHook):
             for m in model.config.tasks[task].modalities:
                 if m not in latents and m in batch["inputs"]:
                     latents[m] = model.encode_modality(m, batch["inputs"][m])
-            parts = self._losses(model, task, latents, batch["target"])
+            parts = self._losses(model, task, latents, batch["target"], batch["inputs"])
         total = sum(parts.values(), outputs.new_zeros((), dtype=torch.float32))
         record = self._parts.setdefault(task, {})
         for k, v in parts.items():
@@ -302,8 +302,10 @@ class ColearnHook(TrainHook):
         return {"method": c.method, "primary": c.primary, "secondary": c.secondary, "cyclic": c.cyclic,
                 "missing_slot": resolved_slot(c), "supervise_secondary": c.supervise_secondary}
 
-    def _losses(self, model: HighMMT, task: str, latents: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        """Latents {m: [b, l, d]} of this batch -> named loss parts (already weighted)."""
+    def _losses(self, model: HighMMT, task: str, latents: dict[str, Tensor], target: Tensor,
+                inputs: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
+        """Latents {m: [b, l, d]} of this batch (and its inputs, for the heads' wide read-outs) -> named
+        loss parts (already weighted)."""
         cfg = self.cfg
         if cfg.primary not in latents or cfg.secondary not in latents:
             raise ValueError(f"co-learning on task {task!r} needs both {cfg.primary!r} and {cfg.secondary!r} in every "
@@ -328,7 +330,8 @@ class ColearnHook(TrainHook):
             kept = {m: z for m, z in latents.items() if m != cfg.secondary}
             if slot == "translation":
                 kept[cfg.secondary] = translated
-            out = model.heads[_key(task)](model.fusion(kept, order, _key(task)))
+            out = model.head(task, model.fusion(kept, order, _key(task)),
+                             {m: v for m, v in (inputs or {}).items() if m != cfg.secondary})
             parts["head_" + slot] = task_loss(out, target, model.config.tasks[task].task_type)
         return parts
 

@@ -269,6 +269,13 @@ class TrainConfig:
     # keeps the mean's checkpoint; a best-of-30-epochs accuracy on 10-100 rows is mostly noise (sd ~ 0.5/sqrt(rows)).
     select_min_rows: int = 500
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
+    # Heads with a wide read-out (a text embedder's ``wide`` option): the read-out's logits alone also get the task's
+    # loss, times this weight (0 = only the sum of deep and wide outputs is trained). Trained only through the sum,
+    # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
+    wide_loss: float = 1.0
+    # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
+    # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
+    wide_lr_scale: float = 10.0
     bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
     # modality a pretrained backbone, modalities/pretrained.py).
@@ -304,6 +311,10 @@ class TrainConfig:
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.wide_loss < 0.0:
+            raise ValueError(f"train.wide_loss must be >= 0, got {self.wide_loss}")
+        if self.wide_lr_scale <= 0.0:
+            raise ValueError(f"train.wide_lr_scale must be > 0, got {self.wide_lr_scale}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
