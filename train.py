@@ -415,7 +415,7 @@ class TaskLoss(nn.Module):
 
     Args:
         model: the HighMMT model (its config gives each task's type).
-        tc: the training config (``label_smoothing``, ``wide_loss``).
+        tc: the training config (``label_smoothing``, ``wide_loss``, ``deep_loss``).
         extra: the training hooks' modules (a ModuleDict; default none).
         hooks: the training hooks; ``extra_loss`` of each is added.
         ctx: what the hooks see (needed with hooks).
@@ -438,9 +438,11 @@ class TaskLoss(nn.Module):
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
             task_type = self.model.config.tasks[task].task_type
             loss = task_loss(outputs, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
-            wide = self.model.wide_logits(inputs, task) if self.tc.wide_loss > 0 else None
-            if wide is not None:  # the wide read-out also learns alone (train.wide_loss)
-                loss = loss + self.tc.wide_loss * task_loss(wide, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
+            wide = self.model.wide_logits(inputs, task) if self.tc.wide_loss > 0 or self.tc.deep_loss > 0 else None
+            if wide is not None:  # each part also learns alone (train.wide_loss, train.deep_loss)
+                for weight, part in ((self.tc.wide_loss, wide), (self.tc.deep_loss, outputs - wide.to(outputs.dtype))):
+                    if weight > 0:
+                        loss = loss + weight * task_loss(part, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
             if self.hooks:
                 self.ctx.latents = latents
                 for h in self.hooks:

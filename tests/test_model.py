@@ -346,6 +346,9 @@ def test_training_gives_the_wide_read_out_its_own_loss_and_a_larger_lr() -> None
     both = train.TaskLoss(model, TrainConfig(wide_loss=0.5))(batch, "a")
     wide_alone = nn.functional.cross_entropy(model.wide_logits(batch["inputs"], "a"), batch["target"])
     torch.testing.assert_close(both, plain + 0.5 * wide_alone)
+    deep_alone = nn.functional.cross_entropy(model(batch["inputs"], "a") - model.wide_logits(batch["inputs"], "a"), batch["target"])
+    with_deep = train.TaskLoss(model, TrainConfig(wide_loss=0.5, deep_loss=2.0))(batch, "a")
+    torch.testing.assert_close(with_deep, plain + 0.5 * wide_alone + 2.0 * deep_alone)
     optimizer = train.build_optimizer(model, TrainConfig(lr=0.001, wide_lr_scale=10.0), nn.ModuleDict())
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert lr_of[id(model.heads["a"].wide["text"].weight)] == pytest.approx(0.01)

@@ -273,6 +273,9 @@ class TrainConfig:
     # loss, times this weight (0 = only the sum of deep and wide outputs is trained). Trained only through the sum,
     # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
     wide_loss: float = 1.0
+    # ... and the deep path's logits alone (the head's outputs less the wide read-outs) too, times this weight (0 = off):
+    # each part then learns the whole task, and the head's output is the sum of two whole predictors.
+    deep_loss: float = 0.0
     # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
     # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
     wide_lr_scale: float = 10.0
@@ -311,8 +314,8 @@ class TrainConfig:
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.wide_loss < 0.0:
-            raise ValueError(f"train.wide_loss must be >= 0, got {self.wide_loss}")
+        if self.wide_loss < 0.0 or self.deep_loss < 0.0:
+            raise ValueError(f"train.wide_loss and train.deep_loss must be >= 0, got {self.wide_loss}, {self.deep_loss}")
         if self.wide_lr_scale <= 0.0:
             raise ValueError(f"train.wide_lr_scale must be > 0, got {self.wide_lr_scale}")
         if self.precision not in PRECISIONS:
