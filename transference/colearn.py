@@ -207,10 +207,11 @@ class ColearnPredictor(nn.Module):
             raise ValueError(f"task {task!r}: the co-learning predictor needs the primary modality {cfg.primary!r}; got {sorted(inputs)}")
         order = model.config.tasks[task].modalities
         # as in HighMMT.encode (representation tuning after or inside the encoder, prefixes), without the secondary
-        latents = model.latents({m: v for m, v in inputs.items() if m != cfg.secondary}, task)
+        present = {m: v for m, v in inputs.items() if m != cfg.secondary}
+        latents = model.latents(present, task)
         if resolved_slot(cfg) == "translation":
             latents[cfg.secondary] = self.colearn["to_secondary"](latents[cfg.primary])
-        return model.head(task, model.fusion(latents, order, _key(task)), {m: v for m, v in inputs.items() if m != cfg.secondary})
+        return model.head(task, model.fusion(latents, order, _key(task)), present)
 
 
 # ---- the training hook -------------------------------------------------------------------------
