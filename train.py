@@ -510,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     st = load_trainer_state(out) if args.resume else None
     for h in hooks:  # they may reshape the training data first
         h.setup(ctx, (st or {}).get("hooks", {}).get(h.name))
+    if st is None and tc.wide_prior == "naive_bayes":  # a resumed run has its priors in its weights
+        fit_wide_priors(model, loaded, tc.wide_prior_alpha, log)
     extra = nn.ModuleDict({h.name: nn.ModuleDict(mods) for h in hooks if (mods := h.modules())}).to(accelerator.device)
     if tc.select == "task" and (len(extra) or eval_model_of(hooks, ctx) is not model):
         log(f"train.select=task keeps per-task weights of the model alone, and the training methods {[h.name for h in hooks]} "
@@ -702,6 +704,23 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
     if scheduler is not None and not getattr(optimizer, "step_was_skipped", False):
         scheduler.step()
     return losses
+
+
+def fit_wide_priors(model: HighMMT, loaded: dict[str, LoadedTask], alpha: float, log: Any, chunk: int = 1024) -> None:
+    """``train.wide_prior=naive_bayes``: set the wide read-outs' priors of each classification task from the bags
+    and labels of its training rows (``HighMMT.set_wide_priors``)."""
+    for task, lt in loaded.items():
+        if not model.has_wide(task):
+            continue
+        task_type = model.config.tasks[task].task_type
+        if task_type != "classification":
+            log(f"train.wide_prior: task {task!r} is {task_type}, not classification: its wide read-out starts at zero")
+            continue
+        split = lt.splits["train"]
+        batches = ((b["inputs"], b["target"]) for b in
+                   (collate_rows(split, np.arange(i, min(i + chunk, len(split))), lt.spec) for i in range(0, len(split), chunk)))
+        seen = model.set_wide_priors(task, batches, alpha)
+        log(f"train.wide_prior: {task}: naive Bayes prior from {len(split)} training rows ({seen} ids seen)")
 
 
 def average_of(model: HighMMT, decay: float, state: dict[str, Any] | None) -> AveragedModel | None:

@@ -91,10 +91,19 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {path}")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
         raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); the file is damaged or "
                          "was not written by save_pretrained / train.py") from e
+    return with_wide_priors(state)
+
+
+def with_wide_priors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights written before the heads' wide read-outs had a prior (``heads.<t>.wide.<m>.prior``, a buffer)
+    hold only their weight: their prior is zero."""
+    for key in [k for k in state if k.startswith("heads.") and ".wide." in k and k.endswith(".weight")]:
+        state.setdefault(key[: -len("weight")] + "prior", torch.zeros_like(state[key]))
+    return state
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], where: str) -> None:

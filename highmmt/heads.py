@@ -6,8 +6,9 @@ logits (multilabel) or values (regression).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -31,9 +32,7 @@ class TaskHead(nn.Module):
             in_dim = hidden
         layers += [nn.Dropout(dropout), nn.Linear(in_dim, out_dim)]
         self.to_logits = nn.Sequential(*layers)
-        self.wide = nn.ModuleDict({m: nn.EmbeddingBag(size, out_dim, mode="sum", padding_idx=0) for m, size in (wide or {}).items()})
-        for bag in self.wide.values():
-            nn.init.zeros_(bag.weight)
+        self.wide = nn.ModuleDict({m: WideReadout(size, out_dim) for m, size in (wide or {}).items()})
 
     def forward(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """fused [b, f] (+ ``wide`` {modality key: (ids [b, k], weights [b, k])} of the modalities present) -> [b, c]."""
@@ -43,8 +42,53 @@ class TaskHead(nn.Module):
 
     def wide_logits(self, wide: Mapping[str, tuple[Tensor, Tensor]] | None) -> Tensor | None:
         """The wide read-outs' sum [b, c] over the modalities in ``wide`` (None when there are none)."""
-        parts = [self.wide[m](ids, per_sample_weights=weights.to(self.wide[m].weight.dtype)) for m, (ids, weights) in (wide or {}).items()]
+        parts = [self.wide[m](ids, weights) for m, (ids, weights) in (wide or {}).items()]
         return sum(parts[1:], parts[0]) if parts else None
+
+
+class WideReadout(nn.Module):
+    """A linear read-out of a sparse bag of ids: logits [b, c] = sum_j weights[b, j] (W + P)[ids[b, j]].
+
+    W (``weight``, zero at initialisation) is trained; P (``prior``, a buffer, zero unless set) is a fixed
+    starting point that W adds to, so weight decay pulls the read-out toward P instead of toward zero.
+    ``naive_bayes_prior`` computes one from the training rows. Id 0 is padding and reads nothing.
+    """
+
+    def __init__(self, size: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(size, out_dim))
+        self.register_buffer("prior", torch.zeros(size, out_dim))
+
+    def forward(self, ids: Tensor, weights: Tensor) -> Tensor:
+        """ids [b, k] int64 in 0..size-1 (0 = padding), weights [b, k] -> [b, c]."""
+        table = self.weight + self.prior
+        return F.embedding_bag(ids, table, per_sample_weights=weights.to(table.dtype), mode="sum", padding_idx=0)
+
+
+def naive_bayes_prior(bags: Iterable[tuple[Tensor, Tensor, Tensor]], size: int, num_classes: int,
+                      alpha: float = 1.0) -> Tensor:
+    """Multinomial naive Bayes log-probabilities of binarised features, as a wide read-out's prior [size, c].
+
+    ``bags`` yields (ids [b, k], weights [b, k], labels [b]) of the training rows; an id counts once per
+    row where its weight is > 0. Row f of the result is log((n_fc + alpha) / (N_c + alpha V)) centred over
+    the classes (n_fc: rows of class c holding f; N_c = sum_f n_fc; V = size - 1 ids), the log-count ratios
+    of NBSVM (Wang & Manning 2012); ids never seen in training get 0 (they say nothing), as does id 0.
+    """
+    if alpha <= 0:
+        raise ValueError(f"naive Bayes smoothing alpha must be > 0, got {alpha}")
+    counts = torch.zeros(num_classes, size, dtype=torch.float64)
+    for ids, weights, labels in bags:
+        present = (weights > 0) & (ids > 0)
+        labels = labels.long()
+        if bool(((labels < 0) | (labels >= num_classes)).any()):
+            raise ValueError(f"naive Bayes prior: labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+        rows = (labels.unsqueeze(1) * size + ids)[present]
+        counts.view(-1).index_add_(0, rows, torch.ones(rows.shape[0], dtype=torch.float64))
+    counts[:, 0] = 0
+    log_p = torch.log((counts + alpha) / (counts.sum(1, keepdim=True) + alpha * (size - 1)))
+    prior = (log_p - log_p.mean(0, keepdim=True)).T.contiguous()
+    prior[counts.sum(0) == 0] = 0
+    return prior.float()
 
 
 def task_loss(outputs: Tensor, target: Tensor, task_type: str, *, label_smoothing: float = 0.0) -> Tensor:

@@ -23,7 +23,7 @@ never sees it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.embedder import Embedder
 from highmmt.encoder import PerceiverEncoder
 from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
-from highmmt.heads import TaskHead
+from highmmt.heads import TaskHead, naive_bayes_prior
 from highmmt.pretrained import RepresentationTuning, weights_from_checkpoint
 from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
@@ -324,6 +324,29 @@ class HighMMT(nn.Module):
             if _key(m) in head.wide and inputs is not None and inputs.get(m) is not None:
                 bags[_key(m)] = self.embedders[_key(m)].wide_bag(self._cast(inputs[m]))
         return bags
+
+    def has_wide(self, task: str) -> bool:
+        """Whether ``task``'s head has a wide read-out (of any of its modalities)."""
+        return bool(self.heads[_key(task)].wide)
+
+    @torch.no_grad()
+    def set_wide_priors(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]], alpha: float = 1.0) -> dict[str, int]:
+        """Set the prior of each of ``task``'s wide read-outs to multinomial naive Bayes fitted on ``batches``
+        ((inputs, class labels [b]) of its training rows; see :func:`highmmt.heads.naive_bayes_prior`).
+        Returns {modality key: ids seen in training}."""
+        tc, head = self.config.tasks[task], self.heads[_key(task)]
+        if tc.task_type != "classification":
+            raise ValueError(f"task {task!r}: a naive Bayes prior needs class labels; the task is {tc.task_type}")
+        bags: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {m: [] for m in head.wide}
+        for inputs, target in batches:
+            for m, (ids, weights) in self.wide_bags(inputs, task).items():
+                bags[m].append((ids.cpu(), weights.cpu(), target.cpu()))
+        seen = {}
+        for m, readout in head.wide.items():
+            prior = naive_bayes_prior(bags[m], readout.prior.shape[0], tc.num_outputs, alpha)
+            readout.prior.copy_(prior.to(readout.prior.device, readout.prior.dtype))
+            seen[m] = int(torch.cat([ids[(weights > 0) & (ids > 0)] for ids, weights, _ in bags[m]]).unique().numel())
+        return seen
 
     def wide_logits(self, inputs: Mapping[str, Any], task: str) -> Tensor | None:
         """The wide read-outs alone [b, c] (None when ``task``'s head has none for these inputs)."""

@@ -84,6 +84,14 @@ def encode_words(text: str, buckets: int = DEFAULT_BUCKETS, bigrams: bool = True
     return ids
 
 
+def wide_buckets_for(outputs: int, budget: int = 2**21, most: int = 2**20, least: int = 2**15) -> int:
+    """Hash ids for a wide read-out of ``outputs`` logits: the largest power of two whose table (ids x
+    outputs numbers) fits ``budget``, between ``least`` and ``most`` (2 classes: 2^20; 10: 2^17)."""
+    if outputs < 1:
+        raise ValueError(f"a wide read-out needs at least one output, got {outputs}")
+    return max(least, min(most, 1 << ((budget // outputs).bit_length() - 1)))
+
+
 def tokenizer_option(value: Any) -> str:
     if value not in TOKENIZERS:
         raise ValueError(f"text embedder: option 'tokenizer' must be one of {list(TOKENIZERS)}, got {value!r}")
@@ -114,6 +122,10 @@ class TextEmbedder(Embedder):
             words; off by default).
         wide: hand each head the bag of the text's distinct token ids for a linear read-out of its own
             (Wide & Deep; off by default; meant for the ``"words"`` tokenizer).
+        wide_buckets: with ``wide``, > 0 gives the wide bag its own hash space: the text's words and word
+            bigrams (of its first ``max_len`` words, whatever the tokenizer) hashed into this many ids. The
+            deep path's ids need few buckets (each is a ``dim``-wide row); a linear read-out has ``classes``
+            numbers per id and loses less to collisions in a larger space. 0 (default): the token ids.
     """
 
     kind = "text"
@@ -130,6 +142,7 @@ class TextEmbedder(Embedder):
         positions: bool = True,
         bag: bool = False,
         wide: bool = False,
+        wide_buckets: int = 0,
     ) -> None:
         super().__init__(name=name, dim=dim)
         for option, value in (("bigrams", bigrams), ("positions", positions), ("bag", bag), ("wide", wide)):
@@ -146,7 +159,13 @@ class TextEmbedder(Embedder):
         else:
             self.vocab_size, self.pad_id = self.buckets, WORD_PAD_ID
             self.token_embed = nn.Embedding(self.buckets, dim, padding_idx=WORD_PAD_ID)
-        self.wide_size = (self.buckets if self.tokenizer == "words" else VOCAB_SIZE) if wide else 0  # bytes: id + 1
+        if not isinstance(wide_buckets, int) or isinstance(wide_buckets, bool) or wide_buckets < 0 or wide_buckets == 1:
+            raise ValueError(f"text embedder: option 'wide_buckets' must be 0 (the token ids) or an integer >= 2, got {wide_buckets!r}")
+        if wide_buckets and not wide:
+            raise ValueError("text embedder: option 'wide_buckets' needs 'wide': true")
+        self.wide_buckets = wide_buckets
+        own = wide_buckets or (self.buckets if self.tokenizer == "words" else VOCAB_SIZE)  # bytes: id + 1
+        self.wide_size = own if wide else 0
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -169,7 +188,13 @@ class TextEmbedder(Embedder):
             ids.append(np.asarray(row[:max_len], dtype=np.int64))
         pad = PAD_ID if tokenizer == "bytes" else WORD_PAD_ID
         x, mask = pad_stack(cls.kind, ids, dtype=np.int64, pad_value=pad)
-        return {"x": x, "mask": mask}
+        batch = {"x": x, "mask": mask}
+        wide_buckets = options.get("wide_buckets") or 0
+        if wide_buckets:  # the wide bag's own ids: words and bigrams of the first max_len words
+            wide = [np.asarray(encode_words(" ".join(words(s)[:max_len]), buckets_option(wide_buckets)), dtype=np.int64)
+                    for s in samples]
+            batch["wide"] = pad_stack(cls.kind, wide, dtype=np.int64, pad_value=WORD_PAD_ID)[0]
+        return batch
 
     def ids(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """The checked ids [b, n] (pad id where masked) and mask [b, n], cut to ``max_len``."""
@@ -205,9 +230,20 @@ class TextEmbedder(Embedder):
         each of its k distinct ids (a text of no words has none), 0 elsewhere."""
         if not self.wide_size:
             return super().wide_bag(inputs)
-        x, mask = self.ids(self.as_batch(inputs))
-        if self.tokenizer == "bytes":  # byte b is wide id b + 1, so that 0 pads as for words
-            x = torch.where(mask, x + 1, torch.zeros_like(x))
+        batch = self.as_batch(inputs)
+        if self.wide_buckets:
+            x = batch.get("wide")
+            if x is None:
+                raise ValueError(f"{who(self)}: option wide_buckets={self.wide_buckets} needs the batch's 'wide' ids "
+                                 f"(collate with the embedder's options), got keys {sorted(batch)}")
+            self.check_rank(x, 2, "[b, n] (wide ids)")
+            if torch.is_floating_point(x) or bool(((x < 0) | (x >= self.wide_buckets)).any()):
+                raise ValueError(f"{who(self)}: wide ids must be integers in 0..{self.wide_buckets - 1}")
+            x = x.long()
+        else:
+            x, mask = self.ids(batch)
+            if self.tokenizer == "bytes":  # byte b is wide id b + 1, so that 0 pads as for words
+                x = torch.where(mask, x + 1, torch.zeros_like(x))
         x = x.sort(dim=1).values
         first = x != 0
         first[:, 1:] &= x[:, 1:] != x[:, :-1]

@@ -63,8 +63,9 @@ audio (``datasets.Audio``)  ``sample_rate``: the feature's ``sampling_rate``, el
                             (mixed rates need one: the feature's or the spec's ``sample_rate``)
 text                        nothing; defaults to a bag of hashed words (``tokenizer: words``,
                             ``bigrams: false``, ``positions: false``) that each head also reads
-                            linearly (``wide: true``), not the embedder's ``bytes`` (see
-                            ``SPEC_TEXT_DEFAULTS``)
+                            linearly (``wide: true``) in ids of its own (``wide_buckets``: 2^20
+                            for up to 2 classes, fewer for more), not the embedder's ``bytes``
+                            (see ``spec_text_defaults``)
 target                      ``num_classes`` from a ``ClassLabel`` or from the length of a list target
 ==========================  ==================================================================
 
@@ -92,6 +93,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from datasets.table import InMemoryTable
 
+from modalities.text import wide_buckets_for
 from tasks.base import KINDS, TASK_TYPES, TaskSpec
 from tasks.splits import OPTIONAL_SPLITS, SPLITS, check_splits, stratified_holdout
 
@@ -115,7 +117,14 @@ _DEPTHS = {"image": (2, 3), "video": (3, 4), "audio": (1,), "timeseries": (1, 2)
 # positions, gains beyond the seed spread.
 # Each head also reads the bag of words linearly (``wide``, Wide & Deep; docs/experiments.md, session 10):
 # single-task sentiment 0.749 vs 0.695 and subjectivity 0.907 vs 0.891, 3 seeds, gains beyond the spread.
+# The read-out hashes words and bigrams into ids of its own (``wide_buckets``; session 11): 2^20 for a few classes,
+# fewer for many (``modalities.text.wide_buckets_for``), so that the read-out's table stays near 2^21 numbers.
 SPEC_TEXT_DEFAULTS = {"tokenizer": "words", "bigrams": False, "positions": False, "wide": True}
+
+
+def spec_text_defaults(num_classes: int) -> dict[str, Any]:
+    """A spec-file text column's default options for a task of ``num_classes`` outputs."""
+    return {**SPEC_TEXT_DEFAULTS, "wide_buckets": wide_buckets_for(num_classes)}
 
 
 class SpecError(ValueError):
@@ -195,7 +204,7 @@ def load_byo_spec(
         if split not in OPTIONAL_SPLITS:  # an unlabeled split's labels, if any, are never read
             _check_target(spec_file, split, ds, target, task_type, num_classes)
 
-    options = {col: resolve_options(spec_file, col, kind, dict(stated.get(col, {})), splits, data_path)
+    options = {col: resolve_options(spec_file, col, kind, dict(stated.get(col, {})), splits, data_path, num_classes)
                for col, kind in modalities.items()}
     splits = decode_audio_columns(spec_file, splits, modalities, options, data_path)
 
@@ -397,7 +406,7 @@ def data_kind(kind: str, options: Mapping[str, Any]) -> str:
 
 
 def resolve_options(spec_file: Path, col: str, kind: str, stated: dict[str, Any], splits: Mapping[str, datasets.Dataset],
-                    data_path: Path) -> dict[str, Any]:
+                    data_path: Path, num_classes: int = 2) -> dict[str, Any]:
     """A column's embedder options: what its data says, then the spec's own options (checked against the data).
 
     Raises:
@@ -410,7 +419,7 @@ def resolve_options(spec_file: Path, col: str, kind: str, stated: dict[str, Any]
             raise SpecError(spec_file, f"modality_options.{col}.{key}",
                             f"the spec says {key}: {stated[key]!r}, but column {col!r} of split 'train' has "
                             f"{key} = {value!r}{_HINTS.get(key, '')}")
-    defaults = SPEC_TEXT_DEFAULTS if kind == "text" else {}
+    defaults = spec_text_defaults(num_classes) if kind == "text" else {}
     return {**defaults, **inferred, **stated}
 
 

@@ -99,7 +99,8 @@ TASKS = {
         spec=TaskSpec(
             name=task,
             modalities={"text": "text"},
-            modality_options={"text": {"tokenizer": "words", "max_len": 128, "bigrams": False, "positions": False, "wide": True}},
+            modality_options={"text": {"tokenizer": "words", "max_len": 128, "bigrams": False, "positions": False, "wide": True,
+                                       "wide_buckets": 2**20}},
             task_type="classification",
             num_classes=2,
             metric="accuracy",

@@ -14,7 +14,7 @@ import yaml
 
 from experiments import byo_bench
 from tasks import check
-from tasks.byo import SPEC_TEXT_DEFAULTS
+from tasks.byo import spec_text_defaults
 from tasks.cache import array_feature, samples_to_dataset
 
 N = 24  # rows per split; every class of every export appears in each split
@@ -48,11 +48,11 @@ def _loader_split(source: str, seed: int) -> datasets.Dataset:
 
 
 EXPECTED = {  # what the spec loader infers from the exported data, the spec stating none of it
-    "byo_sentiment": {"review": SPEC_TEXT_DEFAULTS},
+    "byo_sentiment": {"review": spec_text_defaults(2)},
     "byo_utd_inertial": {"imu": {"channels": 6}},
     "byo_omniglot_strokes": {"strokes": {"channels": 4}},
     "byo_physionet_static": {"descriptors": {"num_numeric": 4, "categorical_cardinalities": [4]}},
-    "byo_subjectivity_stats": {"sentence": SPEC_TEXT_DEFAULTS, "stats": {"num_numeric": 3}},
+    "byo_subjectivity_stats": {"sentence": spec_text_defaults(2), "stats": {"num_numeric": 3}},
 }
 
 

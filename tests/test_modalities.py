@@ -746,3 +746,28 @@ def test_text_wide_bag_holds_each_distinct_word_once():
     assert byte_ids[1][byte_weights[1] > 0].tolist() == [1]  # the NUL byte is a byte like any other
     with pytest.raises(NotImplementedError, match="no wide input"):
         TextEmbedder(name="t", dim=8, tokenizer="words").wide_bag(TextEmbedder.collate(["a"], tokenizer="words"))
+
+
+def test_text_wide_buckets_give_the_wide_bag_its_own_words_and_bigrams():
+    from modalities.text import TextEmbedder, encode_words
+
+    emb = TextEmbedder(name="t", dim=8, tokenizer="words", buckets=64, bigrams=False, wide=True, wide_buckets=4096)
+    assert emb.wide_size == 4096 and emb.token_embed.num_embeddings == 64  # the deep path keeps its small table
+    texts = ["Not bad, not bad at all", "", "good"]
+    options = dict(tokenizer="words", buckets=64, bigrams=False, max_len=4, wide_buckets=4096)
+    batch = TextEmbedder.collate(texts, **options)
+    assert batch["x"].shape[1] == 4
+    ids, weights = emb.wide_bag(batch)
+    for row, text in enumerate(texts):
+        expected = set(encode_words(" ".join(text.lower().replace(",", " ,").split()[:4]), 4096))  # first max_len words + bigrams
+        assert sorted(ids[row][weights[row] > 0].tolist()) == sorted(expected)
+    assert ids.max() >= 64  # ids beyond the deep path's buckets
+    bytes_emb = TextEmbedder(name="t", dim=8, wide=True, wide_buckets=512)  # bytes for the deep path, words for the wide
+    bytes_ids, _ = bytes_emb.wide_bag(TextEmbedder.collate(["good film"], wide_buckets=512))
+    assert sorted(set(bytes_ids[0].tolist()) - {0}) == sorted(set(encode_words("good film", 512)))
+    with pytest.raises(ValueError, match="needs the batch's 'wide' ids"):
+        emb.wide_bag(TextEmbedder.collate(texts, tokenizer="words", buckets=64))
+    with pytest.raises(ValueError, match="needs 'wide': true"):
+        TextEmbedder(name="t", dim=8, wide_buckets=4096)
+    with pytest.raises(ValueError, match="wide_buckets"):
+        TextEmbedder(name="t", dim=8, wide=True, wide_buckets=1)

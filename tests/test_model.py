@@ -355,3 +355,72 @@ def test_training_gives_the_wide_read_out_its_own_loss_and_a_larger_lr() -> None
     assert lr_of[id(model.heads["a"].to_logits[-1].weight)] == pytest.approx(0.001)
     with pytest.raises(ValueError, match="wide_lr_scale"):
         TrainConfig(wide_lr_scale=0.0)
+    with pytest.raises(ValueError, match="wide_prior must be"):
+        TrainConfig(wide_prior="bayes")
+    with pytest.raises(ValueError, match="wide_prior_alpha"):
+        TrainConfig(wide_prior_alpha=0.0)
+
+
+def test_naive_bayes_prior_counts_each_id_once_per_row_and_centres_over_classes() -> None:
+    from highmmt.heads import naive_bayes_prior
+
+    ids = torch.tensor([[1, 2, 0], [1, 3, 3], [2, 0, 0]])
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])  # row 1's second 3 is a repeat
+    labels = torch.tensor([0, 1, 0])
+    prior = naive_bayes_prior([(ids[:2], weights[:2], labels[:2]), (ids[2:], weights[2:], labels[2:])], size=5, num_classes=2)
+    counts = torch.tensor([[0, 1, 2, 0, 0], [0, 1, 0, 1, 0]], dtype=torch.float64)  # class x id
+    log_p = torch.log((counts + 1) / (counts.sum(1, keepdim=True) + 4))
+    expected = (log_p - log_p.mean(0)).T
+    expected[[0, 4]] = 0  # padding, and an id no training row holds
+    torch.testing.assert_close(prior, expected.float())
+    assert prior[2, 0] > 0 > prior[3, 0]  # id 2 only in class 0, id 3 only in class 1
+    with pytest.raises(ValueError, match="labels must lie in 0..1"):
+        naive_bayes_prior([(ids, weights, torch.tensor([0, 2, 1]))], size=5, num_classes=2)
+    with pytest.raises(ValueError, match="alpha"):
+        naive_bayes_prior([(ids, weights, labels)], size=5, num_classes=2, alpha=0.0)
+
+
+def test_naive_bayes_prior_predicts_a_word_rule_before_training_and_not_shuffled_labels() -> None:
+    from modalities.text import TextEmbedder, hash_token
+
+    rng = torch.Generator().manual_seed(0)
+    vocab = [f"w{i}" for i in range(40)]
+    texts = [" ".join(vocab[j] for j in torch.randint(0, 40, (6,), generator=rng).tolist()) for _ in range(400)]
+    labels = torch.tensor([int("w7" in t.split() or "w3" in t.split()) for t in texts])
+    text = TextEmbedder.collate(texts, tokenizer="words", buckets=256, bigrams=False)
+    rows = lambda s: {k: v[s] for k, v in text.items()}  # noqa: E731
+
+    def held_out_accuracy(targets: torch.Tensor) -> float:
+        torch.manual_seed(0)
+        model = _wide_text_model(wide=True).eval()
+        before = model({"text": rows(slice(300, None)), "series": torch.zeros(100, 3, 2)}, "a")
+        seen = model.set_wide_priors("a", [({"text": rows(slice(0, 150))}, targets[:150]), ({"text": rows(slice(150, 300))}, targets[150:300])])
+        assert seen == {"text": len({hash_token(w, 256) for w in vocab})}  # 40 words, a few share a bucket
+        out = model.wide_logits({"text": rows(slice(300, None))}, "a")
+        # the prior is part of the head's output, as trained weights are
+        torch.testing.assert_close(model({"text": rows(slice(300, None)), "series": torch.zeros(100, 3, 2)}, "a"), before + out)
+        return float((out.argmax(1) == labels[300:]).float().mean())
+
+    assert held_out_accuracy(labels) >= 0.9  # no step of training
+    assert held_out_accuracy(labels[torch.randperm(400, generator=rng)]) < 0.75
+    regression = HighMMT(HighMMTConfig(
+        dim=16, encoder=EncoderConfig(num_latents=4, heads=2, dim_head=8), fusion=FusionConfig(kind="none"),
+        modalities={"text": ModalityConfig(kind="text", options={"tokenizer": "words", "buckets": 256, "wide": True})},
+        tasks={"r": TaskConfig(modalities=["text"], task_type="regression", num_outputs=1)}))
+    with pytest.raises(ValueError, match="needs class labels"):
+        regression.set_wide_priors("r", [({"text": rows(slice(0, 4))}, torch.zeros(4))])
+
+
+def test_weights_written_before_the_wide_prior_load_with_a_zero_prior(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    model = _wide_text_model(wide=True)
+    with torch.no_grad():
+        model.heads["a"].wide["text"].weight.normal_()
+    model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert "heads.a.wide.text.prior" in state
+    save_file({k: v for k, v in state.items() if not k.endswith(".prior")}, str(tmp_path / "model.safetensors"))
+    loaded = HighMMT.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.heads["a"].wide["text"].weight, model.heads["a"].wide["text"].weight)
+    assert not loaded.heads["a"].wide["text"].prior.any()

@@ -18,7 +18,7 @@ from datasets.table import InMemoryTable
 import train
 from highmmt import HighMMT
 from modalities.image import ImageEmbedder
-from tasks.byo import SPEC_TEXT_DEFAULTS, load_byo_spec
+from tasks.byo import load_byo_spec, spec_text_defaults
 from tasks.cache import load_task, rows_to_samples
 from tasks.loader import predict, score
 
@@ -278,8 +278,10 @@ def _text_accuracy(folder: Path, *, shuffle_labels: bool) -> float:
     out = train.main(["--preset", "tiny", "--tasks", str(spec_path), "--output-dir", str(folder / "run"), "--quiet", "--cpu",
                       "--set", "train.precision=fp32", "--set", "train.threads=1", "--set", "train.epochs=5"])
     lt = load_task(spec_path, quiet=True)
-    assert lt.spec.modality_options == {"review": SPEC_TEXT_DEFAULTS, "stats": {"num_numeric": 3}}
+    assert lt.spec.modality_options == {"review": spec_text_defaults(2), "stats": {"num_numeric": 3}}
     model = HighMMT.from_pretrained(out).eval()
+    assert json.loads((out / "config.json").read_text())["train"]["wide_prior"] == "naive_bayes"
+    assert model.heads["reviews"].wide["review"].prior.abs().sum() > 0  # fitted before training, saved with the weights
     return score(lt.spec, *predict(model, lt.splits["test"], lt.spec, batch_size=100, device=torch.device("cpu")))["accuracy"]
 
 

@@ -279,6 +279,12 @@ class TrainConfig:
     # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
     # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
     wide_lr_scale: float = 10.0
+    # The wide read-outs' starting point: "naive_bayes" fits, before training, a fixed prior for the read-out of each
+    # classification task: multinomial naive Bayes log-probabilities of the bag's ids on the task's training rows
+    # (highmmt.heads.naive_bayes_prior, smoothing wide_prior_alpha). The trained weights add to it, and weight decay
+    # pulls them toward it instead of toward zero. "none": the read-out starts at zero.
+    wide_prior: str = "naive_bayes"
+    wide_prior_alpha: float = 1.0
     bad_rows: str = "error"  # rows with a missing value or NaN/inf: "error" names them, "drop" leaves them out
     # Modality name -> embedder options merged over the task specs' (a ``backbone`` option makes the
     # modality a pretrained backbone, modalities/pretrained.py).
@@ -316,6 +322,10 @@ class TrainConfig:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.wide_loss < 0.0 or self.deep_loss < 0.0:
             raise ValueError(f"train.wide_loss and train.deep_loss must be >= 0, got {self.wide_loss}, {self.deep_loss}")
+        if self.wide_prior not in ("none", "naive_bayes"):
+            raise ValueError(f"train.wide_prior must be 'none' or 'naive_bayes', got {self.wide_prior!r}")
+        if self.wide_prior_alpha <= 0.0:
+            raise ValueError(f"train.wide_prior_alpha must be > 0, got {self.wide_prior_alpha}")
         if self.wide_lr_scale <= 0.0:
             raise ValueError(f"train.wide_lr_scale must be > 0, got {self.wide_lr_scale}")
         if self.precision not in PRECISIONS:

@@ -1,0 +1,98 @@
+"""Linear models on the suite's text tokens: what the wide read-out could reach (docs/experiments.md, session 11).
+
+For ``sentiment`` and ``subjectivity`` (their own splits), the set of each text's tokens as the suite's
+text embedder makes them (``modalities.text.words``; optionally with word bigrams; unhashed, or hashed
+into ``B`` ids as ``modalities.text.encode_words`` does), read by
+
+- ``nb``: multinomial naive Bayes on the binarised bag (log-count ratios with smoothing 1, no class prior:
+  both tasks are balanced), the decision the read-out's naive Bayes prior starts from
+  (``train.wide_prior=naive_bayes``);
+- ``lr``: logistic regression (scikit-learn, C = 1) on the binarised bag, what a read-out trained from zero
+  tends to.
+
+    python -m experiments.text_linear --data-root ../shared/data --output results/text_linear.json
+
+Prints a markdown table of validation / test accuracy and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+
+from modalities.text import hash_token, words
+from tasks.text_corpora import make_build
+
+FEATURES = {  # name -> (hash buckets, 0 = none; bigrams)
+    "words": (0, False),
+    "words+bigrams": (0, True),
+    "hashed 2^15 words (the deep path's ids)": (2**15, False),
+    "hashed 2^20 words+bigrams (wide_buckets)": (2**20, True),
+}
+
+
+def tokens(text: str, bigrams: bool) -> list[str]:
+    toks = words(text)
+    return toks + ([f"{a} {b}" for a, b in zip(toks, toks[1:])] if bigrams else [])
+
+
+def binary_bags(texts: dict[str, list[str]], buckets: int, bigrams: bool) -> dict[str, sparse.csr_matrix]:
+    """split -> [rows, ids] 0/1 matrix; unhashed ids are the training split's vocabulary (others dropped)."""
+    if not buckets:
+        vocab = {t: i for i, t in enumerate(sorted({t for s in texts["train"] for t in tokens(s, bigrams)}))}
+        index, size = (lambda t: vocab.get(t)), len(vocab)
+    else:
+        index, size = (lambda t: hash_token(t, buckets)), buckets
+    out = {}
+    for split, rows in texts.items():
+        r, c = [], []
+        for i, s in enumerate(rows):
+            ids = {j for j in map(index, tokens(s, bigrams)) if j is not None}
+            r += [i] * len(ids)
+            c += sorted(ids)
+        out[split] = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(rows), size))
+    return out
+
+
+def naive_bayes(x: sparse.csr_matrix, y: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Log-count ratios r [ids] of a binary task: predict 1 where x @ r > 0."""
+    p = alpha + np.asarray(x[y == 1].sum(0)).ravel()
+    q = alpha + np.asarray(x[y == 0].sum(0)).ravel()
+    return np.log(p / p.sum()) - np.log(q / q.sum())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-root", default="../shared/data")
+    ap.add_argument("--output", default="results/text_linear.json")
+    args = ap.parse_args(argv)
+    rows = []
+    for task in ("sentiment", "subjectivity"):
+        data = make_build(task)(Path(args.data_root), quiet=True)
+        texts = {s: list(data[s]["text"]) for s in ("train", "validation", "test")}
+        y = {s: np.asarray(data[s]["label"]) for s in texts}
+        for name, (buckets, bigrams) in FEATURES.items():
+            started = time.time()
+            x = binary_bags(texts, buckets, bigrams)
+            r = naive_bayes(x["train"], y["train"])
+            lr = LogisticRegression(C=1.0, max_iter=3000).fit(x["train"], y["train"])
+            for model, predict in (("nb", lambda m: (m @ r > 0).astype(int)), ("lr", lr.predict)):
+                rows.append({"task": task, "features": name, "model": model,
+                             **{s: float(np.mean(predict(x[s]) == y[s])) for s in ("validation", "test")},
+                             "seconds": round(time.time() - started, 1)})
+    print("| task | features | model | validation | test |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['task']} | {row['features']} | {row['model']} | {row['validation']:.3f} | {row['test']:.3f} |")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(rows, indent=1))
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
