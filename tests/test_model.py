@@ -303,14 +303,20 @@ def test_wide_text_head_reads_the_bag_linearly_and_only_for_its_own_task() -> No
     assert len(_wide_text_model().heads["a"].wide) == 0  # off by default
 
 
-def test_wide_text_head_learns_a_word_the_label_follows_and_not_shuffled_labels() -> None:
+def _word_rule(n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Generator]:
+    """n texts of 6 words out of 40 (hashed into 256 buckets); the label says whether w3 or w7 is among them."""
     from modalities.text import TextEmbedder
 
     rng = torch.Generator().manual_seed(0)
     vocab = [f"w{i}" for i in range(40)]
-    texts = [" ".join(vocab[j] for j in torch.randint(0, 40, (6,), generator=rng).tolist()) for _ in range(256)]
+    texts = [" ".join(vocab[j] for j in torch.randint(0, 40, (6,), generator=rng).tolist()) for _ in range(n)]
     labels = torch.tensor([int("w7" in t.split() or "w3" in t.split()) for t in texts])
     text = TextEmbedder.collate(texts, tokenizer="words", buckets=256, bigrams=False)
+    return text, labels, rng
+
+
+def test_wide_text_head_learns_a_word_the_label_follows_and_not_shuffled_labels() -> None:
+    text, labels, rng = _word_rule(256)
 
     def held_out_accuracy(targets: torch.Tensor) -> float:
         torch.manual_seed(0)
@@ -381,13 +387,10 @@ def test_naive_bayes_prior_counts_each_id_once_per_row_and_centres_over_classes(
 
 
 def test_naive_bayes_prior_predicts_a_word_rule_before_training_and_not_shuffled_labels() -> None:
-    from modalities.text import TextEmbedder, hash_token
+    from modalities.text import hash_token
 
-    rng = torch.Generator().manual_seed(0)
+    text, labels, rng = _word_rule(400)
     vocab = [f"w{i}" for i in range(40)]
-    texts = [" ".join(vocab[j] for j in torch.randint(0, 40, (6,), generator=rng).tolist()) for _ in range(400)]
-    labels = torch.tensor([int("w7" in t.split() or "w3" in t.split()) for t in texts])
-    text = TextEmbedder.collate(texts, tokenizer="words", buckets=256, bigrams=False)
     rows = lambda s: {k: v[s] for k, v in text.items()}  # noqa: E731
 
     def held_out_accuracy(targets: torch.Tensor) -> float:
