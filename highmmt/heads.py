@@ -16,7 +16,8 @@ from torch import Tensor, nn
 class TaskHead(nn.Module):
     """LayerNorm + linear (HighMMT's head), or an MLP when ``hidden > 0``; plus, for modalities whose
     embedder has a wide input, a linear read-out of that sparse bag added to the outputs (the wide
-    part of Wide & Deep, Cheng et al. 2016; zero at initialisation).
+    part of Wide & Deep, Cheng et al. 2016; a :class:`WideReadout`, zero at initialisation unless its
+    prior is set).
 
     Args:
         in_dim: fused width f. out_dim: outputs c. hidden: MLP width (0 = linear). dropout: before the output layer.

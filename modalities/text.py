@@ -1,6 +1,7 @@
 """Text embedder with two download-free tokenizers: UTF-8 bytes (default) or hashed words.
 
-One sample: ``str``. Batch (from ``collate``): ``x`` [b, n] int64 ids, ``mask`` [b, n] bool (True = real token).
+One sample: ``str``. Batch (from ``collate``): ``x`` [b, n] int64 ids, ``mask`` [b, n] bool (True = real token)
+(+ ``wide`` [b, m], below).
 ``collate`` must be given the embedder's options (the task loader passes them) so it tokenises the same
 way as the embedder: ``tokenizer`` picks the ids, ``max_len`` truncates early.
 
@@ -27,6 +28,11 @@ sparse bag (``wide_bag``: each distinct id once, weight 1/sqrt(number of distinc
 reads with a linear layer of its own beside the encoder: the wide part of Wide & Deep (Cheng et al.
 2016), i.e. a logistic regression on the bag of hashed words trained jointly with the model. With the
 ``"bytes"`` tokenizer the bag is the text's set of distinct bytes (wide id = byte + 1), which says little.
+``wide_buckets`` > 0 gives the bag ids of its own: ``collate`` adds ``wide`` [b, m] int64, the words and
+word bigrams of the text's first ``max_len`` words hashed into ``wide_buckets`` ids (0 pads), whatever the
+tokenizer; a linear read-out loses less to hash collisions in a larger space than the deep path's table
+could afford (``wide_buckets_for`` sizes it for a number of classes). The read-out's starting point, a
+naive Bayes fit of the training rows, is a training option (``train.wide_prior``; highmmt/heads.py).
 """
 
 from __future__ import annotations
