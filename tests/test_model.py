@@ -348,8 +348,8 @@ def test_training_gives_the_wide_read_out_its_own_loss_and_a_larger_lr() -> None
     text = TextEmbedder.collate(["good film", "bad film"], tokenizer="words", buckets=256, bigrams=False)
     batch = {"inputs": {"text": text, "series": torch.randn(2, 4, 2)}, "target": torch.tensor([1, 0])}
     model.eval()
-    plain = train.TaskLoss(model, TrainConfig(wide_loss=0.0))(batch, "a")
-    both = train.TaskLoss(model, TrainConfig(wide_loss=0.5))(batch, "a")
+    plain = train.TaskLoss(model, TrainConfig(wide_loss=0.0, deep_loss=0.0))(batch, "a")
+    both = train.TaskLoss(model, TrainConfig(wide_loss=0.5, deep_loss=0.0))(batch, "a")
     wide_alone = nn.functional.cross_entropy(model.wide_logits(batch["inputs"], "a"), batch["target"])
     torch.testing.assert_close(both, plain + 0.5 * wide_alone)
     deep_alone = nn.functional.cross_entropy(model(batch["inputs"], "a") - model.wide_logits(batch["inputs"], "a"), batch["target"])

@@ -274,8 +274,11 @@ class TrainConfig:
     # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
     wide_loss: float = 1.0
     # ... and the deep path's logits alone (the head's outputs less the wide read-outs) too, times this weight (0 = off):
-    # each part then learns the whole task, and the head's output is the sum of two whole predictors.
-    deep_loss: float = 0.0
+    # each part then learns the whole task, and the head's output is the sum of two whole predictors. In a multitask
+    # model this keeps the text tasks training the encoder every modality shares, which a read-out that already fits
+    # the text (wide_prior) would otherwise take away (docs/experiments.md, session 11, pilot DEEPMT: AV-MNIST, UTD-MHAD
+    # and PhysioNet gain, the text tasks lose up to 0.005).
+    deep_loss: float = 1.0
     # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
     # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
     wide_lr_scale: float = 10.0
