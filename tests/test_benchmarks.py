@@ -171,6 +171,15 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
     assert merged["per_task"] == combined["per_task"]
     with pytest.raises(ValueError, match="repeats the runs"):
         suite_results.main(["--combine", f"{split[0]}+{split[0]}", "--output-dir", str(tmp_path / "out3")])
+    # an override in one call of a seed and not the other: refused, unless named as inert there
+    r = json.loads((split[0] / "results.json").read_text())
+    (split[0] / "results.json").write_text(json.dumps({**r, "overrides": ["train.deep_loss=1"]}))
+    with pytest.raises(ValueError, match="--inert-override"):
+        suite_results.main(["--combine", f"{split[0]}+{split[1]}", "--output-dir", str(tmp_path / "out3")])
+    inert = suite_results.main(["--combine", f"{split[0]}+{split[1]}", "--inert-override", "train.deep_loss",
+                                "--output-dir", str(tmp_path / "out3")])
+    assert inert["overrides"] == ["train.deep_loss=1"] and inert["inert_overrides"] == ["train.deep_loss"]
+    (split[0] / "results.json").write_text(json.dumps(r))
     # runs that keep each task's own weights are also scored with one checkpoint: two more columns
     for seed, folder in enumerate(folders):
         r = json.loads((folder / "results.json").read_text())
