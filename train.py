@@ -434,11 +434,10 @@ class TaskLoss(nn.Module):
         for h in self.hooks:
             inputs = h.training_inputs(task, inputs)
         with self.autocast():
-            outputs, latents = self.model(inputs, task, return_latents=True)
+            outputs, latents, wide = self.model(inputs, task, return_latents=True, return_wide=True)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
             task_type = self.model.config.tasks[task].task_type
             loss = task_loss(outputs, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
-            wide = self.model.wide_logits(inputs, task) if self.tc.wide_loss > 0 or self.tc.deep_loss > 0 else None
             if wide is not None:  # each part also learns alone (train.wide_loss, train.deep_loss)
                 for weight, part in ((self.tc.wide_loss, wide), (self.tc.deep_loss, outputs - wide.to(outputs.dtype))):
                     if weight > 0:

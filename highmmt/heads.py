@@ -37,9 +37,13 @@ class TaskHead(nn.Module):
 
     def forward(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """fused [b, f] (+ ``wide`` {modality key: (ids [b, k], weights [b, k])} of the modalities present) -> [b, c]."""
+        return self.outputs_and_wide(fused, wide)[0]
+
+    def outputs_and_wide(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor | None]:
+        """The head's outputs [b, c] and, within them, the wide read-outs' sum [b, c] (None when there are none)."""
         outputs = self.to_logits(fused)
         wide_outputs = self.wide_logits(wide)
-        return outputs if wide_outputs is None else outputs + wide_outputs.to(outputs.dtype)
+        return (outputs if wide_outputs is None else outputs + wide_outputs.to(outputs.dtype)), wide_outputs
 
     def wide_logits(self, wide: Mapping[str, tuple[Tensor, Tensor]] | None) -> Tensor | None:
         """The wide read-outs' sum [b, c] over the modalities in ``wide`` (None when there are none)."""

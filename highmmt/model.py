@@ -353,12 +353,15 @@ class HighMMT(nn.Module):
         return self.heads[_key(task)].wide_logits(self.wide_bags(inputs, task))
 
     def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str, *,
-                return_latents: bool = False) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+                return_latents: bool = False, return_wide: bool = False) -> Tensor | tuple[Any, ...]:
         """inputs -> outputs [b, c] of ``task``'s head; with ``return_latents`` also the latents
-        {modality: [b, l, d]} the fusion read (training methods that work on latents use them)."""
+        {modality: [b, l, d]} the fusion read (training methods that work on latents use them), with
+        ``return_wide`` also the wide read-outs' part of the outputs [b, c] (None without one), in that order."""
         latents = self.latents(inputs, task)
-        outputs = self.head(task, self.fusion(latents, self.config.tasks[task].modalities, _key(task)), inputs)
-        return (outputs, latents) if return_latents else outputs
+        fused = self.fusion(latents, self.config.tasks[task].modalities, _key(task))
+        outputs, wide = self.heads[_key(task)].outputs_and_wide(fused, self.wide_bags(inputs, task))
+        extra = ((latents,) if return_latents else ()) + ((wide,) if return_wide else ())
+        return (outputs, *extra) if extra else outputs
 
     # ---- bookkeeping -----------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, Any]:

@@ -81,7 +81,11 @@ def hash_token(token: str, buckets: int) -> int:
 def encode_words(text: str, buckets: int = DEFAULT_BUCKETS, bigrams: bool = True) -> list[int]:
     """str -> hashed ids of its tokens interleaved with their bigrams: w0, w0 w1, w1, w1 w2, w2, ...
     (``bigrams=False``: the tokens alone)."""
-    toks = words(text)
+    return encode_tokens(words(text), buckets, bigrams)
+
+
+def encode_tokens(toks: Sequence[str], buckets: int = DEFAULT_BUCKETS, bigrams: bool = True) -> list[int]:
+    """``encode_words`` of text already split by ``words``."""
     ids = []
     for i, tok in enumerate(toks):
         if i > 0 and bigrams:
@@ -197,8 +201,8 @@ class TextEmbedder(Embedder):
         batch = {"x": x, "mask": mask}
         wide_buckets = options.get("wide_buckets") or 0
         if wide_buckets:  # the wide bag's own ids: words and bigrams of the first max_len words
-            wide = [np.asarray(encode_words(" ".join(words(s)[:max_len]), buckets_option(wide_buckets)), dtype=np.int64)
-                    for s in samples]
+            wide_buckets = buckets_option(wide_buckets)
+            wide = [np.asarray(encode_tokens(words(s)[:max_len], wide_buckets), dtype=np.int64) for s in samples]
             batch["wide"] = pad_stack(cls.kind, wide, dtype=np.int64, pad_value=WORD_PAD_ID)[0]
         return batch
 
