@@ -415,7 +415,7 @@ class TaskLoss(nn.Module):
 
     Args:
         model: the HighMMT model (its config gives each task's type).
-        tc: the training config (``label_smoothing``, ``wide_loss``, ``deep_loss``).
+        tc: the training config (``label_smoothing``, ``wide_loss``, ``deep_loss``, ``modality_loss``).
         extra: the training hooks' modules (a ModuleDict; default none).
         hooks: the training hooks; ``extra_loss`` of each is added.
         ctx: what the hooks see (needed with hooks).
@@ -434,14 +434,15 @@ class TaskLoss(nn.Module):
         for h in self.hooks:
             inputs = h.training_inputs(task, inputs)
         with self.autocast():
-            outputs, latents, wide = self.model(inputs, task, return_latents=True, return_wide=True)
+            outputs, latents, parts = self.model(inputs, task, return_latents=True, return_parts=True)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
             task_type = self.model.config.tasks[task].task_type
             loss = task_loss(outputs, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
-            if wide is not None:  # each part also learns alone (train.wide_loss, train.deep_loss)
-                for weight, part in ((self.tc.wide_loss, wide), (self.tc.deep_loss, outputs - wide.to(outputs.dtype))):
+            if len(parts) > 1:  # each part also learns alone (train.wide_loss, train.deep_loss, train.modality_loss)
+                for name, part in parts.items():
+                    weight = self.part_weight(name)
                     if weight > 0:
-                        loss = loss + weight * task_loss(part, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
+                        loss = loss + weight * task_loss(part.float(), batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
             if self.hooks:
                 self.ctx.latents = latents
                 for h in self.hooks:
@@ -450,6 +451,15 @@ class TaskLoss(nn.Module):
                         loss = loss + aux
                 self.ctx.latents = None
         return loss
+
+
+    def part_weight(self, name: str) -> float:
+        """The weight of an output part's own loss (see ``HighMMT.output_parts``)."""
+        if name == "deep":
+            return self.tc.deep_loss
+        if name == "wide":
+            return self.tc.wide_loss
+        return self.tc.modality_loss
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -158,6 +158,7 @@ class HighMMTConfig:
     sharing: SharingConfig = field(default_factory=SharingConfig)
     head_hidden: int = 0
     head_dropout: float = 0.0
+    modality_heads: bool = False
     token_dropout: float = 0.0
     gradient_checkpointing: bool = False
     representation_tuning: RepresentationTuningConfig = field(default_factory=RepresentationTuningConfig)

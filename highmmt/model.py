@@ -192,6 +192,12 @@ class HighMMT(nn.Module):
         # MAG between encoder and fusion (None unless config.representation_tuning.primary is set).
         self.representation_tuning = RepresentationTuning.from_config(config)
         self.heads = nn.ModuleDict({_key(t): self._build_head(tc) for t, tc in config.tasks.items()})
+        # Late fusion (model.modality_heads): one head per encoded modality of each multimodal, non-regression task.
+        self.modality_heads = nn.ModuleDict({
+            _key(t): nn.ModuleDict({_key(m): TaskHead(in_dim=d, out_dim=tc.num_outputs, hidden=config.head_hidden,
+                                                      dropout=config.head_dropout) for m in mods})
+            for t, tc in config.tasks.items() if (mods := self.late_fusion_modalities(t))
+        })
 
     # ---- construction -------------------------------------------------------------------------
     def _build_embedder(self, name: str, mc: ModalityConfig) -> Embedder:
@@ -211,6 +217,15 @@ class HighMMT(nn.Module):
             wide={_key(m): self.embedders[_key(m)].wide_size for m in tc.modalities
                   if m in self.config.modalities and self.embedders[_key(m)].wide_size},
         )
+
+    def late_fusion_modalities(self, task: str) -> list[str]:
+        """The modalities whose own head adds to ``task``'s outputs (``model.modality_heads``): with the option
+        on, every modality the task encodes (a prefix modality is read through its host) when there are at
+        least two of them and the task is not a regression (a sum of regressors each fitted alone would
+        over-shoot); else none."""
+        tc = self.config.tasks[task]
+        mods = [m for m in tc.modalities if m not in self.prefix_host]
+        return mods if self.config.modality_heads and len(mods) >= 2 and tc.task_type != "regression" else []
 
     def _build_fusion(self) -> nn.Module:
         cfg = self.config
@@ -312,10 +327,28 @@ class HighMMT(nn.Module):
         """inputs -> fused [b, M * d] (the head's input)."""
         return self.fusion(self.latents(inputs, task), self.config.tasks[task].modalities, _key(task))
 
-    def head(self, task: str, fused: Tensor, inputs: Mapping[str, Tensor | Mapping[str, Tensor]] | None = None) -> Tensor:
+    def head(self, task: str, fused: Tensor, inputs: Mapping[str, Tensor | Mapping[str, Tensor]] | None = None,
+             latents: Mapping[str, Tensor] | None = None) -> Tensor:
         """fused [b, M * d] -> ``task``'s outputs [b, c]; the head also reads the wide inputs (sparse
-        bags, see :class:`TaskHead`) of those of its modalities in ``inputs`` whose embedder has one."""
-        return self.heads[_key(task)](fused, self.wide_bags(inputs, task))
+        bags, see :class:`TaskHead`) of those of its modalities in ``inputs`` whose embedder has one, and,
+        with ``model.modality_heads``, adds the modality heads' outputs on ``latents`` (see :meth:`forward`)."""
+        return self.output_parts(task, fused, inputs, latents or {})[0]
+
+    def output_parts(self, task: str, fused: Tensor, inputs: Mapping[str, Any] | None,
+                     latents: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """``task``'s outputs [b, c] and the parts they are the sum of: ``"deep"`` (the head on the fused
+        vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs) and
+        ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``)."""
+        outputs, wide = self.heads[_key(task)].outputs_and_wide(fused, self.wide_bags(inputs, task))
+        parts = {"deep": outputs if wide is None else outputs - wide.to(outputs.dtype)}
+        if wide is not None:
+            parts["wide"] = wide
+        heads = self.modality_heads[_key(task)] if _key(task) in self.modality_heads else {}
+        for m, z in latents.items():
+            if _key(m) in heads:
+                parts[f"modality:{m}"] = part = heads[_key(m)](z.mean(dim=1))
+                outputs = outputs + part.to(outputs.dtype)
+        return outputs, parts
 
     def wide_bags(self, inputs: Mapping[str, Any] | None, task: str) -> dict[str, tuple[Tensor, Tensor]]:
         """{modality key: (ids, weights)}: the sparse bags of ``task``'s modalities in ``inputs`` that its head reads."""
@@ -353,14 +386,20 @@ class HighMMT(nn.Module):
         return self.heads[_key(task)].wide_logits(self.wide_bags(inputs, task))
 
     def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str, *,
-                return_latents: bool = False, return_wide: bool = False) -> Tensor | tuple[Any, ...]:
+                return_latents: bool = False, return_parts: bool = False) -> Tensor | tuple[Any, ...]:
         """inputs -> outputs [b, c] of ``task``'s head; with ``return_latents`` also the latents
         {modality: [b, l, d]} the fusion read (training methods that work on latents use them), with
-        ``return_wide`` also the wide read-outs' part of the outputs [b, c] (None without one), in that order."""
+        ``return_parts`` also the parts {name: [b, c]} the outputs are the sum of (:meth:`output_parts`),
+        in that order.
+
+        The outputs are the head's on the fused vector, plus its wide read-outs, plus, with
+        ``model.modality_heads``, one head per modality present on that modality's mean-pooled latents
+        (late fusion: a sum of logits, so the class ranking is that of the mean of the parts' log-probabilities).
+        """
         latents = self.latents(inputs, task)
         fused = self.fusion(latents, self.config.tasks[task].modalities, _key(task))
-        outputs, wide = self.heads[_key(task)].outputs_and_wide(fused, self.wide_bags(inputs, task))
-        extra = ((latents,) if return_latents else ()) + ((wide,) if return_wide else ())
+        outputs, parts = self.output_parts(task, fused, inputs, latents)
+        extra = ((latents,) if return_latents else ()) + ((parts,) if return_parts else ())
         return (outputs, *extra) if extra else outputs
 
     # ---- bookkeeping -----------------------------------------------------------------------------
@@ -375,7 +414,8 @@ class HighMMT(nn.Module):
         emb = {m: count(self.embedders[_key(m)]) + count(self.modality_embedding[_key(m)])
                + (count(self.prefixes[_key(m)]) if m in self.prefix_host else 0) for m in self.config.modalities}
         enc = {g: count(e) for g, e in self.encoders.items()}
-        heads = {t: count(self.heads[_key(t)]) for t in self.config.tasks}
+        heads = {t: count(self.heads[_key(t)]) + (count(self.modality_heads[_key(t)]) if _key(t) in self.modality_heads else 0)
+                 for t in self.config.tasks}
         return {
             "embedders": emb,
             "encoders": enc,
@@ -396,6 +436,7 @@ class HighMMT(nn.Module):
             "heads": {_key(t) for t in self.config.tasks if t != task},
         }
         others["modality_embedding"] = others["prefixes"] = others["embedders"]
+        others["modality_heads"] = others["heads"]
         def reads(key: str) -> bool:
             part, _, rest = key.partition(".")
             return rest.split(".")[0] not in others.get(part, ())

@@ -427,3 +427,94 @@ def test_weights_written_before_the_wide_prior_load_with_a_zero_prior(tmp_path) 
     loaded = HighMMT.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded.heads["a"].wide["text"].weight, model.heads["a"].wide["text"].weight)
     assert not loaded.heads["a"].wide["text"].prior.any()
+
+
+# ---- late fusion: model.modality_heads ------------------------------------------------------------
+def test_modality_heads_add_one_head_per_modality_of_multimodal_classification_tasks() -> None:
+    torch.manual_seed(0)
+    plain, late = HighMMT(make_config()), HighMMT(make_config(modality_heads=True))
+    assert len(plain.modality_heads) == 0
+    # "three" (classification, 3 modalities) and "pair" (multilabel, 2) get them; "one" (regression, 1) does not
+    assert {t: sorted(h) for t, h in late.modality_heads.items()} == {"three": ["a", "b", "c"], "pair": ["b", "c"]}
+    counts = late.parameter_counts()["heads"]
+    assert counts["three"] == plain.parameter_counts()["heads"]["three"] + 3 * (2 * 16 + 16 * 4 + 4)
+    x = inputs()
+    out, parts = late(x, "three", return_parts=True)
+    assert sorted(parts) == ["deep", "modality:a", "modality:b", "modality:c"]
+    torch.testing.assert_close(out, sum(parts.values()))
+    latents = late.latents(x, "three")
+    torch.testing.assert_close(parts["modality:b"], late.modality_heads["three"]["b"](latents["b"].mean(dim=1)))
+    torch.testing.assert_close(late.head("three", late.encode(x, "three"), x, latents), out)
+    # a modality left out at inference drops its part (the deep head sees its zero slot, as without the option)
+    out_ab, parts_ab = late({m: x[m] for m in "ab"}, "three", return_parts=True)
+    assert sorted(parts_ab) == ["deep", "modality:a", "modality:b"]
+    torch.testing.assert_close(out_ab, sum(parts_ab.values()))
+    # the regression task is the plain head
+    out_one, parts_one = late({"a": x["a"]}, "one", return_parts=True)
+    assert list(parts_one) == ["deep"]
+
+
+def test_modality_heads_are_a_tasks_own_weights_and_survive_save_load(tmp_path) -> None:
+    model = HighMMT(make_config(modality_heads=True))
+    own = model.task_state(model.state_dict(), "pair")
+    assert any(k.startswith("modality_heads.pair.") for k in own)
+    assert not any(k.startswith("modality_heads.three.") for k in own)
+    model.save_pretrained(tmp_path / "m")
+    again = HighMMT.from_pretrained(tmp_path / "m")
+    assert again.config.modality_heads
+    x = inputs()
+    model.eval(), again.eval()
+    torch.testing.assert_close(again(x, "three"), model(x, "three"))
+
+
+def test_training_gives_each_modality_head_its_own_loss() -> None:
+    import train
+    from transference.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = HighMMT(make_config(modality_heads=True)).eval()
+    x = inputs(b=4)
+    batch = {"inputs": x, "target": torch.tensor([0, 1, 2, 3])}
+    plain = train.TaskLoss(model, TrainConfig(deep_loss=0.0, modality_loss=0.0))(batch, "three")
+    out, parts = model(x, "three", return_parts=True)
+    ce = lambda logits: nn.functional.cross_entropy(logits, batch["target"])  # noqa: E731
+    torch.testing.assert_close(plain, ce(out))
+    both = train.TaskLoss(model, TrainConfig(deep_loss=2.0, modality_loss=0.5))(batch, "three")
+    torch.testing.assert_close(both, ce(out) + 2.0 * ce(parts["deep"]) + 0.5 * sum(ce(parts[f"modality:{m}"]) for m in "abc"))
+    with pytest.raises(ValueError, match="modality_loss"):
+        TrainConfig(modality_loss=-1.0)
+
+
+def test_each_modality_head_learns_its_own_modality_and_not_shuffled_labels() -> None:
+    """Two modalities each carry the label alone (a noisy copy of it): trained with their own losses, each
+    modality head predicts held-out rows from its modality alone; trained and scored on shuffled labels it cannot."""
+    import train
+    from transference.config import TrainConfig
+
+    def held_out_accuracy(labels: torch.Tensor) -> dict[str, float]:
+        torch.manual_seed(0)
+        cfg = HighMMTConfig(dim=16, modalities={m: ModalityConfig("_test_vector", {"channels": 3}) for m in "ab"},
+                            tasks={"t": TaskConfig(["a", "b"], "classification", 2)},
+                            encoder=EncoderConfig(depth=1, num_latents=4, heads=2, dim_head=8),
+                            fusion=FusionConfig(kind="none"), modality_heads=True)
+        model = HighMMT(cfg)
+        loss_fn = train.TaskLoss(model, TrainConfig(deep_loss=1.0, modality_loss=1.0))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        for step in range(60):
+            idx = torch.arange(step * 32, step * 32 + 32) % 192
+            loss = loss_fn({"inputs": {m: data[m][idx] for m in "ab"}, "target": labels[idx]}, "t")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            return {m: float((model({m: data[m][192:]}, "t").argmax(1) == labels[192:]).float().mean()) for m in "ab"}
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 2, (256,), generator=g)
+    sign = (2 * truth - 1).float()[:, None, None]
+    data = {m: torch.randn(256, 3, 3, generator=g) * 0.5 + sign * torch.tensor([1.0, -1.0, 0.5]) for m in "ab"}
+    learned = held_out_accuracy(truth)
+    assert min(learned.values()) > 0.9, learned
+    shuffled = held_out_accuracy(truth[torch.randperm(256, generator=g)])
+    assert max(shuffled.values()) < 0.75, shuffled

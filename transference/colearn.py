@@ -211,7 +211,7 @@ class ColearnPredictor(nn.Module):
         latents = model.latents(present, task)
         if resolved_slot(cfg) == "translation":
             latents[cfg.secondary] = self.colearn["to_secondary"](latents[cfg.primary])
-        return model.head(task, model.fusion(latents, order, _key(task)), present)
+        return model.head(task, model.fusion(latents, order, _key(task)), present, latents)
 
 
 # ---- the training hook -------------------------------------------------------------------------
@@ -332,7 +332,7 @@ class ColearnHook(TrainHook):
             if slot == "translation":
                 kept[cfg.secondary] = translated
             out = model.head(task, model.fusion(kept, order, _key(task)),
-                             {m: v for m, v in (inputs or {}).items() if m != cfg.secondary})
+                             {m: v for m, v in (inputs or {}).items() if m != cfg.secondary}, kept)
             parts["head_" + slot] = task_loss(out, target, model.config.tasks[task].task_type)
         return parts
 

@@ -273,12 +273,18 @@ class TrainConfig:
     # loss, times this weight (0 = only the sum of deep and wide outputs is trained). Trained only through the sum,
     # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
     wide_loss: float = 1.0
-    # ... and the deep path's logits alone (the head's outputs less the wide read-outs) too, times this weight (0 = off):
+    # ... and the deep path's logits alone (the head's outputs less the wide read-outs and the modality heads) too, times
+    # this weight (0 = off):
     # each part then learns the whole task, and the head's output is the sum of two whole predictors. In a multitask
     # model this keeps the text tasks training the encoder every modality shares, which a read-out that already fits
     # the text (wide_prior) would otherwise take away (docs/experiments.md, session 11, pilot DEEPMT: AV-MNIST, UTD-MHAD
     # and PhysioNet gain, the text tasks lose up to 0.005).
     deep_loss: float = 1.0
+    # With ``model.modality_heads`` (late fusion: one head per modality of a multimodal task, on that modality's pooled
+    # latents, added to the task's outputs), each modality head's logits alone also get the task's loss, times this
+    # weight (0 = only through the sum): each modality must then predict the task by itself, as in a late fusion of
+    # per-modality models.
+    modality_loss: float = 1.0
     # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
     # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
     wide_lr_scale: float = 10.0
@@ -323,8 +329,9 @@ class TrainConfig:
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.wide_loss < 0.0 or self.deep_loss < 0.0:
-            raise ValueError(f"train.wide_loss and train.deep_loss must be >= 0, got {self.wide_loss}, {self.deep_loss}")
+        if self.wide_loss < 0.0 or self.deep_loss < 0.0 or self.modality_loss < 0.0:
+            raise ValueError(f"train.wide_loss, train.deep_loss and train.modality_loss must be >= 0, got "
+                             f"{self.wide_loss}, {self.deep_loss}, {self.modality_loss}")
         if self.wide_prior not in ("none", "naive_bayes"):
             raise ValueError(f"train.wide_prior must be 'none' or 'naive_bayes', got {self.wide_prior!r}")
         if self.wide_prior_alpha <= 0.0:
