@@ -6,8 +6,10 @@ image: pixels; text: TF-IDF word 1-2 grams). A *feature set* is a list of blocks
 
 * one modality: each block alone and, where there are several, all of them together
   (``stats``, ``resampled``, ``stats+resampled``; ``raw`` for tabular; ``pixels``; ``tfidf``);
-* several modalities: ``concat``, every block of every modality side by side (and, with
-  ``per_modality``, each modality's blocks alone, named by the modality).
+* several modalities: ``concat``, every block of every modality side by side; ``late_fusion``, one
+  model per modality on its blocks, their outputs averaged (log-probabilities for classification, as
+  the data README's late-fusion references); and, with ``per_modality``, each modality's blocks alone,
+  named by the modality.
 
 Preprocessing is fitted on the training rows only: dense blocks are imputed with the training
 median (plus a missing-value indicator per column with gaps) and standardised; categorical codes
@@ -62,7 +64,7 @@ from tasks.features import blocks_of, featurize, fit_params
 from tasks.loader import score
 
 # Bump when features, grids or models change: evaluate.py's cached baselines are then recomputed.
-BASELINE_VERSION = "1"
+BASELINE_VERSION = "2"  # 2: late_fusion
 MODELS = ("lr", "rf", "gb")
 FEATURE_SET_MODES = ("each", "all")
 LR_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
@@ -196,11 +198,15 @@ def extract_features(lt: LoadedTask, *, seed: int = 0, quiet: bool = True) -> Ta
                         splits=splits, seconds=time.perf_counter() - start, params=params)
 
 
+LATE_FUSION = "late_fusion"
+
+
 def feature_sets(spec: TaskSpec, settings: BaselineSettings) -> dict[str, list[tuple[str, str]]]:
     """Feature set name -> its (modality, block) list (see the module docstring)."""
     per_mod = {m: [(m, b) for b, _ in blocks_of(kind)] for m, kind in spec.modalities.items()}
     if len(per_mod) > 1:
         sets = {"concat": [key for keys in per_mod.values() for key in keys]}
+        sets[LATE_FUSION] = sets["concat"]  # fitted per modality, see run_task
         if settings.per_modality:
             sets.update(per_mod)
         return sets
@@ -380,6 +386,16 @@ def fit_select(
     return best, {"C": best_C}, best_val
 
 
+def fit_plan(model: str, spec: TaskSpec, settings: BaselineSettings, X: Mapping[str, Any], y: np.ndarray, plan: Plan,
+             *, text: bool) -> tuple[Any, dict[str, Any], float]:
+    """:func:`fit_select` on one plan's rows (``X``: its ``fit`` / ``val`` / ``test`` / ``inner`` matrices):
+    on the split, fit on ``fit`` and choose on ``val``; under K-fold, choose on (``inner``, ``val``) and refit on ``fit``."""
+    if plan.inner is None:
+        return fit_select(model, spec, settings, X["fit"], y[plan.fit], X["val"], y[plan.val], text=text)
+    return fit_select(model, spec, settings, X["inner"], y[plan.inner], X["val"], y[plan.val], text=text,
+                      refit=(X["fit"], y[plan.fit]))
+
+
 def _tree_rows(y: np.ndarray, spec: TaskSpec, settings: BaselineSettings) -> np.ndarray:
     """All rows, or a seeded (stratified for classification) subset of ``max_tree_rows``."""
     n = len(y)
@@ -478,34 +494,42 @@ def run_task(lt: LoadedTask, settings: BaselineSettings = BaselineSettings(), *,
         warnings.filterwarnings("ignore", category=ConvergenceWarning)  # max_iter=2000; the grid's weakest C may not converge
         warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")  # e.g. a class absent from a tiny fold
         for set_name, keys in sets.items():
+            # one design per modality for late fusion (each fitted alone, outputs averaged), else one for all keys
+            groups = ([[k for k in keys if k[0] == m] for m in dict.fromkeys(k[0] for k in keys)]
+                      if set_name == LATE_FUSION else [keys])
             acc: dict[str, dict[str, Any]] = {}
             for plan in todo:
                 t0 = time.perf_counter()
-                design = Design(feats, keys).fit(plan.fit)
-                X_fit, X_val, X_test = (design.transform(r) for r in (plan.fit, plan.val, plan.test))
-                X_inner = design.transform(plan.inner) if plan.inner is not None else None
+                designs = [Design(feats, g).fit(plan.fit) for g in groups]
+                data = [{part: design.transform(rows) for part, rows in
+                         (("fit", plan.fit), ("val", plan.val), ("test", plan.test), ("inner", plan.inner)) if rows is not None}
+                        for design in designs]
                 design_s = time.perf_counter() - t0
+                has_text = any(d.has_text for d in designs)
                 for model in settings.models:
                     name = f"{set_name}_{model}"
-                    reason = skip_reason(model, spec, design.has_text, settings)
+                    reason = skip_reason(model, spec, has_text, settings)
                     if reason:
                         skipped[name] = reason
                         bar.update(1)
                         continue
                     t1 = time.perf_counter()
-                    if X_inner is None:
-                        fitted, chosen, val = fit_select(model, spec, settings, X_fit, y[plan.fit], X_val, y[plan.val],
-                                                         text=design.has_text)
-                    else:
-                        fitted, chosen, val = fit_select(model, spec, settings, X_inner, y[plan.inner], X_val, y[plan.val],
-                                                         text=design.has_text, refit=(X_fit, y[plan.fit]))
-                    test = score(spec, model_outputs(fitted, X_test, spec), y[plan.test])
+                    fits = [fit_plan(model, spec, settings, X, y, plan, text=d.has_text) for X, d in zip(data, designs)]
+                    if len(fits) == 1:
+                        (fitted, chosen, val), = fits
+                        test_outputs = model_outputs(fitted, data[0]["test"], spec)
+                    else:  # late fusion: the mean of the modalities' outputs, scored as one model
+                        chosen = {g[0][0]: c for g, (_, c, _) in zip(groups, fits)}
+                        test_outputs = np.mean([model_outputs(f, X["test"], spec) for (f, _, _), X in zip(fits, data)], axis=0)
+                        val = (score(spec, np.mean([model_outputs(f, X["val"], spec) for (f, _, _), X in zip(fits, data)], axis=0),
+                                     y[plan.val])[spec.metric] if plan.inner is None else float("nan"))
+                    test = score(spec, test_outputs, y[plan.test])
                     a = acc.setdefault(name, {"tests": [], "vals": [], "chosen": [], "seconds": 0.0})
                     a["tests"].append(test)
                     a["vals"].append(val)
                     a["chosen"].append(chosen)
                     a["seconds"] += design_s + time.perf_counter() - t1
-                    a["n_features"] = int(X_fit.shape[1])
+                    a["n_features"] = int(sum(X["fit"].shape[1] for X in data))
                     bar.update(1)
             results.update({name: _summarise(name, set_name, a, spec, proto) for name, a in acc.items()})
     entry = {

@@ -212,9 +212,40 @@ def test_regression_multilabel_and_multimodal_tasks():
                             "label": lambda n, r: (xs[n][:, 0, 0] > 0).astype(int).tolist()},
                    {"s": "timeseries", "t": "text"})
     e = bl.run_task(both, bl.BaselineSettings(models=("lr", "rf"), cv="none", per_modality=True, rf_trees=10))
-    assert set(e["feature_sets"]) == {"concat", "s", "t"} and "concat_rf" in e["skipped"]
+    assert set(e["feature_sets"]) == {"concat", "late_fusion", "s", "t"} and {"concat_rf", "late_fusion_rf"} <= set(e["skipped"])
     assert e["baselines"]["t_lr"]["value"] == 1.0 and e["baselines"]["concat_lr"]["value"] >= 0.9
     assert bl.margin(0.8, 0.7, "accuracy") == pytest.approx(0.1) and bl.margin(0.8, 0.7, "mse") == pytest.approx(-0.1)
+
+
+def test_late_fusion_averages_the_modalities_own_models():
+    """Two noisy views of one label: ``late_fusion_lr`` is the mean of the log-probabilities of one logistic
+    regression per modality (each with its own C), and it beats each view alone."""
+    rng = np.random.default_rng(5)
+    labels = {}
+
+    def view(n, r):
+        if n not in labels:
+            labels[n] = r.integers(0, 2, n)
+        sign = (2 * labels[n] - 1)[:, None, None] * np.array([0.4, 0.0])
+        return list((sign + r.standard_normal((n, 6, 2))).astype(np.float32))
+
+    task = _loaded("views", {"s": view, "u": view, "label": lambda n, r: labels[n].tolist()},
+                   {"s": "timeseries", "u": "timeseries"}, sizes=(200, 100, 200))
+    settings = bl.BaselineSettings(models=("lr",), cv="none", per_modality=True)
+    e = bl.run_task(task, settings)
+    assert set(e["baselines"]["late_fusion_lr"]["params"]) == {"s", "u"}
+    feats = bl.extract_features(task)
+    plan, = bl.plans(feats, {"kind": "split"}, settings)
+    outputs = []
+    for m in ("s", "u"):
+        design = bl.Design(feats, bl.feature_sets(task.spec, settings)[m]).fit(plan.fit)
+        X = {part: design.transform(rows) for part, rows in (("fit", plan.fit), ("val", plan.val), ("test", plan.test))}
+        fitted, _, _ = bl.fit_plan("lr", task.spec, settings, X, feats.targets, plan, text=False)
+        outputs.append(bl.model_outputs(fitted, X["test"], task.spec))
+    expected = np.mean(np.argmax(np.mean(outputs, axis=0), axis=1) == feats.targets[plan.test])
+    value = e["baselines"]["late_fusion_lr"]["value"]
+    assert value == pytest.approx(expected)
+    assert value > max(e["baselines"]["s_lr"]["value"], e["baselines"]["u_lr"]["value"]), e["baselines"]
 
 
 def test_bad_settings_are_clear_errors(tmp_path):
