@@ -12,6 +12,14 @@ is given the option, else in ``embed``; the same rule either way); frames whose 
 fixed sinusoidal positions (time: half the width, rows and columns: a quarter each). A tubelet is
 real if any of its frames is. Defaults on 120 x 160 depth video: 32 frames -> 16 steps x 5 x 6
 patches (frames resized to 36 x 48) = 480 tokens.
+
+``motion_map=S`` (0 = off) adds (S / p)^2 tokens of the sample's *motion map*: the sum over time of
+|frame t - frame t-1| (consecutive real frames, after the resize), cropped to the bounding box of its
+non-zero pixels, resized (bilinear) to S x S and divided by its maximum, then cut into p x p patches,
+each ``Linear(p * p * c -> d)`` + fixed row / column positions + a learned "motion map" embedding. On
+depth video this is the front-view depth motion map of Yang et al. (2012) that the UTD-MHAD literature
+and the data README's references read; the crop makes it independent of where and how large the actor
+stands in the frame.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -58,6 +67,7 @@ class VideoEmbedder(Embedder):
         tubelet: frames per token.
         max_frames: frames kept per sample (uniformly resampled when longer).
         max_size: longest frame side (pixels) above which frames are resized down.
+        motion_map: side S of the motion-map tokens' map (a multiple of ``patch_size``; 0 = none).
     """
 
     kind = "video"
@@ -72,6 +82,7 @@ class VideoEmbedder(Embedder):
         tubelet: int = 2,
         max_frames: int = 32,
         max_size: int = 48,
+        motion_map: int = 0,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -80,6 +91,13 @@ class VideoEmbedder(Embedder):
         self.max_frames = positive_int(self.kind, "max_frames", max_frames)
         self.max_size = positive_int(self.kind, "max_size", max_size)
         self.to_tokens = nn.Linear(self.tubelet * self.patch_size**2 * self.channels, dim)
+        if isinstance(motion_map, bool) or not isinstance(motion_map, int) or motion_map < 0 or motion_map % self.patch_size:
+            raise ValueError(f"{self.kind}: motion_map must be 0 (off) or a positive multiple of patch_size "
+                             f"({self.patch_size}), got {motion_map!r}")
+        self.motion_map = motion_map
+        if motion_map:
+            self.to_motion = nn.Linear(self.patch_size**2 * self.channels, dim)
+            self.motion_embedding = nn.Parameter(torch.randn(dim) * 0.02)
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -125,4 +143,34 @@ class VideoEmbedder(Embedder):
         token_mask = step_mask.repeat_interleave(rows * cols, dim=1)  # (t h w) order: time outermost
         tokens = self.to_tokens(patches)
         tokens = tokens + sincos_grid((steps, rows, cols), dim=self.dim, device=x.device, dtype=tokens.dtype)
+        if self.motion_map:
+            maps = motion_maps(x, mask, self.motion_map)  # [b, S, S, c]
+            side = self.motion_map // p
+            motion = self.to_motion(rearrange(maps, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=p, p2=p))
+            motion = motion + sincos_grid((1, side, side), dim=self.dim, device=x.device, dtype=motion.dtype) + self.motion_embedding
+            tokens = torch.cat([tokens, motion], dim=1)
+            token_mask = torch.cat([token_mask, mask.any(dim=1, keepdim=True).expand(b, side * side)], dim=1)
         return finish(tokens, token_mask)
+
+
+def motion_maps(x: Tensor, mask: Tensor, size: int) -> Tensor:
+    """Motion maps of videos: x [b, t, h, w, c] (padded frames zero), mask [b, t] -> [b, size, size, c].
+
+    Sum over consecutive real frame pairs of |frame t - frame t-1|, cropped to the bounding box of its
+    non-zero pixels (all channels), resized (bilinear) to size x size and divided by its maximum (per
+    sample and channel); a sample without motion gives zeros.
+    """
+    pairs = (mask[:, 1:] & mask[:, :-1]).to(x.dtype)[:, :, None, None, None]
+    energy = ((x[:, 1:] - x[:, :-1]).abs() * pairs).sum(dim=1)  # [b, h, w, c]
+    out = []
+    for e in energy:
+        moving = (e > 0).any(dim=-1)
+        if not bool(moving.any()):
+            out.append(e.new_zeros(size, size, e.shape[-1]))
+            continue
+        rows, cols = moving.any(dim=1).nonzero().squeeze(1), moving.any(dim=0).nonzero().squeeze(1)
+        crop = e[int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+        crop = F.interpolate(rearrange(crop, "h w c -> 1 c h w"), size=(size, size), mode="bilinear", align_corners=False)
+        peak = crop.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(crop.dtype).tiny)
+        out.append(rearrange(crop / peak, "1 c h w -> h w c"))
+    return torch.stack(out)

@@ -93,7 +93,9 @@ def video(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((8, 8, 1))]),
             (ValueError, [np.zeros((2, 8, 8, 1)), np.zeros((2, 8, 9, 1))]),
         ],
-        variants=[({"channels": 1, "patch_size": 4, "tubelet": 1, "max_frames": 4, "max_size": 4}, [3, 4, 1])],
+        variants=[({"channels": 1, "patch_size": 4, "tubelet": 1, "max_frames": 4, "max_size": 4}, [3, 4, 1]),
+                  ({"channels": 1, "patch_size": 4, "tubelet": 2, "max_frames": 4, "max_size": 16, "motion_map": 8},
+                   [16, 16, 10])],  # + (8 / 4)^2 motion-map tokens each
     )
 
 
@@ -771,3 +773,34 @@ def test_text_wide_buckets_give_the_wide_bag_its_own_words_and_bigrams():
         TextEmbedder(name="t", dim=8, wide_buckets=4096)
     with pytest.raises(ValueError, match="wide_buckets"):
         TextEmbedder(name="t", dim=8, wide=True, wide_buckets=1)
+
+
+def test_video_motion_map_is_the_cropped_frame_difference_energy() -> None:
+    from modalities.video import motion_maps
+
+    def moving_square(top: int, left: int, side: int, t: int = 4) -> torch.Tensor:
+        x = torch.zeros(t, 24, 24, 1)
+        for i in range(t):  # a square sliding one pixel right per frame
+            x[i, top:top + side, left + i:left + i + side] = 1.0
+        return x
+
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    maps = motion_maps(torch.stack([moving_square(2, 2, 4), moving_square(10, 9, 4)]), mask, 8)
+    assert maps.shape == (2, 8, 8, 1) and float(maps.max()) == 1.0
+    torch.testing.assert_close(maps[0], maps[1])  # the crop: where the motion happens does not matter
+    # by hand: the energy is |diff| summed over the 3 frame pairs; the crop is its bounding box
+    x = moving_square(2, 2, 4)
+    energy = (x[1:] - x[:-1]).abs().sum(0)[..., 0]
+    rows, cols = energy.sum(1).nonzero().squeeze(1), energy.sum(0).nonzero().squeeze(1)
+    crop = energy[int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1]
+    expected = torch.nn.functional.interpolate(crop[None, None], size=(8, 8), mode="bilinear", align_corners=False)[0, 0]
+    torch.testing.assert_close(maps[0, ..., 0], expected / expected.max())
+    # a frame that is padding adds no motion; a still video gives a zero map
+    padded = motion_maps(torch.stack([moving_square(2, 2, 4)]), torch.tensor([[True, True, True, False]]), 8)
+    assert not torch.allclose(padded, maps[:1])
+    assert float(motion_maps(torch.ones(1, 3, 8, 8, 1), torch.ones(1, 3, dtype=torch.bool), 8).abs().sum()) == 0.0
+    emb = build("video", {"channels": 1, "patch_size": 4, "max_size": 24, "motion_map": 8})
+    tokens, token_mask = emb({"x": torch.stack([moving_square(2, 2, 4)]), "mask": mask[:1]})
+    assert tokens.shape[1] == 2 * 6 * 6 + 4 and bool(token_mask.all())
+    with pytest.raises(ValueError, match="motion_map must be 0"):
+        build("video", {"patch_size": 4, "motion_map": 6})

@@ -1,0 +1,103 @@
+"""What each part of a late-fusion output is worth (``model.modality_heads``; docs/experiments.md, session 12).
+
+For every task of a run whose head has several output parts (``HighMMT.output_parts``: the fused
+head ``deep``, the wide read-outs ``wide``, one ``modality:<m>`` per modality head), scores on the
+validation and test splits, with the weights each task is scored with (``evaluate.py``'s choice):
+
+- ``all``: the sum of the parts (the model's output);
+- each part alone;
+- ``all - <part>``: the sum without that part.
+
+    python -m experiments.late_parts --checkpoint results/s12/mhmt/seed0/multitask --output results/s12/late_parts_seed0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import evaluate
+from benchmarks.common import markdown_table
+from highmmt import HighMMT
+from highmmt.checkpoint import task_weight_epochs
+from tasks.loader import collate_rows, eval_batches, score
+
+
+@torch.no_grad()
+def parts_of(model: HighMMT, dataset: Any, spec: Any, batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A split -> ({part: outputs [n, c]}, targets [n])."""
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    targets = []
+    rows = np.arange(len(dataset))
+    for idx in eval_batches(len(rows), batch_size):
+        batch = collate_rows(dataset, rows[idx], spec)
+        _, out = model(batch["inputs"], spec.name, return_parts=True)
+        for name, part in out.items():
+            parts.setdefault(name, []).append(part.float().numpy())
+        targets.append(batch["target"].numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}, np.concatenate(targets)
+
+
+def combinations(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    total = sum(parts.values())
+    out = {"all": total}
+    out.update({f"{name} alone": p for name, p in parts.items()})
+    out.update({f"all - {name}": total - p for name, p in parts.items()})
+    return out
+
+
+def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_dir: str | None) -> dict[str, Any]:
+    run_cfg = evaluate.read_run_config(ckpt)
+    model = HighMMT.from_pretrained(ckpt).eval()
+    args = argparse.Namespace(data_root=data_root, cache_dir=cache_dir)
+    per_task = task_weight_epochs(ckpt, "auto", rows_of=lambda t: evaluate.validation_rows(run_cfg, t, args))
+    mean_state = {k: v.clone() for k, v in model.state_dict().items()}
+    results: dict[str, Any] = {}
+    for name in tasks or list(run_cfg["tasks"]):
+        if not model.late_fusion_modalities(name):
+            continue
+        lt = evaluate.load_run_task(run_cfg, name, data_root=data_root, cache_dir=cache_dir, quiet=True)
+        spec = lt.spec
+        weights = evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
+        entry: dict[str, Any] = {"metric": spec.metric, "weights": weights}
+        for split in ("validation", "test"):
+            parts, y = parts_of(model, lt.splits[split], spec)
+            entry[split] = {k: float(score(spec, v, y)[spec.metric]) for k, v in combinations(parts).items()}
+        results[name] = entry
+    return {"checkpoint": str(ckpt), "tasks": results}
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = []
+    for name, r in results["tasks"].items():
+        for combo in r["test"]:
+            rows.append([name, r["metric"], combo, f"{r['validation'][combo]:.3f}", f"{r['test'][combo]:.3f}"])
+    return f"Run `{results['checkpoint']}`.\n\n" + markdown_table(["task", "metric", "outputs", "validation", "test"], rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a train.py run folder")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the run's tasks")
+    p.add_argument("--output", required=True, help="JSON out")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = run(Path(args.checkpoint), args.tasks.split(",") if args.tasks else None, args.data_root, args.cache_dir)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
