@@ -27,7 +27,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from highmmt.plotting import pyplot, save_figure
 from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, find_bad_rows, load_task
-from tasks.loader import Prefetcher, TaskStream, collate_rows, move_to, predict, score
+from tasks.loader import Prefetcher, TaskStream, collate_rows, eval_batches, move_to, predict, score
 from tasks.splits import stratified_holdout
 from transference import autotune
 from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig, TrainConfig
@@ -319,7 +319,7 @@ def read_metrics(path: Path, log: Any = print) -> list[dict[str, Any]]:
 
 # What a run writes into its folder; --overwrite removes exactly these before the new run starts.
 RUN_FILES = ("config.json", "model.safetensors", "hooks.safetensors", "best.json", TASK_WEIGHTS_DIR, "DONE", "metrics.jsonl", "curves.png",
-             "ranks.json", "semisup.json", "trainer_state", "tensorboard", "eval")
+             "ranks.json", "semisup.json", "part_weights.json", "trainer_state", "tensorboard", "eval")
 LOCK_FILE = ".lock"
 
 
@@ -602,6 +602,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if main_process:
             atomic_write_json(out / "ranks.json", {"world_size": world, "weights_sha256": digests})
     if main_process:
+        if tc.part_weights == "validation":
+            fit_run_part_weights(out, loaded, tc, log, device=accelerator.device)
         (out / "DONE").write_text(f"finished {tc.epochs} epochs, {global_step} steps in {time.time() - started:.0f}s\n")
         _plot_curves(log_rows.history, out / "curves.png")
         log_rows.close()
@@ -784,6 +786,46 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
         sign = 1.0 if HIGHER_IS_BETTER[lt.spec.metric] else -1.0
         selection += tc.eval_weights.get(t, 1.0) * sign * (0.0 if math.isnan(primary) else primary)
     return rows, selection / sum(tc.eval_weights.get(t, 1.0) for t in loaded)
+
+
+def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, log: Any,
+                         device: torch.device | str = "cpu") -> dict[str, Any]:
+    """``train.part_weights=validation``: for every task with modality heads, fit the weights of its parts on
+    its validation split (``HighMMT.fit_part_weights``) for each set of weights it may be scored with, and
+    write them back: ``model.safetensors`` (the mean's best epoch) and the task's own
+    ``task_weights/<task>.safetensors`` where it has one. Also for a finished run folder (``loaded``: its tasks,
+    as ``evaluate.py`` loads them). Returns {task: {"model": weights, "own": weights}} and writes it as
+    ``part_weights.json``."""
+    model = HighMMT.from_pretrained(out).to(device)  # the saved weights, whatever wraps the training model
+    tasks = [t for t in loaded if model.late_fusion_modalities(t)]
+    if not tasks:
+        return {}
+
+    def batches(t: str) -> Iterator[tuple[Any, torch.Tensor]]:
+        dataset, spec = loaded[t].splits["validation"], loaded[t].spec
+        for idx in eval_batches(len(dataset), tc.eval_batch_size, tc.max_eval_samples):
+            batch = collate_rows(dataset, idx, spec)
+            yield move_to(batch["inputs"], device), batch["target"]
+
+    fitted: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    state = load_weights(out / "model.safetensors")
+    for t in tasks:
+        fitted[t]["model"] = model.fit_part_weights(t, batches(t))
+    final = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in state}
+    atomic_save_safetensors(out / "model.safetensors", final, metadata={"format": "pt"})
+    for t in tasks:
+        own = out / TASK_WEIGHTS_DIR / f"{t}.safetensors"
+        if own.is_file():
+            model.load_state_dict(final, strict=False)
+            model.load_state_dict(load_weights(own), strict=False)
+            fitted[t]["own"] = model.fit_part_weights(t, batches(t))
+            atomic_save_safetensors(own, model.task_state({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, t),
+                                    metadata={"format": "pt"})
+    model.load_state_dict(final, strict=False)
+    atomic_write_json(out / "part_weights.json", fitted)
+    log("train.part_weights: " + "; ".join(f"{t}: " + ", ".join(f"{k} {w:.2f}" for k, w in v.get("own", v["model"]).items())
+                                           for t, v in fitted.items()))
+    return fitted
 
 
 def save_task_bests(out: Path, model: HighMMT, hooks: Sequence[Any], loaded: dict[str, LoadedTask], tc: Any,

@@ -6,7 +6,10 @@ validation and test splits, with the weights each task is scored with (``evaluat
 
 - ``all``: the sum of the parts (the model's output);
 - each part alone;
-- ``all - <part>``: the sum without that part.
+- ``all - <part>``: the sum without that part;
+- ``stacked``: the head (fused + wide) and each modality head weighted by weights fitted on the
+  validation split (``highmmt.heads.fit_part_weights``), scored on both splits (on validation it is
+  fitted there, so only its test value is a measurement).
 
     python -m experiments.late_parts --checkpoint results/s12/mhmt/seed0/multitask --output results/s12/late_parts_seed0.json
 """
@@ -26,6 +29,7 @@ import evaluate
 from benchmarks.common import markdown_table
 from highmmt import HighMMT
 from highmmt.checkpoint import task_weight_epochs
+from highmmt.heads import fit_part_weights
 from tasks.loader import collate_rows, eval_batches, score
 
 
@@ -43,6 +47,13 @@ def parts_of(model: HighMMT, dataset: Any, spec: Any, batch_size: int = 256) -> 
             parts.setdefault(name, []).append(part.float().numpy())
         targets.append(batch["target"].numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}, np.concatenate(targets)
+
+
+def head_and_modalities(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The parts as stacking weighs them: ``head`` (the fused head and its wide read-outs) and each modality head."""
+    out = {"head": sum(v for k, v in parts.items() if not k.startswith("modality:"))}
+    out.update({k: v for k, v in parts.items() if k.startswith("modality:")})
+    return out
 
 
 def combinations(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -67,9 +78,15 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
         spec = lt.spec
         weights = evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
         entry: dict[str, Any] = {"metric": spec.metric, "weights": weights}
-        for split in ("validation", "test"):
-            parts, y = parts_of(model, lt.splits[split], spec)
+        outputs = {split: parts_of(model, lt.splits[split], spec) for split in ("validation", "test")}
+        grouped = {split: (head_and_modalities(parts), y) for split, (parts, y) in outputs.items()}
+        fitted = fit_part_weights({k: torch.from_numpy(v) for k, v in grouped["validation"][0].items()},
+                                  torch.from_numpy(grouped["validation"][1]), spec.task_type)
+        entry["part_weights"] = fitted
+        for split, (parts, y) in outputs.items():
             entry[split] = {k: float(score(spec, v, y)[spec.metric]) for k, v in combinations(parts).items()}
+            stacked = sum(fitted[k] * v for k, v in grouped[split][0].items())
+            entry[split]["stacked"] = float(score(spec, stacked, y)[spec.metric])
         results[name] = entry
     return {"checkpoint": str(ckpt), "tasks": results}
 
@@ -79,7 +96,10 @@ def markdown(results: dict[str, Any]) -> str:
     for name, r in results["tasks"].items():
         for combo in r["test"]:
             rows.append([name, r["metric"], combo, f"{r['validation'][combo]:.3f}", f"{r['test'][combo]:.3f}"])
-    return f"Run `{results['checkpoint']}`.\n\n" + markdown_table(["task", "metric", "outputs", "validation", "test"], rows) + "\n"
+    weights = "; ".join(f"{name}: " + ", ".join(f"{k} {w:.2f}" for k, w in r["part_weights"].items())
+                        for name, r in results["tasks"].items())
+    return (f"Run `{results['checkpoint']}`. Stacking weights (fitted on validation): {weights}.\n\n"
+            + markdown_table(["task", "metric", "outputs", "validation", "test"], rows) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

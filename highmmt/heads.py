@@ -6,6 +6,7 @@ logits (multilabel) or values (regression).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -110,3 +111,36 @@ def task_loss(outputs: Tensor, target: Tensor, task_type: str, *, label_smoothin
     if task_type == "regression":
         return F.mse_loss(outputs.float(), target.float().reshape(outputs.shape))
     raise ValueError(f"unknown task_type {task_type!r}")
+
+
+class PartWeights(nn.Module):
+    """The weights of a task's output parts (the head, then each modality head): a buffer, 1 until fitted."""
+
+    def __init__(self, parts: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.ones(parts))
+
+
+def fit_part_weights(parts: Mapping[str, Tensor], target: Tensor, task_type: str, *, steps: int = 200,
+                     ridge: float = 0.01) -> dict[str, float]:
+    """Non-negative weights of an output's parts that minimise the task's loss of their weighted sum on
+    held-out rows (stacking, Wolpert 1992; the late-fusion weights of ``model.modality_heads``).
+
+    ``parts``: name -> outputs [n, c] of the same rows (e.g. the validation split), ``target`` their
+    targets. Weights are softplus(v), start at 1, and pay ``ridge * sum (w - 1)^2`` so that a part that
+    is neither help nor harm keeps weight 1. L-BFGS, ``steps`` iterations at most.
+    """
+    names = list(parts)
+    stacked = torch.stack([parts[n].detach().float() for n in names])  # [p, n, c]
+    v = torch.full((len(names),), math.log(math.e - 1.0), requires_grad=True)  # softplus(v) = 1
+    optimizer = torch.optim.LBFGS([v], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        w = F.softplus(v)
+        loss = task_loss(torch.einsum("p,pnc->nc", w, stacked), target, task_type) + ridge * ((w - 1.0) ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return {n: float(w) for n, w in zip(names, F.softplus(v.detach()))}

@@ -44,7 +44,7 @@ from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.embedder import Embedder
 from highmmt.encoder import PerceiverEncoder
 from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
-from highmmt.heads import TaskHead, naive_bayes_prior
+from highmmt.heads import PartWeights, TaskHead, fit_part_weights, naive_bayes_prior
 from highmmt.pretrained import RepresentationTuning, weights_from_checkpoint
 from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
@@ -198,6 +198,9 @@ class HighMMT(nn.Module):
                                                       dropout=config.head_dropout) for m in mods})
             for t, tc in config.tasks.items() if (mods := self.late_fusion_modalities(t))
         })
+        # ... and the weights of the head and of each modality head in the outputs (a buffer, 1 until fitted on
+        # held-out rows by fit_part_weights: stacking).
+        self.part_weights = nn.ModuleDict({t: PartWeights(1 + len(h)) for t, h in self.modality_heads.items()})
 
     # ---- construction -------------------------------------------------------------------------
     def _build_embedder(self, name: str, mc: ModalityConfig) -> Embedder:
@@ -343,12 +346,51 @@ class HighMMT(nn.Module):
         parts = {"deep": outputs if wide is None else outputs - wide.to(outputs.dtype)}
         if wide is not None:
             parts["wide"] = wide
-        heads = self.modality_heads[_key(task)] if _key(task) in self.modality_heads else {}
-        for m, z in latents.items():
-            if _key(m) in heads:
-                parts[f"modality:{m}"] = part = heads[_key(m)](z.mean(dim=1))
-                outputs = outputs + part.to(outputs.dtype)
+        if _key(task) not in self.modality_heads:
+            return outputs, parts
+        heads, weights = self.modality_heads[_key(task)], self.part_weights[_key(task)].weight
+        outputs = outputs * weights[0].to(outputs.dtype)
+        for i, m in enumerate(heads):  # in late_fusion_modalities order: weights[1 + i]
+            z = latents.get(self._modality_of_key(task, m))
+            if z is not None:
+                parts[f"modality:{self._modality_of_key(task, m)}"] = part = heads[m](z.mean(dim=1))
+                outputs = outputs + weights[1 + i].to(outputs.dtype) * part.to(outputs.dtype)
         return outputs, parts
+
+    def _modality_of_key(self, task: str, key: str) -> str:
+        return next(m for m in self.config.tasks[task].modalities if _key(m) == key)
+
+    @torch.no_grad()
+    def fit_part_weights(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]]) -> dict[str, float]:
+        """Fit ``task``'s part weights (model.modality_heads) on held-out rows: ``batches`` yields (inputs, targets);
+        the head (fused + wide) and each modality head get the non-negative weight that minimises the task's
+        loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`, stacking). Sets the buffer and
+        returns {"head" | "modality:<m>": weight}."""
+        if _key(task) not in self.part_weights:
+            raise ValueError(f"task {task!r} has no modality heads (model.modality_heads, several modalities, not regression)")
+        was_training = self.training
+        self.eval()
+        collected: dict[str, list[Tensor]] = {}
+        targets = []
+        for inputs, target in batches:
+            _, parts = self(inputs, task, return_parts=True)
+            grouped = {"head": sum(v.float() for k, v in parts.items() if not k.startswith("modality:"))}
+            grouped.update({k: v.float() for k, v in parts.items() if k.startswith("modality:")})
+            if len(grouped) != 1 + len(self.modality_heads[_key(task)]):
+                raise ValueError(f"task {task!r}: fitting part weights needs every modality in every batch, got {sorted(parts)}")
+            for k, v in grouped.items():
+                collected.setdefault(k, []).append(v.cpu())
+            targets.append(target.cpu())
+        if not targets:
+            raise ValueError(f"task {task!r}: no rows to fit part weights on")
+        with torch.enable_grad():
+            fitted = fit_part_weights({k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets),
+                                      self.config.tasks[task].task_type)
+        order = ["head"] + [f"modality:{self._modality_of_key(task, m)}" for m in self.modality_heads[_key(task)]]
+        buffer = self.part_weights[_key(task)].weight
+        buffer.copy_(torch.tensor([fitted[k] for k in order], dtype=buffer.dtype, device=buffer.device))
+        self.train(was_training)
+        return {k: fitted[k] for k in order}
 
     def wide_bags(self, inputs: Mapping[str, Any] | None, task: str) -> dict[str, tuple[Tensor, Tensor]]:
         """{modality key: (ids, weights)}: the sparse bags of ``task``'s modalities in ``inputs`` that its head reads."""
@@ -436,7 +478,7 @@ class HighMMT(nn.Module):
             "heads": {_key(t) for t in self.config.tasks if t != task},
         }
         others["modality_embedding"] = others["prefixes"] = others["embedders"]
-        others["modality_heads"] = others["heads"]
+        others["modality_heads"] = others["part_weights"] = others["heads"]
         def reads(key: str) -> bool:
             part, _, rest = key.partition(".")
             return rest.split(".")[0] not in others.get(part, ())

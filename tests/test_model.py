@@ -518,3 +518,42 @@ def test_each_modality_head_learns_its_own_modality_and_not_shuffled_labels() ->
     assert min(learned.values()) > 0.9, learned
     shuffled = held_out_accuracy(truth[torch.randperm(256, generator=g)])
     assert max(shuffled.values()) < 0.75, shuffled
+
+
+def test_part_weights_weigh_down_a_part_that_only_adds_noise() -> None:
+    from highmmt.heads import fit_part_weights
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (300,), generator=g)
+    good = 3.0 * nn.functional.one_hot(target, 3).float() + torch.randn(300, 3, generator=g)
+    noise = 3.0 * torch.randn(300, 3, generator=g)
+    weights = fit_part_weights({"good": good, "noise": noise}, target, "classification")
+    assert weights["noise"] < 0.2 < 0.8 < weights["good"], weights
+    unchanged = fit_part_weights({"a": good, "b": good.clone()}, target, "classification")
+    assert unchanged["a"] == pytest.approx(unchanged["b"], rel=1e-3)
+
+
+def test_fitted_part_weights_set_the_outputs_and_are_saved(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = HighMMT(make_config(modality_heads=True)).eval()
+    assert sorted(model.part_weights) == ["pair", "three"]
+    x = inputs(b=8)
+    before, parts = model(x, "three", return_parts=True)
+    target = torch.arange(8) % 4
+    weights = model.fit_part_weights("three", [(x, target)])
+    assert list(weights) == ["head", "modality:a", "modality:b", "modality:c"]
+    after, parts_after = model(x, "three", return_parts=True)
+    expected = weights["head"] * parts["deep"] + sum(weights[f"modality:{m}"] * parts[f"modality:{m}"] for m in "abc")
+    torch.testing.assert_close(after, expected)
+    torch.testing.assert_close(parts_after["deep"], parts["deep"])  # the parts themselves are unchanged
+    assert not torch.allclose(after, before)
+    model.save_pretrained(tmp_path / "m")
+    torch.testing.assert_close(HighMMT.from_pretrained(tmp_path / "m").eval()(x, "three"), after)
+    with pytest.raises(ValueError, match="no modality heads"):
+        model.fit_part_weights("one", [(x, target)])
+    # weights saved before part weights existed load with every part at 1
+    from safetensors.torch import save_file
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("part_weights.")}
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    old = HighMMT.from_pretrained(tmp_path / "m")
+    assert all(bool((pw.weight == 1).all()) for pw in old.part_weights.values())

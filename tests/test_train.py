@@ -13,6 +13,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from _helpers import killed_after_epoch
 from safetensors.torch import load_file
 
@@ -570,3 +571,33 @@ def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it
         TrainConfig(select="best")
     with pytest.raises(ValueError, match="select_min_rows"):
         TrainConfig(select_min_rows=0)
+
+
+def test_part_weights_are_fitted_on_validation_after_training_for_each_scored_checkpoint(tmp_path, tiny_run):
+    out = tiny_run("late", "--set", "model.modality_heads=true", "--set", "train.select=task", "--set", "train.select_min_rows=1")
+    fitted = json.loads((out / "part_weights.json").read_text())
+    assert list(fitted) == ["synthetic_pair"]  # the one task with two modalities
+    assert set(fitted["synthetic_pair"]) == {"model", "own"}
+    assert list(fitted["synthetic_pair"]["own"]) == ["head", "modality:syn_a", "modality:syn_b"]
+    mean = load_file(str(out / "model.safetensors"))
+    own = load_file(str(out / "task_weights" / "synthetic_pair.safetensors"))
+    for state, which in ((mean, "model"), (own, "own")):
+        torch.testing.assert_close(state["part_weights.synthetic_pair.weight"],
+                                   torch.tensor(list(fitted["synthetic_pair"][which].values())))
+    assert not torch.equal(mean["part_weights.synthetic_pair.weight"], torch.ones(3))
+    # the weights are the ones that minimise the validation loss: evaluating with them beats all-ones there
+    model = HighMMT.from_pretrained(out).eval()
+    model.load_task_weights(out, "synthetic_pair")
+    val = load_task("synthetic_pair", cache_dir=tmp_path / "cache", quiet=True).splits["validation"]
+    spec = load_task("synthetic_pair", cache_dir=tmp_path / "cache", quiet=True).spec
+    from tasks.loader import collate_rows
+
+    batch = collate_rows(val, np.arange(len(val)), spec)
+    with torch.no_grad():
+        fitted_loss = nn.functional.cross_entropy(model(batch["inputs"], "synthetic_pair"), batch["target"])
+        model.part_weights["synthetic_pair"].weight.fill_(1.0)
+        ones_loss = nn.functional.cross_entropy(model(batch["inputs"], "synthetic_pair"), batch["target"])
+    assert float(fitted_loss) <= float(ones_loss) + 1e-6
+    off = tiny_run("off", "--set", "model.modality_heads=true", "--set", "train.part_weights=none")
+    assert not (off / "part_weights.json").exists()
+    assert torch.equal(load_file(str(off / "model.safetensors"))["part_weights.synthetic_pair.weight"], torch.ones(3))

@@ -285,6 +285,11 @@ class TrainConfig:
     # weight (0 = only through the sum): each modality must then predict the task by itself, as in a late fusion of
     # per-modality models.
     modality_loss: float = 1.0
+    # With ``model.modality_heads``: after training, the weight of the task head and of each modality head in the
+    # outputs is fitted on the validation split ("validation": stacking, highmmt.heads.fit_part_weights; each task
+    # with the weights it is scored with) or left at 1 ("none"). A modality that generalises badly to new rows (a
+    # depth head near chance on unseen subjects) is then weighed down instead of adding its noise to the sum.
+    part_weights: str = "validation"
     # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
     # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
     wide_lr_scale: float = 10.0
@@ -332,6 +337,8 @@ class TrainConfig:
         if self.wide_loss < 0.0 or self.deep_loss < 0.0 or self.modality_loss < 0.0:
             raise ValueError(f"train.wide_loss, train.deep_loss and train.modality_loss must be >= 0, got "
                              f"{self.wide_loss}, {self.deep_loss}, {self.modality_loss}")
+        if self.part_weights not in ("none", "validation"):
+            raise ValueError(f"train.part_weights must be 'none' or 'validation', got {self.part_weights!r}")
         if self.wide_prior not in ("none", "naive_bayes"):
             raise ValueError(f"train.wide_prior must be 'none' or 'naive_bayes', got {self.wide_prior!r}")
         if self.wide_prior_alpha <= 0.0:
