@@ -790,14 +790,15 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
 
 def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, log: Any,
                          device: torch.device | str = "cpu") -> dict[str, Any]:
-    """``train.part_weights=validation``: for every task with modality heads, fit the weights of its parts on
+    """``train.part_weights=validation``: for every task whose outputs have several parts (a wide read-out, modality
+    heads: ``HighMMT.part_names``), fit the weights of its parts on
     its validation split (``HighMMT.fit_part_weights``) for each set of weights it may be scored with, and
     write them back: ``model.safetensors`` (the mean's best epoch) and the task's own
     ``task_weights/<task>.safetensors`` where it has one. Also for a finished run folder (``loaded``: its tasks,
     as ``evaluate.py`` loads them). Returns {task: {"model": weights, "own": weights}} and writes it as
     ``part_weights.json``."""
     model = HighMMT.from_pretrained(out).to(device)  # the saved weights, whatever wraps the training model
-    tasks = [t for t in loaded if model.late_fusion_modalities(t)]
+    tasks = [t for t in loaded if len(model.part_names(t)) >= 2]
     if not tasks:
         return {}
 

@@ -1,15 +1,18 @@
 """What each part of a late-fusion output is worth (``model.modality_heads``; docs/experiments.md, session 12).
 
-For every task of a run whose head has several output parts (``HighMMT.output_parts``: the fused
+For every task of a run whose outputs have several parts (``HighMMT.output_parts``: the fused
 head ``deep``, the wide read-outs ``wide``, one ``modality:<m>`` per modality head), scores on the
 validation and test splits, with the weights each task is scored with (``evaluate.py``'s choice):
 
 - ``all``: the sum of the parts (the model's output);
 - each part alone;
 - ``all - <part>``: the sum without that part;
-- ``stacked``: the head (fused + wide) and each modality head weighted by weights fitted on the
-  validation split (``highmmt.heads.fit_part_weights``), scored on both splits (on validation it is
-  fitted there, so only its test value is a measurement).
+- ``stacked``: the parts weighted by weights fitted on the validation split
+  (``highmmt.heads.fit_part_weights``, as ``train.part_weights=validation`` does, but from the run's weights
+  as they are), scored on both splits (on validation it is fitted there, so only its test value is a
+  measurement). Session 12's first use grouped the fused head and the wide read-outs into one part
+  ("head") and scored only tasks with modality heads; its text-task check split them (a ``--split-wide``
+  flag then, the only behaviour now).
 
     python -m experiments.late_parts --checkpoint results/s12/mhmt/seed0/multitask --output results/s12/late_parts_seed0.json
 """
@@ -49,13 +52,6 @@ def parts_of(model: HighMMT, dataset: Any, spec: Any, batch_size: int = 256) -> 
     return {k: np.concatenate(v) for k, v in parts.items()}, np.concatenate(targets)
 
 
-def head_and_modalities(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The parts as stacking weighs them: ``head`` (the fused head and its wide read-outs) and each modality head."""
-    out = {"head": sum(v for k, v in parts.items() if not k.startswith("modality:"))}
-    out.update({k: v for k, v in parts.items() if k.startswith("modality:")})
-    return out
-
-
 def combinations(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     total = sum(parts.values())
     out = {"all": total}
@@ -72,14 +68,14 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
     mean_state = {k: v.clone() for k, v in model.state_dict().items()}
     results: dict[str, Any] = {}
     for name in tasks or list(run_cfg["tasks"]):
-        if not model.late_fusion_modalities(name):
+        if len(model.part_names(name)) < 2:
             continue
         lt = evaluate.load_run_task(run_cfg, name, data_root=data_root, cache_dir=cache_dir, quiet=True)
         spec = lt.spec
         weights = evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
         entry: dict[str, Any] = {"metric": spec.metric, "weights": weights}
         outputs = {split: parts_of(model, lt.splits[split], spec) for split in ("validation", "test")}
-        grouped = {split: (head_and_modalities(parts), y) for split, (parts, y) in outputs.items()}
+        grouped = {split: (parts, y) for split, (parts, y) in outputs.items()}
         fitted = fit_part_weights({k: torch.from_numpy(v) for k, v in grouped["validation"][0].items()},
                                   torch.from_numpy(grouped["validation"][1]), spec.task_type)
         entry["part_weights"] = fitted

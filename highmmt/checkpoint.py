@@ -95,7 +95,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
         raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); the file is damaged or "
                          "was not written by save_pretrained / train.py") from e
-    return with_part_weights(with_wide_priors(state))
+    return with_wide_priors(state)
 
 
 def with_wide_priors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -103,19 +103,6 @@ def with_wide_priors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     hold only their weight: their prior is zero."""
     for key in [k for k in state if k.startswith("heads.") and ".wide." in k and k.endswith(".weight")]:
         state.setdefault(key[: -len("weight")] + "prior", torch.zeros_like(state[key]))
-    return state
-
-
-def with_part_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights written before modality heads had part weights (``part_weights.<t>.weight``, a buffer) weigh every
-    part 1: the head and each of its modality heads."""
-    heads: dict[str, set[str]] = {}
-    for key in state:
-        if key.startswith("modality_heads."):
-            task, modality = key.split(".")[1:3]
-            heads.setdefault(task, set()).add(modality)
-    for task, modalities in heads.items():
-        state.setdefault(f"part_weights.{task}.weight", torch.ones(1 + len(modalities)))
     return state
 
 

@@ -71,6 +71,16 @@ def fits(model: nn.Module, state: Mapping[str, Tensor]) -> bool:
     return own.keys() == state.keys() and all(own[k].shape == state[k].shape for k in own)
 
 
+def with_part_weights(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights written before output parts had weights (``part_weights.<t>.weight``, a buffer) weigh every part 1:
+    each such buffer the model has and ``state`` lacks is added as ones, when ``state`` holds that task's head."""
+    for key, value in model.state_dict().items():
+        task = key.split(".")[1] if key.startswith("part_weights.") else None
+        if task is not None and key not in state and any(k.startswith(f"heads.{task}.") for k in state):
+            state[key] = torch.ones_like(value)
+    return state
+
+
 def with_earlier_defaults(config: HighMMTConfig, state: Mapping[str, Tensor]) -> HighMMTConfig | None:
     """``config`` with, for each modality whose weights in ``state`` do not fit its embedder under
     today's defaults, the earlier values of ``EARLIER_DEFAULTS`` (options it does not state) that do;
@@ -198,9 +208,10 @@ class HighMMT(nn.Module):
                                                       dropout=config.head_dropout) for m in mods})
             for t, tc in config.tasks.items() if (mods := self.late_fusion_modalities(t))
         })
-        # ... and the weights of the head and of each modality head in the outputs (a buffer, 1 until fitted on
-        # held-out rows by fit_part_weights: stacking).
-        self.part_weights = nn.ModuleDict({t: PartWeights(1 + len(h)) for t, h in self.modality_heads.items()})
+        # The weights of a task's output parts (part_names: the fused head, the wide read-outs, each modality head;
+        # a buffer, 1 until fitted on held-out rows by fit_part_weights: stacking), for tasks with two or more parts.
+        self.part_weights = nn.ModuleDict({_key(t): PartWeights(len(names)) for t in config.tasks
+                                           if len(names := self.part_names(t)) >= 2})
 
     # ---- construction -------------------------------------------------------------------------
     def _build_embedder(self, name: str, mc: ModalityConfig) -> Embedder:
@@ -229,6 +240,14 @@ class HighMMT(nn.Module):
         tc = self.config.tasks[task]
         mods = [m for m in tc.modalities if m not in self.prefix_host]
         return mods if self.config.modality_heads and len(mods) >= 2 and tc.task_type != "regression" else []
+
+    def part_names(self, task: str) -> list[str]:
+        """The parts of ``task``'s outputs that get a weight (:meth:`fit_part_weights`), in the buffer's order:
+        ``"deep"`` (the head on the fused vector), ``"wide"`` (its wide read-outs, if any) and ``"modality:<m>"``
+        (the modality heads). Regression tasks keep one part (their wide read-out stays inside ``"deep"``)."""
+        tc = self.config.tasks[task]
+        wide = bool(self.heads[_key(task)].wide) and tc.task_type != "regression"
+        return ["deep"] + (["wide"] if wide else []) + [f"modality:{m}" for m in self.late_fusion_modalities(task)]
 
     def _build_fusion(self) -> nn.Module:
         cfg = self.config
@@ -339,46 +358,46 @@ class HighMMT(nn.Module):
 
     def output_parts(self, task: str, fused: Tensor, inputs: Mapping[str, Any] | None,
                      latents: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """``task``'s outputs [b, c] and the parts they are the sum of: ``"deep"`` (the head on the fused
-        vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs) and
-        ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``)."""
+        """``task``'s outputs [b, c] and the parts they are the weighted sum of: ``"deep"`` (the head on the
+        fused vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs) and
+        ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``); the weights
+        are the task's part weights (1 until :meth:`fit_part_weights`), or 1 for a task with one part
+        (or a regression, whose wide read-out adds to its deep part unweighted)."""
         outputs, wide = self.heads[_key(task)].outputs_and_wide(fused, self.wide_bags(inputs, task))
         parts = {"deep": outputs if wide is None else outputs - wide.to(outputs.dtype)}
         if wide is not None:
             parts["wide"] = wide
-        if _key(task) not in self.modality_heads:
+        if _key(task) in self.modality_heads:
+            heads = self.modality_heads[_key(task)]
+            for m in self.late_fusion_modalities(task):
+                if m in latents:
+                    parts[f"modality:{m}"] = heads[_key(m)](latents[m].mean(dim=1))
+        if _key(task) not in self.part_weights:
             return outputs, parts
-        heads, weights = self.modality_heads[_key(task)], self.part_weights[_key(task)].weight
-        outputs = outputs * weights[0].to(outputs.dtype)
-        for i, m in enumerate(heads):  # in late_fusion_modalities order: weights[1 + i]
-            z = latents.get(self._modality_of_key(task, m))
-            if z is not None:
-                parts[f"modality:{self._modality_of_key(task, m)}"] = part = heads[m](z.mean(dim=1))
-                outputs = outputs + weights[1 + i].to(outputs.dtype) * part.to(outputs.dtype)
+        # a task with part weights is never a regression (part_names), so every part here has a weight
+        weights = dict(zip(self.part_names(task), self.part_weights[_key(task)].weight))
+        outputs = sum(weights[k].to(outputs.dtype) * v.to(outputs.dtype) for k, v in parts.items())
         return outputs, parts
-
-    def _modality_of_key(self, task: str, key: str) -> str:
-        return next(m for m in self.config.tasks[task].modalities if _key(m) == key)
 
     @torch.no_grad()
     def fit_part_weights(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]]) -> dict[str, float]:
-        """Fit ``task``'s part weights (model.modality_heads) on held-out rows: ``batches`` yields (inputs, targets);
-        the head (fused + wide) and each modality head get the non-negative weight that minimises the task's
-        loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`, stacking). Sets the buffer and
-        returns {"head" | "modality:<m>": weight}."""
+        """Fit ``task``'s part weights on held-out rows: ``batches`` yields (inputs, targets); each part
+        (:meth:`part_names`: the fused head, the wide read-outs, each modality head) gets the non-negative
+        weight that minimises the task's loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`,
+        stacking). Sets the buffer and returns {part name: weight}."""
         if _key(task) not in self.part_weights:
-            raise ValueError(f"task {task!r} has no modality heads (model.modality_heads, several modalities, not regression)")
+            raise ValueError(f"task {task!r} has one output part: no wide read-out and no modality heads "
+                             "(model.modality_heads needs two or more modalities; regression tasks have neither weight)")
         was_training = self.training
         self.eval()
         collected: dict[str, list[Tensor]] = {}
         targets = []
         for inputs, target in batches:
             _, parts = self(inputs, task, return_parts=True)
-            grouped = {"head": sum(v.float() for k, v in parts.items() if not k.startswith("modality:"))}
-            grouped.update({k: v.float() for k, v in parts.items() if k.startswith("modality:")})
-            if len(grouped) != 1 + len(self.modality_heads[_key(task)]):
-                raise ValueError(f"task {task!r}: fitting part weights needs every modality in every batch, got {sorted(parts)}")
-            for k, v in grouped.items():
+            if set(parts) != set(self.part_names(task)):
+                raise ValueError(f"task {task!r}: fitting part weights needs every part in every batch "
+                                 f"({self.part_names(task)}), got {sorted(parts)}: a modality is missing")
+            for k, v in parts.items():
                 collected.setdefault(k, []).append(v.cpu())
             targets.append(target.cpu())
         if not targets:
@@ -386,7 +405,7 @@ class HighMMT(nn.Module):
         with torch.enable_grad():
             fitted = fit_part_weights({k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets),
                                       self.config.tasks[task].task_type)
-        order = ["head"] + [f"modality:{self._modality_of_key(task, m)}" for m in self.modality_heads[_key(task)]]
+        order = self.part_names(task)
         buffer = self.part_weights[_key(task)].weight
         buffer.copy_(torch.tensor([fitted[k] for k in order], dtype=buffer.dtype, device=buffer.device))
         self.train(was_training)
@@ -491,7 +510,7 @@ class HighMMT(nn.Module):
         path = Path(directory) / TASK_WEIGHTS_DIR / f"{task}.safetensors"
         if not path.is_file():
             return False
-        state = load_weights(path)
+        state = with_part_weights(self, load_weights(path))
         own = self.task_state(self.state_dict(), task)
         check_state_dict(own, state, where=str(path))
         self.load_state_dict(state, strict=False)
@@ -518,7 +537,7 @@ class HighMMT(nn.Module):
         config = HighMMTConfig.from_dict(raw["model"] if "model" in raw and "train" in raw else raw)
         with weights_from_checkpoint():  # backbones skip their own weight files: the checkpoint holds them
             model = cls(config)
-        state = load_weights(directory / WEIGHTS_NAME)
+        state = with_part_weights(model, load_weights(directory / WEIGHTS_NAME))
         if not fits(model, state):
             legacy = with_earlier_defaults(config, state)
             if legacy is None:  # the error names what today's defaults expect

@@ -355,6 +355,7 @@ def test_training_gives_the_wide_read_out_its_own_loss_and_a_larger_lr() -> None
     deep_alone = nn.functional.cross_entropy(model(batch["inputs"], "a") - model.wide_logits(batch["inputs"], "a"), batch["target"])
     with_deep = train.TaskLoss(model, TrainConfig(wide_loss=0.5, deep_loss=2.0))(batch, "a")
     torch.testing.assert_close(with_deep, plain + 0.5 * wide_alone + 2.0 * deep_alone)
+    assert model.part_names("a") == ["deep", "wide"]  # the read-out is a part with its own weight (train.part_weights)
     optimizer = train.build_optimizer(model, TrainConfig(lr=0.001, wide_lr_scale=10.0), nn.ModuleDict())
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     assert lr_of[id(model.heads["a"].wide["text"].weight)] == pytest.approx(0.01)
@@ -541,15 +542,15 @@ def test_fitted_part_weights_set_the_outputs_and_are_saved(tmp_path) -> None:
     before, parts = model(x, "three", return_parts=True)
     target = torch.arange(8) % 4
     weights = model.fit_part_weights("three", [(x, target)])
-    assert list(weights) == ["head", "modality:a", "modality:b", "modality:c"]
+    assert list(weights) == ["deep", "modality:a", "modality:b", "modality:c"]
     after, parts_after = model(x, "three", return_parts=True)
-    expected = weights["head"] * parts["deep"] + sum(weights[f"modality:{m}"] * parts[f"modality:{m}"] for m in "abc")
+    expected = weights["deep"] * parts["deep"] + sum(weights[f"modality:{m}"] * parts[f"modality:{m}"] for m in "abc")
     torch.testing.assert_close(after, expected)
     torch.testing.assert_close(parts_after["deep"], parts["deep"])  # the parts themselves are unchanged
     assert not torch.allclose(after, before)
     model.save_pretrained(tmp_path / "m")
     torch.testing.assert_close(HighMMT.from_pretrained(tmp_path / "m").eval()(x, "three"), after)
-    with pytest.raises(ValueError, match="no modality heads"):
+    with pytest.raises(ValueError, match="one output part"):
         model.fit_part_weights("one", [(x, target)])
     # weights saved before part weights existed load with every part at 1
     from safetensors.torch import save_file

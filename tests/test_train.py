@@ -578,7 +578,7 @@ def test_part_weights_are_fitted_on_validation_after_training_for_each_scored_ch
     fitted = json.loads((out / "part_weights.json").read_text())
     assert list(fitted) == ["synthetic_pair"]  # the one task with two modalities
     assert set(fitted["synthetic_pair"]) == {"model", "own"}
-    assert list(fitted["synthetic_pair"]["own"]) == ["head", "modality:syn_a", "modality:syn_b"]
+    assert list(fitted["synthetic_pair"]["own"]) == ["deep", "modality:syn_a", "modality:syn_b"]
     mean = load_file(str(out / "model.safetensors"))
     own = load_file(str(out / "task_weights" / "synthetic_pair.safetensors"))
     for state, which in ((mean, "model"), (own, "own")):

@@ -285,10 +285,12 @@ class TrainConfig:
     # weight (0 = only through the sum): each modality must then predict the task by itself, as in a late fusion of
     # per-modality models.
     modality_loss: float = 1.0
-    # With ``model.modality_heads``: after training, the weight of the task head and of each modality head in the
-    # outputs is fitted on the validation split ("validation": stacking, highmmt.heads.fit_part_weights; each task
-    # with the weights it is scored with) or left at 1 ("none"). A modality that generalises badly to new rows (a
-    # depth head near chance on unseen subjects) is then weighed down instead of adding its noise to the sum.
+    # After training, the weight of each part of a task's outputs (the fused head, the wide read-outs of a text head,
+    # each modality head with ``model.modality_heads``; HighMMT.part_names) is fitted on the validation split
+    # ("validation": stacking, highmmt.heads.fit_part_weights; each task with the weights it is scored with) or left
+    # at 1 ("none"). Acts on tasks with two or more parts (not regressions). A part that generalises badly to new rows
+    # (a depth head near chance on unseen subjects) is weighed down instead of adding its noise to the sum, and a text
+    # task's naive Bayes read-out and deep path get the mix that predicts held-out rows best.
     part_weights: str = "validation"
     # The wide read-outs' learning rate, as a multiple of ``lr``: a linear model on a sparse bag needs many more
     # passes at the model's lr than the deep path needs to peak, so at the deep path's best epoch it is still half-way.
