@@ -452,7 +452,6 @@ class TaskLoss(nn.Module):
                 self.ctx.latents = None
         return loss
 
-
     def part_weight(self, name: str) -> float:
         """The weight of an output part's own loss (see ``HighMMT.output_parts``)."""
         if name == "deep":
@@ -809,20 +808,16 @@ def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, l
             yield move_to(batch["inputs"], device), batch["target"]
 
     fitted: dict[str, dict[str, Any]] = {t: {} for t in tasks}
-    state = load_weights(out / "model.safetensors")
     for t in tasks:
         fitted[t]["model"] = model.fit_part_weights(t, batches(t))
-    final = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in state}
+    final = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save_safetensors(out / "model.safetensors", final, metadata={"format": "pt"})
     for t in tasks:
-        own = out / TASK_WEIGHTS_DIR / f"{t}.safetensors"
-        if own.is_file():
-            model.load_state_dict(final, strict=False)
-            model.load_state_dict(load_weights(own), strict=False)
+        model.load_state_dict(final)
+        if model.load_task_weights(out, t):
             fitted[t]["own"] = model.fit_part_weights(t, batches(t))
-            atomic_save_safetensors(own, model.task_state({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, t),
-                                    metadata={"format": "pt"})
-    model.load_state_dict(final, strict=False)
+            own = model.task_state({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, t)
+            atomic_save_safetensors(out / TASK_WEIGHTS_DIR / f"{t}.safetensors", own, metadata={"format": "pt"})
     atomic_write_json(out / "part_weights.json", fitted)
     log("train.part_weights: " + "; ".join(f"{t}: " + ", ".join(f"{k} {w:.2f}" for k, w in v.get("own", v["model"]).items())
                                            for t, v in fitted.items()))

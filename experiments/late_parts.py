@@ -75,13 +75,12 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
         weights = evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
         entry: dict[str, Any] = {"metric": spec.metric, "weights": weights}
         outputs = {split: parts_of(model, lt.splits[split], spec) for split in ("validation", "test")}
-        grouped = {split: (parts, y) for split, (parts, y) in outputs.items()}
-        fitted = fit_part_weights({k: torch.from_numpy(v) for k, v in grouped["validation"][0].items()},
-                                  torch.from_numpy(grouped["validation"][1]), spec.task_type)
+        val_parts, val_y = outputs["validation"]
+        fitted = fit_part_weights({k: torch.from_numpy(v) for k, v in val_parts.items()}, torch.from_numpy(val_y), spec.task_type)
         entry["part_weights"] = fitted
         for split, (parts, y) in outputs.items():
             entry[split] = {k: float(score(spec, v, y)[spec.metric]) for k, v in combinations(parts).items()}
-            stacked = sum(fitted[k] * v for k, v in grouped[split][0].items())
+            stacked = sum(fitted[k] * v for k, v in parts.items())
             entry[split]["stacked"] = float(score(spec, stacked, y)[spec.metric])
         results[name] = entry
     return {"checkpoint": str(ckpt), "tasks": results}

@@ -38,13 +38,13 @@ class TaskHead(nn.Module):
 
     def forward(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """fused [b, f] (+ ``wide`` {modality key: (ids [b, k], weights [b, k])} of the modalities present) -> [b, c]."""
-        return self.outputs_and_wide(fused, wide)[0]
+        deep, wide_outputs = self.deep_and_wide(fused, wide)
+        return deep if wide_outputs is None else deep + wide_outputs.to(deep.dtype)
 
-    def outputs_and_wide(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor | None]:
-        """The head's outputs [b, c] and, within them, the wide read-outs' sum [b, c] (None when there are none)."""
-        outputs = self.to_logits(fused)
-        wide_outputs = self.wide_logits(wide)
-        return (outputs if wide_outputs is None else outputs + wide_outputs.to(outputs.dtype)), wide_outputs
+    def deep_and_wide(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor | None]:
+        """The two parts of the head's outputs: the layers on the fused vector [b, c] and the wide read-outs' sum
+        [b, c] (None when there are none)."""
+        return self.to_logits(fused), self.wide_logits(wide)
 
     def wide_logits(self, wide: Mapping[str, tuple[Tensor, Tensor]] | None) -> Tensor | None:
         """The wide read-outs' sum [b, c] over the modalities in ``wide`` (None when there are none)."""
@@ -114,7 +114,7 @@ def task_loss(outputs: Tensor, target: Tensor, task_type: str, *, label_smoothin
 
 
 class PartWeights(nn.Module):
-    """The weights of a task's output parts (the head, then each modality head): a buffer, 1 until fitted."""
+    """The weights of a task's output parts (in ``HighMMT.part_names`` order): a buffer, 1 until fitted."""
 
     def __init__(self, parts: int) -> None:
         super().__init__()

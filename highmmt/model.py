@@ -363,10 +363,12 @@ class HighMMT(nn.Module):
         ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``); the weights
         are the task's part weights (1 until :meth:`fit_part_weights`), or 1 for a task with one part
         (or a regression, whose wide read-out adds to its deep part unweighted)."""
-        outputs, wide = self.heads[_key(task)].outputs_and_wide(fused, self.wide_bags(inputs, task))
-        parts = {"deep": outputs if wide is None else outputs - wide.to(outputs.dtype)}
+        deep, wide = self.heads[_key(task)].deep_and_wide(fused, self.wide_bags(inputs, task))
+        parts = {"deep": deep}
+        outputs = deep
         if wide is not None:
             parts["wide"] = wide
+            outputs = deep + wide.to(deep.dtype)
         if _key(task) in self.modality_heads:
             heads = self.modality_heads[_key(task)]
             for m in self.late_fusion_modalities(task):
