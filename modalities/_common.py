@@ -247,17 +247,20 @@ def collate_float_sequences(
 
 
 SUMMARY_STATS = ("log_count", "mean", "std", "min", "max", "first", "last")
+STEP_STAT = "mean_abs_step"
 
 
-def masked_summary(x: Tensor, valid: Tensor) -> Tensor:
+def masked_summary(x: Tensor, valid: Tensor, steps: bool = False) -> Tensor:
     """Per-channel statistics of a series over its valid steps.
 
     Args:
         x: [b, t, c] values (anything where not valid).
         valid: [b, t, c] bool, True where a value was observed (or the step is real).
+        steps: also the mean absolute change between consecutive valid values (``STEP_STAT``: how far
+            a pen or a joint moves per step, a channel's roughness); 0 with fewer than two.
     Returns:
-        [b, c, 7] float32: log(1 + count), mean, std, min, max, first and last valid value
-        (``SUMMARY_STATS``); 0 for a channel with no valid value.
+        [b, c, 7] (8 with ``steps``) float32: log(1 + count), mean, std, min, max, first and last valid
+        value (``SUMMARY_STATS``) [, mean |step|]; 0 for a channel with no valid value.
     """
     x = x.float()
     v = valid.float()
@@ -270,15 +273,30 @@ def masked_summary(x: Tensor, valid: Tensor) -> Tensor:
     lo = torch.where(valid, x, torch.full((), big, device=x.device)).amin(dim=1)
     hi = torch.where(valid, x, torch.full((), -big, device=x.device)).amax(dim=1)
     t = x.shape[1]
-    steps = torch.arange(t, device=x.device).view(1, t, 1)
-    first_i = torch.where(valid, steps, t).amin(dim=1).clamp(max=t - 1)  # [b, c]
-    last_i = torch.where(valid, steps, -1).amax(dim=1).clamp(min=0)
+    pos = torch.arange(t, device=x.device).view(1, t, 1)
+    first_i = torch.where(valid, pos, t).amin(dim=1).clamp(max=t - 1)  # [b, c]
+    last_i = torch.where(valid, pos, -1).amax(dim=1).clamp(min=0)
     first = xz.gather(1, first_i.unsqueeze(1)).squeeze(1)
     last = xz.gather(1, last_i.unsqueeze(1)).squeeze(1)
     seen = count > 0
     stats = [torch.log1p(count), mean, var.sqrt(), lo, hi, first, last]
+    if steps:
+        stats.append(mean_abs_step(xz, valid))
     stats = [torch.where(seen, s, torch.zeros((), device=x.device)) if i else s for i, s in enumerate(stats)]
     return torch.stack(stats, dim=-1)
+
+
+def mean_abs_step(x: Tensor, valid: Tensor) -> Tensor:
+    """x [b, t, c] (0 where not valid), valid [b, t, c] -> [b, c]: the mean of |x_i - x_j| over each valid
+    value i and the valid value j before it in the same channel (gaps skipped); 0 with fewer than two."""
+    t = x.shape[1]
+    pos = torch.arange(t, device=x.device).view(1, t, 1).expand_as(x)
+    last_seen = torch.where(valid, pos, -1).cummax(dim=1).values  # the latest valid index at or before i
+    prev = torch.cat([torch.full_like(last_seen[:, :1], -1), last_seen[:, :-1]], dim=1)
+    pair = valid & (prev >= 0)
+    diff = (x - x.gather(1, prev.clamp(min=0))).abs()
+    total = torch.where(pair, diff, torch.zeros((), device=x.device)).sum(dim=1)
+    return total / pair.float().sum(dim=1).clamp(min=1)
 
 
 class SummaryToken(nn.Module):
@@ -292,20 +310,24 @@ class SummaryToken(nn.Module):
     With ``segments`` = k > 0 the same statistics are also taken over k consecutive parts of the
     series holding equal numbers of its real steps (a step is real when any channel is valid there),
     all in the one token: what the reference random forests read as segment statistics, the order
-    of events that statistics over the whole series cannot tell apart.
+    of events that statistics over the whole series cannot tell apart. With ``steps`` each channel also
+    has its mean absolute step (``mean_abs_step``).
     """
 
-    def __init__(self, channels: int, dim: int, segments: int = 0) -> None:
+    def __init__(self, channels: int, dim: int, segments: int = 0, steps: bool = False) -> None:
         super().__init__()
         if not isinstance(segments, int) or isinstance(segments, bool) or segments < 0:
             raise ValueError(f"summary_segments must be an integer >= 0, got {segments!r}")
+        if not isinstance(steps, bool):
+            raise ValueError(f"summary_steps must be true or false, got {steps!r}")
         self.segments = segments
-        self.proj = nn.Linear(len(SUMMARY_STATS) * channels * (1 + segments), dim)
+        self.steps = steps
+        self.proj = nn.Linear((len(SUMMARY_STATS) + steps) * channels * (1 + segments), dim)
         self.marker = nn.Parameter(torch.randn(dim) * 0.02)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x [b, t, c], valid [b, t, c] -> token [b, 1, d]."""
-        parts = [masked_summary(x, valid)] + [masked_summary(x, v) for v in segment_masks(valid, self.segments)]
+        parts = [masked_summary(x, v, self.steps) for v in [valid, *segment_masks(valid, self.segments)]]
         stats = torch.asinh(torch.cat(parts, dim=-1)).flatten(1)
         return (self.proj(stats.to(self.proj.weight.dtype)) + self.marker).unsqueeze(1)
 

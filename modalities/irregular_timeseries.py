@@ -65,6 +65,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         summary: add one token of per-channel statistics over the observed values (count, mean, std,
             min, max, first, last): what missingness-aware tabular baselines read.
         summary_segments: also those statistics over this many consecutive parts of the observations.
+        summary_steps: also each channel's mean absolute change between consecutive values, in that token.
     """
 
     kind = "irregular_timeseries"
@@ -81,6 +82,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         max_period: float = 100.0,
         summary: bool = True,
         summary_segments: int = 0,
+        summary_steps: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -93,7 +95,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         periods = torch.tensor(np.geomspace(lo, hi, self.time_bands), dtype=torch.float32)
         self.register_buffer("periods", periods, persistent=False)
         self.to_tokens = nn.Linear(2 * self.channels + 2 * self.time_bands, dim)
-        self.summary = SummaryToken(self.channels, dim, summary_segments) if summary else None
+        self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:

@@ -50,6 +50,7 @@ class PoseEmbedder(Embedder):
         max_frames: frames kept per sample (uniformly resampled when longer).
         summary: add one token of per-(joint, coordinate) summary statistics.
         summary_segments: also the statistics of this many consecutive parts of the sequence, in that token.
+        summary_steps: also each channel's mean absolute change between consecutive values, in that token.
     """
 
     kind = "pose"
@@ -65,6 +66,7 @@ class PoseEmbedder(Embedder):
         max_frames: int = 64,
         summary: bool = True,
         summary_segments: int = 0,
+        summary_steps: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.joints = positive_int(self.kind, "joints", joints)
@@ -78,7 +80,7 @@ class PoseEmbedder(Embedder):
         else:
             self.to_tokens = nn.Linear(self.coords, dim)
             self.joint_embed = nn.Parameter(torch.randn(self.joints, dim) * 0.02)
-        self.summary = SummaryToken(self.joints * self.coords, dim, summary_segments) if summary else None
+        self.summary = SummaryToken(self.joints * self.coords, dim, summary_segments, summary_steps) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:

@@ -729,6 +729,35 @@ def test_summary_segments_are_statistics_of_equal_runs_of_real_steps():
         SummaryToken(1, 8, segments=-1)
 
 
+def test_summary_steps_are_the_mean_absolute_change_between_consecutive_valid_values():
+    from modalities._common import SummaryToken, masked_summary, mean_abs_step
+    from modalities.irregular_timeseries import IrregularTimeseriesEmbedder
+    from modalities.pose import PoseEmbedder
+    from modalities.timeseries import TimeseriesEmbedder
+
+    x = torch.tensor([[1.0, 0.0], [3.0, 5.0], [9.0, 0.0], [6.0, 1.0]]).unsqueeze(0)  # [1, t=4, c=2]
+    valid = torch.tensor([[1, 0], [1, 1], [0, 0], [1, 1]], dtype=torch.bool).unsqueeze(0)
+    # channel 0: 1 -> 3 -> (gap; the 9 is not valid) -> 6: |2| and |3|; channel 1: 5 -> 1: |4|
+    torch.testing.assert_close(mean_abs_step(torch.where(valid, x, 0.0), valid), torch.tensor([[2.5, 4.0]]))
+    stats = masked_summary(x, valid, steps=True)
+    assert stats.shape == (1, 2, 8)
+    torch.testing.assert_close(stats[..., :7], masked_summary(x, valid))  # the 7 others unchanged
+    one = torch.zeros(1, 4, 1, dtype=torch.bool)
+    one[0, 2] = True  # a single valid value: no step
+    assert float(mean_abs_step(torch.ones(1, 4, 1), one)) == 0.0
+    # the same values in another order: mean, std, min, max agree, the steps tell them apart
+    smooth, rough = torch.tensor([0.0, 1, 2, 3]).view(1, 4, 1), torch.tensor([0.0, 2, 1, 3]).view(1, 4, 1)
+    real = torch.ones(1, 4, 1, dtype=torch.bool)
+    assert float(mean_abs_step(smooth, real)) == 1.0 and float(mean_abs_step(rough, real)) == pytest.approx(5 / 3)
+    assert SummaryToken(2, 8, segments=2, steps=True).proj.in_features == 8 * 2 * 3
+    assert TimeseriesEmbedder(name="s", dim=8, channels=3, summary_steps=True).summary.proj.in_features == 8 * 3
+    assert PoseEmbedder(name="p", dim=8, joints=2, coords=3, summary_steps=True).summary.proj.in_features == 8 * 6
+    assert IrregularTimeseriesEmbedder(name="v", dim=8, channels=5, summary_steps=True).summary.proj.in_features == 8 * 5
+    assert TimeseriesEmbedder(name="s", dim=8, channels=3).summary.proj.in_features == 7 * 3  # off by default
+    with pytest.raises(ValueError, match="summary_steps"):
+        SummaryToken(1, 8, steps="yes")
+
+
 def test_text_wide_bag_holds_each_distinct_word_once():
     from modalities.text import TextEmbedder, encode_words
 
