@@ -66,6 +66,7 @@ class IrregularTimeseriesEmbedder(Embedder):
             min, max, first, last): what missingness-aware tabular baselines read.
         summary_segments: also those statistics over this many consecutive parts of the observations.
         summary_steps: also each channel's mean absolute change between consecutive values, in that token.
+        summary_norm: standardise the token's statistics by the training rows' mean and std first.
     """
 
     kind = "irregular_timeseries"
@@ -83,6 +84,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         summary: bool = True,
         summary_segments: int = 0,
         summary_steps: bool = False,
+        summary_norm: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -95,7 +97,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         periods = torch.tensor(np.geomspace(lo, hi, self.time_bands), dtype=torch.float32)
         self.register_buffer("periods", periods, persistent=False)
         self.to_tokens = nn.Linear(2 * self.channels + 2 * self.time_bands, dim)
-        self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps) if summary else None
+        self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps, summary_norm) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:

@@ -51,6 +51,7 @@ class PoseEmbedder(Embedder):
         summary: add one token of per-(joint, coordinate) summary statistics.
         summary_segments: also the statistics of this many consecutive parts of the sequence, in that token.
         summary_steps: also each channel's mean absolute change between consecutive values, in that token.
+        summary_norm: standardise the token's statistics by the training rows' mean and std first.
     """
 
     kind = "pose"
@@ -67,6 +68,7 @@ class PoseEmbedder(Embedder):
         summary: bool = True,
         summary_segments: int = 0,
         summary_steps: bool = False,
+        summary_norm: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.joints = positive_int(self.kind, "joints", joints)
@@ -80,7 +82,7 @@ class PoseEmbedder(Embedder):
         else:
             self.to_tokens = nn.Linear(self.coords, dim)
             self.joint_embed = nn.Parameter(torch.randn(self.joints, dim) * 0.02)
-        self.summary = SummaryToken(self.joints * self.coords, dim, summary_segments, summary_steps) if summary else None
+        self.summary = SummaryToken(self.joints * self.coords, dim, summary_segments, summary_steps, summary_norm) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:

@@ -53,6 +53,7 @@ class TimeseriesEmbedder(Embedder):
         summary: add one token of per-channel summary statistics.
         summary_segments: also the statistics of this many consecutive parts of the series, in that token.
         summary_steps: also each channel's mean absolute change between consecutive values, in that token.
+        summary_norm: standardise the token's statistics by the training rows' mean and std first.
         stem: ``"linear"`` (one linear map per patch) or ``"conv"`` (``ConvStem1d``).
     """
 
@@ -60,7 +61,7 @@ class TimeseriesEmbedder(Embedder):
 
     def __init__(self, *, name: str, dim: int, channels: int = 1, max_len: int = 256, patch: int = 1,
                  summary: bool = True, summary_segments: int = 0, summary_steps: bool = False,
-                 stem: str = "conv") -> None:
+                 summary_norm: bool = False, stem: str = "conv") -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
         self.max_len = positive_int(self.kind, "max_len", max_len)
@@ -70,7 +71,7 @@ class TimeseriesEmbedder(Embedder):
             self.to_tokens = nn.Linear(self.patch * self.channels, dim)
         else:
             self.to_tokens = ConvStem1d(self.channels, dim, self.patch)
-        self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps) if summary else None
+        self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps, summary_norm) if summary else None
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:

@@ -758,6 +758,34 @@ def test_summary_steps_are_the_mean_absolute_change_between_consecutive_valid_va
         SummaryToken(1, 8, steps="yes")
 
 
+def test_summary_norm_standardises_by_the_training_rows_and_freezes_at_evaluation():
+    from modalities._common import RunningStandardize, SummaryToken
+    from modalities.timeseries import TimeseriesEmbedder
+
+    torch.manual_seed(0)
+    x = torch.randn(90, 3) * torch.tensor([0.01, 10.0, 0.0]) + torch.tensor([5.0, -2.0, 3.0])
+    norm = RunningStandardize(3).train()
+    for part in x.split(7):  # uneven batches: the running moments are still exact
+        norm(part)
+    torch.testing.assert_close(norm.mean, x.mean(0))
+    torch.testing.assert_close((norm.m2 / (norm.count - 1)).sqrt(), x.std(0), rtol=1e-4, atol=1e-6)
+    z = norm.eval()(x)
+    torch.testing.assert_close(z[:, :2].mean(0), torch.zeros(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z[:, :2].std(0), torch.ones(2), atol=1e-4, rtol=0)
+    assert torch.equal(z[:, 2], torch.zeros(90))  # a constant feature: centred, std kept at 1
+    seen = float(norm.count)
+    norm(torch.randn(5, 3) * 100)
+    assert float(norm.count) == seen  # evaluation rows never join the statistics
+    # a row's value does not depend on the rest of its batch
+    assert torch.equal(norm(x[:1]), norm(x[:4])[:1])
+    # in the token: the buffers are saved with the weights; off by default
+    emb = TimeseriesEmbedder(name="s", dim=8, channels=2, summary_norm=True)
+    assert {"summary.norm.count", "summary.norm.mean", "summary.norm.m2"} <= set(emb.state_dict())
+    assert TimeseriesEmbedder(name="s", dim=8, channels=2).summary.norm is None
+    with pytest.raises(ValueError, match="summary_norm"):
+        SummaryToken(1, 8, norm=1)
+
+
 def test_text_wide_bag_holds_each_distinct_word_once():
     from modalities.text import TextEmbedder, encode_words
 
