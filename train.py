@@ -458,7 +458,7 @@ class TaskLoss(nn.Module):
             return self.tc.deep_loss
         if name == "wide":
             return self.tc.wide_loss
-        return self.tc.modality_loss
+        return self.tc.modality_loss  # "modality:<m>" and "summary:<m>"
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -159,6 +159,7 @@ class HighMMTConfig:
     head_hidden: int = 0
     head_dropout: float = 0.0
     modality_heads: bool = False
+    summary_heads: bool = False
     token_dropout: float = 0.0
     gradient_checkpointing: bool = False
     representation_tuning: RepresentationTuningConfig = field(default_factory=RepresentationTuningConfig)

@@ -50,6 +50,7 @@ class Embedder(nn.Module):
         self.name = name
         self.dim = dim
         self.wide_size = 0  # > 0: the embedder hands the heads a sparse bag of ids (``wide_bag``)
+        self.summary_size = 0  # > 0: the embedder hands the heads its summary statistics (``summary_statistics``)
 
     # ---- CPU side -------------------------------------------------------------------------
     @classmethod
@@ -66,6 +67,11 @@ class Embedder(nn.Module):
         """The sparse wide input of a batch: ids [b, k] int64 in 0..wide_size-1 and weights [b, k]
         float (0 for padding); only for embedders with ``wide_size`` > 0."""
         raise NotImplementedError(f"modality {self.name!r} ({self.kind}): this embedder has no wide input")
+
+    def summary_statistics(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """A batch's summary statistics [b, summary_size] (what its summary token is made from), for the
+        summary heads (``model.summary_heads``); only for embedders with ``summary_size`` > 0."""
+        raise NotImplementedError(f"modality {self.name!r} ({self.kind}): this embedder has no summary statistics")
 
     def as_batch(self, inputs: Tensor | Mapping[str, Tensor]) -> Batch:
         """Accept a bare tensor as ``{"x": tensor}``; check the container type."""

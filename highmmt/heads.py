@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from highmmt.layers import RunningStandardize
+
 
 class TaskHead(nn.Module):
     """LayerNorm + linear (HighMMT's head), or an MLP when ``hidden > 0``; plus, for modalities whose
@@ -69,6 +71,24 @@ class WideReadout(nn.Module):
         """ids [b, k] int64 in 0..size-1 (0 = padding), weights [b, k] -> [b, c]."""
         table = self.weight + self.prior
         return F.embedding_bag(ids, table, per_sample_weights=weights.to(table.dtype), mode="sum", padding_idx=0)
+
+
+class SummaryHead(nn.Module):
+    """A task's read-out of one modality's summary statistics (``model.summary_heads``): the statistics the
+    embedder's summary token is made from, standardised by the training rows (``RunningStandardize``),
+    through a one-hidden-layer MLP to the task's outputs. Beside the shared encoder, where those
+    statistics are one token among many, it reads them directly, as an MLP on a tree's features would.
+    """
+
+    def __init__(self, features: int, out_dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = RunningStandardize(features)
+        self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def forward(self, stats: Tensor) -> Tensor:
+        """stats [b, features] -> [b, out_dim]."""
+        x = self.norm(stats.float())
+        return self.mlp(x.to(self.mlp[0].weight.dtype))
 
 
 def naive_bayes_prior(bags: Iterable[tuple[Tensor, Tensor, Tensor]], size: int, num_classes: int,

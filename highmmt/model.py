@@ -44,7 +44,7 @@ from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.embedder import Embedder
 from highmmt.encoder import PerceiverEncoder
 from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
-from highmmt.heads import PartWeights, TaskHead, fit_part_weights, naive_bayes_prior
+from highmmt.heads import PartWeights, SummaryHead, TaskHead, fit_part_weights, naive_bayes_prior
 from highmmt.pretrained import RepresentationTuning, weights_from_checkpoint
 from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
@@ -208,6 +208,12 @@ class HighMMT(nn.Module):
                                                       dropout=config.head_dropout) for m in mods})
             for t, tc in config.tasks.items() if (mods := self.late_fusion_modalities(t))
         })
+        # Summary read-outs (model.summary_heads): one MLP per task and modality on that modality's summary statistics.
+        self.summary_heads = nn.ModuleDict({
+            _key(t): nn.ModuleDict({_key(m): SummaryHead(self.embedders[_key(m)].summary_size, tc.num_outputs,
+                                                         hidden=2 * d, dropout=config.head_dropout) for m in mods})
+            for t, tc in config.tasks.items() if (mods := self.summary_modalities(t))
+        })
         # The weights of a task's output parts (part_names: the fused head, the wide read-outs, each modality head;
         # a buffer, 1 until fitted on held-out rows by fit_part_weights: stacking), for tasks with two or more parts.
         self.part_weights = nn.ModuleDict({_key(t): PartWeights(len(names)) for t in config.tasks
@@ -241,13 +247,24 @@ class HighMMT(nn.Module):
         mods = [m for m in tc.modalities if m not in self.prefix_host]
         return mods if self.config.modality_heads and len(mods) >= 2 and tc.task_type != "regression" else []
 
+    def summary_modalities(self, task: str) -> list[str]:
+        """The modalities whose summary statistics ``task`` reads directly (``model.summary_heads``): with the
+        option on, every modality of a non-regression task whose embedder has a summary token (series,
+        poses, irregular series; a prefix modality is read through its host); else none."""
+        tc = self.config.tasks[task]
+        if not self.config.summary_heads or tc.task_type == "regression":
+            return []
+        return [m for m in tc.modalities if m not in self.prefix_host and self.embedders[_key(m)].summary_size > 0]
+
     def part_names(self, task: str) -> list[str]:
         """The parts of ``task``'s outputs that get a weight (:meth:`fit_part_weights`), in the buffer's order:
-        ``"deep"`` (the head on the fused vector), ``"wide"`` (its wide read-outs, if any) and ``"modality:<m>"``
-        (the modality heads). Regression tasks keep one part (their wide read-out stays inside ``"deep"``)."""
+        ``"deep"`` (the head on the fused vector), ``"wide"`` (its wide read-outs, if any), ``"modality:<m>"``
+        (the modality heads) and ``"summary:<m>"`` (the summary heads). Regression tasks keep one part (their
+        wide read-out stays inside ``"deep"``)."""
         tc = self.config.tasks[task]
         wide = bool(self.heads[_key(task)].wide) and tc.task_type != "regression"
-        return ["deep"] + (["wide"] if wide else []) + [f"modality:{m}" for m in self.late_fusion_modalities(task)]
+        return (["deep"] + (["wide"] if wide else []) + [f"modality:{m}" for m in self.late_fusion_modalities(task)]
+                + [f"summary:{m}" for m in self.summary_modalities(task)])
 
     def _build_fusion(self) -> nn.Module:
         cfg = self.config
@@ -360,7 +377,8 @@ class HighMMT(nn.Module):
                      latents: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``task``'s outputs [b, c] and the parts they are the weighted sum of: ``"deep"`` (the head on the
         fused vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs) and
-        ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``); the weights
+        ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``) and ``"summary:<m>"``
+        (the summary heads, for the modalities in ``inputs``); the weights
         are the task's part weights (1 until :meth:`fit_part_weights`), or 1 for a task with one part
         (or a regression, whose wide read-out adds to its deep part unweighted)."""
         deep, wide = self.heads[_key(task)].deep_and_wide(fused, self.wide_bags(inputs, task))
@@ -374,6 +392,11 @@ class HighMMT(nn.Module):
             for m in self.late_fusion_modalities(task):
                 if m in latents:
                     parts[f"modality:{m}"] = heads[_key(m)](latents[m].mean(dim=1))
+        if _key(task) in self.summary_heads and inputs is not None:
+            heads = self.summary_heads[_key(task)]
+            for m in self.summary_modalities(task):
+                if inputs.get(m) is not None:
+                    parts[f"summary:{m}"] = heads[_key(m)](self.embedders[_key(m)].summary_statistics(self._cast(inputs[m])))
         if _key(task) not in self.part_weights:
             return outputs, parts
         # a task with part weights is never a regression (part_names), so every part here has a weight
@@ -477,7 +500,8 @@ class HighMMT(nn.Module):
         emb = {m: count(self.embedders[_key(m)]) + count(self.modality_embedding[_key(m)])
                + (count(self.prefixes[_key(m)]) if m in self.prefix_host else 0) for m in self.config.modalities}
         enc = {g: count(e) for g, e in self.encoders.items()}
-        heads = {t: count(self.heads[_key(t)]) + (count(self.modality_heads[_key(t)]) if _key(t) in self.modality_heads else 0)
+        heads = {t: count(self.heads[_key(t)]) + sum(count(extra[_key(t)]) for extra in (self.modality_heads, self.summary_heads)
+                                                      if _key(t) in extra)
                  for t in self.config.tasks}
         return {
             "embedders": emb,
@@ -499,7 +523,7 @@ class HighMMT(nn.Module):
             "heads": {_key(t) for t in self.config.tasks if t != task},
         }
         others["modality_embedding"] = others["prefixes"] = others["embedders"]
-        others["modality_heads"] = others["part_weights"] = others["heads"]
+        others["modality_heads"] = others["summary_heads"] = others["part_weights"] = others["heads"]
         def reads(key: str) -> bool:
             part, _, rest = key.partition(".")
             return rest.split(".")[0] not in others.get(part, ())

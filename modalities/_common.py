@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from highmmt.embedder import Embedder, sinusoidal_positions
+from highmmt.layers import RunningStandardize  # noqa: F401  (re-exported)
 
 
 # ---- constructor options -----------------------------------------------------------------------
@@ -324,61 +325,22 @@ class SummaryToken(nn.Module):
                 raise ValueError(f"{option} must be true or false, got {value!r}")
         self.segments = segments
         self.steps = steps
-        features = (len(SUMMARY_STATS) + steps) * channels * (1 + segments)
+        self.features = features = (len(SUMMARY_STATS) + steps) * channels * (1 + segments)
         self.norm = RunningStandardize(features) if norm else None
         self.proj = nn.Linear(features, dim)
         self.marker = nn.Parameter(torch.randn(dim) * 0.02)
 
+    def statistics(self, x: Tensor, valid: Tensor) -> Tensor:
+        """x [b, t, c], valid [b, t, c] -> the squashed statistics [b, features] (before ``norm``)."""
+        parts = [masked_summary(x, v, self.steps) for v in [valid, *segment_masks(valid, self.segments)]]
+        return torch.asinh(torch.cat(parts, dim=-1)).flatten(1)
+
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         """x [b, t, c], valid [b, t, c] -> token [b, 1, d]."""
-        parts = [masked_summary(x, v, self.steps) for v in [valid, *segment_masks(valid, self.segments)]]
-        stats = torch.asinh(torch.cat(parts, dim=-1)).flatten(1)
+        stats = self.statistics(x, valid)
         if self.norm is not None:
             stats = self.norm(stats)
         return (self.proj(stats.to(self.proj.weight.dtype)) + self.marker).unsqueeze(1)
-
-
-class RunningStandardize(nn.Module):
-    """Standardise each feature by the mean and standard deviation of every training row seen so far.
-
-    In training mode each batch first joins the running moments (Chan et al.'s parallel update: exact
-    mean and variance over all rows seen), then every row is standardised with them, so a row's value
-    never depends on the rest of its batch, and evaluation uses the training rows' statistics. Meant for
-    features computed from the data alone (a series' summary statistics), whose distribution does not
-    move while the model trains. Features that never vary keep a standard deviation of 1.
-    """
-
-    def __init__(self, features: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("count", torch.zeros(()))
-        self.register_buffer("mean", torch.zeros(features))
-        self.register_buffer("m2", torch.zeros(features))
-
-    @torch.no_grad()
-    def update(self, x: Tensor) -> None:
-        """Add the rows of x [b, f] to the running moments."""
-        x = x.detach().float()
-        n = float(x.shape[0])
-        if n == 0:
-            return
-        mean = x.mean(dim=0)
-        m2 = ((x - mean) ** 2).sum(dim=0)
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * (n / total)
-        self.m2 += m2 + delta**2 * (self.count * n / total)
-        self.count.fill_(total)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x [b, f] -> standardised [b, f]."""
-        if self.training:
-            self.update(x)
-        if float(self.count) < 2:
-            return x.float()
-        std = (self.m2 / (self.count - 1)).sqrt()
-        std = torch.where(std > self.eps, std, torch.ones_like(std))
-        return (x.float() - self.mean) / std
 
 
 def segment_masks(valid: Tensor, segments: int) -> list[Tensor]:

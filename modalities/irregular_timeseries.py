@@ -98,6 +98,7 @@ class IrregularTimeseriesEmbedder(Embedder):
         self.register_buffer("periods", periods, persistent=False)
         self.to_tokens = nn.Linear(2 * self.channels + 2 * self.time_bands, dim)
         self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps, summary_norm) if summary else None
+        self.summary_size = self.summary.features if summary else 0
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -134,8 +135,14 @@ class IrregularTimeseriesEmbedder(Embedder):
         tms, _ = pad_stack(cls.kind, times, dtype=np.float32)
         return {"x": x, "observed": obs, "times": tms, "mask": mask}
 
-    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``x`` [b, t, c] (+ ``observed`` [b, t, c], ``times`` [b, t], ``mask`` [b, t]) -> tokens [b, t, d], mask."""
+    def summary_statistics(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """The summary token's statistics of a batch [b, summary_size] (see :class:`SummaryToken`)."""
+        x, observed, _, _ = self._steps(self.as_batch(inputs))
+        return self.summary.statistics(x, observed)
+
+    def _steps(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A checked batch -> its kept steps: x [b, t', c] (0 where unobserved), observed [b, t', c],
+        times [b, t'] float32 hours, mask [b, t']."""
         x = batch["x"]
         self.check_rank(x, 3, "[b, t, c]")
         self.check_size(x, 2, self.channels, "channels")
@@ -151,11 +158,15 @@ class IrregularTimeseriesEmbedder(Embedder):
         self.check_float(times)
         self.check_finite(x, where=observed)
         self.check_finite(times, where=mask)
-        dtype = self.to_tokens.weight.dtype
-        x = zero_invalid(x, observed).to(dtype)
+        x = zero_invalid(x, observed).to(self.to_tokens.weight.dtype)
         times = zero_invalid(times.float(), mask)  # float32: hours need the precision bf16 lacks
-
         mask, (x, observed, times) = resample(mask, self.max_len, x, observed, times)
+        return x, observed, times, mask
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, t, c] (+ ``observed`` [b, t, c], ``times`` [b, t], ``mask`` [b, t]) -> tokens [b, t, d], mask."""
+        x, observed, times, mask = self._steps(batch)
+        dtype = x.dtype
         summary = None if self.summary is None else self.summary(x, observed)
         feats = torch.cat([x, observed.to(dtype), time_features(times, self.periods.float()).to(dtype)], dim=-1)
         tokens, mask = finish(self.to_tokens(feats), mask)

@@ -13,7 +13,7 @@ position, ordered (frame, joint) (at most ``max_frames * j`` tokens: lower ``max
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -83,6 +83,7 @@ class PoseEmbedder(Embedder):
             self.to_tokens = nn.Linear(self.coords, dim)
             self.joint_embed = nn.Parameter(torch.randn(self.joints, dim) * 0.02)
         self.summary = SummaryToken(self.joints * self.coords, dim, summary_segments, summary_steps, summary_norm) if summary else None
+        self.summary_size = self.summary.features if summary else 0
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -95,8 +96,14 @@ class PoseEmbedder(Embedder):
             cls.kind, samples, rank=3, layout=LAYOUT, axes=axes, cap=("max_frames", options.get("max_frames"))
         )
 
-    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``x`` [b, t, j, c] (+ ``mask`` [b, t]) -> tokens [b, t, d] or [b, t * j, d], mask to match."""
+    def summary_statistics(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """The summary token's statistics of a batch [b, summary_size] (see :class:`SummaryToken`)."""
+        x, mask = self._frames(self.as_batch(inputs))
+        flat = rearrange(x, "b t j c -> b t (j c)")
+        return self.summary.statistics(flat, mask.unsqueeze(-1).expand_as(flat))
+
+    def _frames(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """A checked batch -> its kept frames x [b, t', j, c] (0 at padding) and mask [b, t']."""
         x = batch["x"]
         self.check_rank(x, 4, "[b, t, j, c]")
         self.check_size(x, 2, self.joints, "joints")
@@ -107,6 +114,11 @@ class PoseEmbedder(Embedder):
         self.check_finite(x, where=mask[:, :, None, None])
         x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
         mask, (x,) = resample(mask, self.max_frames, x)
+        return x, mask
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, t, j, c] (+ ``mask`` [b, t]) -> tokens [b, t, d] or [b, t * j, d], mask to match."""
+        x, mask = self._frames(batch)
         summary = None
         if self.summary is not None:
             flat = rearrange(x, "b t j c -> b t (j c)")

@@ -15,7 +15,7 @@ patch projection with a convolutional stem (``modalities._common.ConvStem1d``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from einops import rearrange
@@ -72,6 +72,7 @@ class TimeseriesEmbedder(Embedder):
         else:
             self.to_tokens = ConvStem1d(self.channels, dim, self.patch)
         self.summary = SummaryToken(self.channels, dim, summary_segments, summary_steps, summary_norm) if summary else None
+        self.summary_size = self.summary.features if summary else 0
 
     @classmethod
     def collate(cls, samples: Sequence[Any], **options: Any) -> Batch:
@@ -84,8 +85,13 @@ class TimeseriesEmbedder(Embedder):
             cap=("max_len", options.get("max_len")),
         )
 
-    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """``x`` [b, t, c] (+ ``mask`` [b, t]) -> tokens [b, n, d], mask [b, n]."""
+    def summary_statistics(self, inputs: Tensor | Mapping[str, Tensor]) -> Tensor:
+        """The summary token's statistics of a batch [b, summary_size] (see :class:`SummaryToken`)."""
+        x, mask = self._steps(self.as_batch(inputs))
+        return self.summary.statistics(x, mask.unsqueeze(-1).expand_as(x))
+
+    def _steps(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """A checked batch -> its kept steps x [b, t', c] (0 at padding) and mask [b, t']."""
         x = batch["x"]
         self.check_rank(x, 3, "[b, t, c]")
         self.check_size(x, 2, self.channels, "channels")
@@ -94,8 +100,12 @@ class TimeseriesEmbedder(Embedder):
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask.unsqueeze(-1))
         x = zero_invalid(x, mask).to(next(self.to_tokens.parameters()).dtype)
-
         mask, (x,) = resample(mask, self.max_len, x)
+        return x, mask
+
+    def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """``x`` [b, t, c] (+ ``mask`` [b, t]) -> tokens [b, n, d], mask [b, n]."""
+        x, mask = self._steps(batch)
         summary = None if self.summary is None else self.summary(x, mask.unsqueeze(-1).expand_as(x))
         x, mask = pad_axis(x, 1, self.patch), pad_axis(mask, 1, self.patch)
         token_mask = rearrange(mask, "b (n p) -> b n p", p=self.patch).any(dim=-1)

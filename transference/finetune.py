@@ -70,7 +70,7 @@ TRAINABLE_PARTS: dict[str, frozenset[str]] = {
 # Representation tuning (MAG, between encoder and fusion) counts as fusion: it mixes modalities.
 # A prefix modality's projector to k tokens belongs to its embedder too.
 _TOP_LEVEL = {"embedders": "embedders", "modality_embedding": "embedders", "prefixes": "embedders", "encoders": "encoders",
-              "fusion": "fusion", "heads": "heads", "modality_heads": "heads", "representation_tuning": "fusion"}
+              "fusion": "fusion", "heads": "heads", "modality_heads": "heads", "summary_heads": "heads", "representation_tuning": "fusion"}
 LORA_PARTS = ("encoders", "fusion")
 
 
