@@ -47,6 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="MLP seeds")
     p.add_argument("--alphas", default="0.01,1.0", help="MLP L2 strengths tried, picked on validation")
     p.add_argument("--hidden", type=int, default=256, help="MLP hidden units")
+    p.add_argument("--rf-trees", type=int, default=BaselineSettings().rf_trees, help="random forest trees (baseline.py's default)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--output", default=None, help="JSON file to write (default: print only)")
@@ -154,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     results = []
     for name in [t for t in args.tasks.split(",") if t]:
         lt = load_task(name, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
-        results.append(run_task(lt, blocks=blocks, seeds=seeds, alphas=alphas, hidden=args.hidden))
+        results.append(run_task(lt, blocks=blocks, seeds=seeds, alphas=alphas, hidden=args.hidden,
+                                settings=BaselineSettings(rf_trees=args.rf_trees)))
     if args.output:
         atomic_write_json(Path(args.output), {"command": ["experiments.stats_mlp", *(argv or [])], "results": results})
     print(markdown(results))

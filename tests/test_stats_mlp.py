@@ -34,7 +34,7 @@ def test_each_family_learns_the_planted_offset_and_not_shuffled_labels(cache):
 
 def test_a_multimodal_task_gets_each_familys_late_fusion_and_the_cli_writes_json(cache, tmp_path):
     out = tmp_path / "pair.json"
-    results = stats_mlp.main(["--tasks", "synthetic_pair", "--seeds", "0", "--alphas", "1.0", "--hidden", "16",
+    results = stats_mlp.main(["--tasks", "synthetic_pair", "--seeds", "0", "--alphas", "1.0", "--hidden", "16", "--rf-trees", "30",
                               "--cache-dir", str(cache), "--output", str(out)])
     (res,) = results
     assert set(res["modalities"]) == {"syn_a", "syn_b"}
