@@ -376,7 +376,7 @@ class HighMMT(nn.Module):
     def output_parts(self, task: str, fused: Tensor, inputs: Mapping[str, Any] | None,
                      latents: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """``task``'s outputs [b, c] and the parts they are the weighted sum of: ``"deep"`` (the head on the
-        fused vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs) and
+        fused vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs),
         ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``) and ``"summary:<m>"``
         (the summary heads, for the modalities in ``inputs``); the weights
         are the task's part weights (1 until :meth:`fit_part_weights`), or 1 for a task with one part
@@ -411,8 +411,9 @@ class HighMMT(nn.Module):
         weight that minimises the task's loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`,
         stacking). Sets the buffer and returns {part name: weight}."""
         if _key(task) not in self.part_weights:
-            raise ValueError(f"task {task!r} has one output part: no wide read-out and no modality heads "
-                             "(model.modality_heads needs two or more modalities; regression tasks have neither weight)")
+            raise ValueError(f"task {task!r} has one output part: no wide read-out, modality heads or summary heads "
+                             "(model.modality_heads needs two or more modalities, model.summary_heads a series; "
+                             "regression tasks have no part weights)")
         was_training = self.training
         self.eval()
         collected: dict[str, list[Tensor]] = {}
