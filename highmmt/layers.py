@@ -191,8 +191,8 @@ class RunningStandardize(nn.Module):
         """x [b, f] -> standardised [b, f]."""
         if self.training:
             self.update(x)
-        if float(self.count) < 2:
-            return x.float()
-        std = (self.m2 / (self.count - 1)).sqrt()
+        x = x.float()
+        std = (self.m2 / (self.count - 1).clamp(min=1)).sqrt()
         std = torch.where(std > self.eps, std, torch.ones_like(std))
-        return (x.float() - self.mean) / std
+        # fewer than two rows seen: x as it is (a tensor condition, so no host sync on an accelerator)
+        return torch.where(self.count >= 2, (x - self.mean) / std, x)
