@@ -141,26 +141,89 @@ class PartWeights(nn.Module):
         self.register_buffer("weight", torch.ones(parts))
 
 
-def fit_part_weights(parts: Mapping[str, Tensor], target: Tensor, task_type: str, *, steps: int = 200,
-                     ridge: float = 0.01) -> dict[str, float]:
-    """Non-negative weights of an output's parts that minimise the task's loss of their weighted sum on
-    held-out rows (stacking, Wolpert 1992; the late-fusion weights of ``model.modality_heads``).
+#: the ridges :func:`choose_part_ridge` tries; ``inf`` is one weight shared by every part (a temperature).
+PART_RIDGES = (0.001, 0.01, 0.1, 1.0, math.inf)
 
-    ``parts``: name -> outputs [n, c] of the same rows (e.g. the validation split), ``target`` their
-    targets. Weights are softplus(v), start at 1, and pay ``ridge * sum (w - 1)^2`` so that a part that
-    is neither help nor harm keeps weight 1. L-BFGS, ``steps`` iterations at most.
-    """
-    names = list(parts)
-    stacked = torch.stack([parts[n].detach().float() for n in names])  # [p, n, c]
-    v = torch.full((len(names),), math.log(math.e - 1.0), requires_grad=True)  # softplus(v) = 1
-    optimizer = torch.optim.LBFGS([v], max_iter=steps, line_search_fn="strong_wolfe")
+
+def _fit_log_weights(stacked: Tensor, target: Tensor, task_type: str, ridge: float, steps: int) -> Tensor:
+    """Weights exp(u) of the parts ``stacked`` [p, n, c] minimising the task's loss of their weighted sum
+    plus ``ridge * sum (u - mean u)^2``: a ridge on how far the weights are from equal, none on their common
+    scale. ``ridge`` inf fits the common scale alone. Weights stay within [e^-20, e^8]: on rows the parts
+    separate, the loss keeps falling as the scale grows."""
+    shared = math.isinf(ridge)
+    u = torch.zeros(1 if shared else stacked.shape[0], requires_grad=True)
+    optimizer = torch.optim.LBFGS([u], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        w = F.softplus(v)
-        loss = task_loss(torch.einsum("p,pnc->nc", w, stacked), target, task_type) + ridge * ((w - 1.0) ** 2).sum()
+        w = u.clamp(-20.0, 8.0).exp().expand(stacked.shape[0])
+        loss = task_loss(torch.einsum("p,pnc->nc", w, stacked), target, task_type)
+        if not shared:
+            loss = loss + ridge * ((u - u.mean()) ** 2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return {n: float(w) for n, w in zip(names, F.softplus(v.detach()))}
+    return u.detach().clamp(-20.0, 8.0).exp().expand(stacked.shape[0]).clone()
+
+
+def _folds(target: Tensor, folds: int, seed: int) -> Tensor:
+    """Fold of each row, 0..folds-1: rows shuffled (``seed``), then dealt out by class so that each fold
+    holds every class in proportion (multilabel and regression targets: shuffled only)."""
+    n = target.shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    if target.dim() == 1:
+        order = order[torch.sort(target[order], stable=True).indices]
+    fold = torch.empty(n, dtype=torch.long)
+    fold[order] = torch.arange(n) % folds
+    return fold
+
+
+def choose_part_ridge(parts: Mapping[str, Tensor], target: Tensor, task_type: str, *,
+                      ridges: Iterable[float] = PART_RIDGES, folds: int = 5, steps: int = 200,
+                      seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The ridge of :func:`fit_part_weights` chosen by ``folds``-fold cross-validation on the rows themselves:
+    for each ridge, weights fitted on the other folds are scored by the task's loss on each held-out fold.
+    Returns (the ridge of least mean held-out loss, {ridge: that loss}); a tie goes to the stronger ridge.
+    Fewer than two rows per fold: fewer folds of two rows (at least two folds); fewer than four rows:
+    ``inf`` (equal weights), with no losses."""
+    stacked = torch.stack([parts[n].detach().float() for n in parts])  # [p, n, c]
+    n = stacked.shape[1]
+    folds = min(folds, n // 2)
+    if folds < 2:
+        return math.inf, {}
+    fold = _folds(target, folds, seed)
+    losses: dict[float, float] = {}
+    for ridge in sorted(ridges, reverse=True):
+        total = 0.0
+        for k in range(folds):
+            held = fold == k
+            w = _fit_log_weights(stacked[:, ~held], target[~held], task_type, ridge, steps)
+            with torch.no_grad():
+                out = torch.einsum("p,pnc->nc", w, stacked[:, held])
+                total += float(task_loss(out, target[held], task_type)) * int(held.sum())
+        losses[ridge] = total / n if math.isfinite(total) else math.inf
+    best = min(losses, key=lambda r: (losses[r], -r))
+    return best, losses
+
+
+def fit_part_weights(parts: Mapping[str, Tensor], target: Tensor, task_type: str, *, steps: int = 200,
+                     ridge: float | None = None, folds: int = 5, seed: int = 0) -> dict[str, float]:
+    """Positive weights of an output's parts that minimise the task's loss of their weighted sum on
+    held-out rows (stacking, Wolpert 1992; the late-fusion weights of ``model.modality_heads`` and
+    ``model.summary_heads``).
+
+    ``parts``: name -> outputs [n, c] of the same rows (e.g. the validation split), ``target`` their
+    targets. Weights are exp(u) and pay ``ridge * sum (u - mean u)^2``, which pulls them toward equal
+    weights and leaves their common scale (a temperature) free; ``ridge`` inf gives every part the same
+    weight. ``ridge`` None (the default) chooses it among :data:`PART_RIDGES` by ``folds``-fold
+    cross-validation on these rows (:func:`choose_part_ridge`), so that a few hundred rows do not give
+    a handful of weights the freedom to fit them (UTD-MHAD's 108 validation rows: docs/experiments.md,
+    session 14). L-BFGS, ``steps`` iterations at most.
+    """
+    names = list(parts)
+    if ridge is None:
+        ridge, _ = choose_part_ridge(parts, target, task_type, folds=folds, steps=steps, seed=seed)
+    stacked = torch.stack([parts[n].detach().float() for n in names])  # [p, n, c]
+    w = _fit_log_weights(stacked, target, task_type, ridge, steps)
+    return {n: float(x) for n, x in zip(names, w)}

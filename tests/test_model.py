@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 import torch
@@ -626,6 +627,33 @@ def test_part_weights_weigh_down_a_part_that_only_adds_noise() -> None:
     assert weights["noise"] < 0.2 < 0.8 < weights["good"], weights
     unchanged = fit_part_weights({"a": good, "b": good.clone()}, target, "classification")
     assert unchanged["a"] == pytest.approx(unchanged["b"], rel=1e-3)
+
+
+def test_part_ridge_is_chosen_by_cross_validation_on_the_rows() -> None:
+    from highmmt.heads import _folds, choose_part_ridge, fit_part_weights
+
+    g = torch.Generator().manual_seed(0)
+    # one informative part among noise, 300 rows: a weak ridge wins and the noise is weighed down
+    target = torch.randint(0, 3, (300,), generator=g)
+    good = 3.0 * nn.functional.one_hot(target, 3).float() + torch.randn(300, 3, generator=g)
+    parts = {"good": good, **{f"noise{i}": 3.0 * torch.randn(300, 3, generator=g) for i in range(3)}}
+    ridge, losses = choose_part_ridge(parts, target, "classification")
+    assert ridge <= 0.01 and losses[ridge] < 0.5 * losses[math.inf], losses
+    # six equally good parts on 100 rows: free weights only fit the rows' noise; the strong end wins and
+    # the weights come out (nearly) equal
+    target = torch.randint(0, 4, (100,), generator=g)
+    base = 2.0 * nn.functional.one_hot(target, 4).float()
+    equal = {f"p{i}": base + 2.0 * torch.randn(100, 4, generator=g) for i in range(6)}
+    ridge, losses = choose_part_ridge(equal, target, "classification")
+    assert ridge >= 1.0 and min(losses.values()) < losses[0.001], losses
+    weights = fit_part_weights(equal, target, "classification")
+    assert max(weights.values()) < 1.2 * min(weights.values()), weights
+    # too few rows to hold two folds of two out: equal weights (a common scale only)
+    few = fit_part_weights({k: v[:3] for k, v in equal.items()}, target[:3], "classification")
+    assert len({round(w, 6) for w in few.values()}) == 1
+    # folds are dealt out by class
+    fold = _folds(torch.tensor([0] * 10 + [1] * 5), 5, seed=0)
+    assert all(int((fold[:10] == k).sum()) == 2 and int((fold[10:] == k).sum()) == 1 for k in range(5))
 
 
 def test_fitted_part_weights_set_the_outputs_and_are_saved(tmp_path) -> None:
