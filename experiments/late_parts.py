@@ -9,7 +9,8 @@ validation and test splits, with the weights each task is scored with (``evaluat
 - ``all - <part>``: the sum without that part;
 - ``stacked``: the parts weighted by weights fitted on the validation split
   (``highmmt.heads.fit_part_weights``, as ``train.part_weights=validation`` does, but from the run's weights
-  as they are), scored on both splits (on validation it is fitted there, so only its test value is a
+  as they are; its ridge chosen by cross-validation on those rows since session 14, reported as
+  ``part_ridge``), scored on both splits (on validation it is fitted there, so only its test value is a
   measurement). Session 12's first use grouped the fused head and the wide read-outs into one part
   ("head") and scored only tasks with modality heads; its text-task check split them (a ``--split-wide``
   flag then, the only behaviour now).
@@ -32,7 +33,7 @@ import evaluate
 from benchmarks.common import markdown_table
 from highmmt import HighMMT
 from highmmt.checkpoint import task_weight_epochs
-from highmmt.heads import fit_part_weights
+from highmmt.heads import choose_part_ridge, fit_part_weights
 from tasks.loader import collate_rows, eval_batches, score
 
 
@@ -76,8 +77,10 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
         entry: dict[str, Any] = {"metric": spec.metric, "weights": weights}
         outputs = {split: parts_of(model, lt.splits[split], spec) for split in ("validation", "test")}
         val_parts, val_y = outputs["validation"]
-        fitted = fit_part_weights({k: torch.from_numpy(v) for k, v in val_parts.items()}, torch.from_numpy(val_y), spec.task_type)
-        entry["part_weights"] = fitted
+        val_parts_t, val_y_t = {k: torch.from_numpy(v) for k, v in val_parts.items()}, torch.from_numpy(val_y)
+        ridge, _ = choose_part_ridge(val_parts_t, val_y_t, spec.task_type)
+        fitted = fit_part_weights(val_parts_t, val_y_t, spec.task_type, ridge=ridge)
+        entry["part_ridge"], entry["part_weights"] = ridge, fitted
         for split, (parts, y) in outputs.items():
             entry[split] = {k: float(score(spec, v, y)[spec.metric]) for k, v in combinations(parts).items()}
             stacked = sum(fitted[k] * v for k, v in parts.items())
@@ -91,7 +94,7 @@ def markdown(results: dict[str, Any]) -> str:
     for name, r in results["tasks"].items():
         for combo in r["test"]:
             rows.append([name, r["metric"], combo, f"{r['validation'][combo]:.3f}", f"{r['test'][combo]:.3f}"])
-    weights = "; ".join(f"{name}: " + ", ".join(f"{k} {w:.2f}" for k, w in r["part_weights"].items())
+    weights = "; ".join(f"{name} (ridge {r.get('part_ridge', 'n/a')}): " + ", ".join(f"{k} {w:.2f}" for k, w in r["part_weights"].items())
                         for name, r in results["tasks"].items())
     return (f"Run `{results['checkpoint']}`. Stacking weights (fitted on validation): {weights}.\n\n"
             + markdown_table(["task", "metric", "outputs", "validation", "test"], rows) + "\n")

@@ -287,7 +287,8 @@ class TrainConfig:
     modality_loss: float = 1.0
     # After training, the weight of each part of a task's outputs (the fused head, the wide read-outs of a text head,
     # each modality head with ``model.modality_heads``; HighMMT.part_names) is fitted on the validation split
-    # ("validation": stacking, highmmt.heads.fit_part_weights; each task with the weights it is scored with) or left
+    # ("validation": stacking, highmmt.heads.fit_part_weights, its ridge toward equal weights chosen by cross-validation
+    # on those rows; each task with the weights it is scored with) or left
     # at 1 ("none"). Acts on tasks with two or more parts (not regressions). A part that generalises badly to new rows
     # (a depth head near chance on unseen subjects) is weighed down instead of adding its noise to the sum, and a text
     # task's naive Bayes read-out and deep path get the mix that predicts held-out rows best.
