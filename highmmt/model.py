@@ -407,9 +407,10 @@ class HighMMT(nn.Module):
     @torch.no_grad()
     def fit_part_weights(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]]) -> dict[str, float]:
         """Fit ``task``'s part weights on held-out rows: ``batches`` yields (inputs, targets); each part
-        (:meth:`part_names`: the fused head, the wide read-outs, each modality head) gets the non-negative
-        weight that minimises the task's loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`,
-        stacking). Sets the buffer and returns {part name: weight}."""
+        (:meth:`part_names`: the fused head, the wide read-outs, each modality head, each summary head) gets the
+        positive weight that minimises the task's loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`,
+        stacking; the ridge toward equal weights chosen by cross-validation on these rows). Sets the buffer and
+        returns {part name: weight}."""
         if _key(task) not in self.part_weights:
             raise ValueError(f"task {task!r} has one output part: no wide read-out, modality heads or summary heads "
                              "(model.modality_heads needs two or more modalities, model.summary_heads a series; "
