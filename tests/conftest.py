@@ -4,13 +4,23 @@ would pick bf16 (``train.precision=auto``)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
 from highmmt import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import EncoderConfig, FusionConfig
+
+# Under ``pytest -n N`` each worker gets cores / N threads (torch and the BLAS numpy and scikit-learn use):
+# two workers with two threads each on two cores spin against each other (a 784 x 784 eigh 50x slower).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_THREADS)
+    threadpool_limits(_THREADS)
 
 SYNTHETIC_TASKS = "synthetic_pair,synthetic_single"
 TINY_RUN_FLAGS = ("--preset", "tiny", "--quiet", "--set", "train.precision=fp32", "--set", "train.steps_per_epoch=4",
