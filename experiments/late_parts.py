@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
         val_parts_t, val_y_t = {k: torch.from_numpy(v) for k, v in val_parts.items()}, torch.from_numpy(val_y)
         ridge, _ = choose_part_ridge(val_parts_t, val_y_t, spec.task_type)
         fitted = fit_part_weights(val_parts_t, val_y_t, spec.task_type, ridge=ridge)
-        entry["part_ridge"], entry["part_weights"] = ridge, fitted
+        entry["part_ridge"], entry["part_weights"] = (ridge if math.isfinite(ridge) else "inf"), fitted
         for split, (parts, y) in outputs.items():
             entry[split] = {k: float(score(spec, v, y)[spec.metric]) for k, v in combinations(parts).items()}
             stacked = sum(fitted[k] * v for k, v in parts.items())

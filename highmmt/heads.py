@@ -151,7 +151,7 @@ def _fit_log_weights(stacked: Tensor, target: Tensor, task_type: str, ridge: flo
     scale. ``ridge`` inf fits the common scale alone. Weights stay within [e^-20, e^8]: on rows the parts
     separate, the loss keeps falling as the scale grows."""
     shared = math.isinf(ridge)
-    u = torch.zeros(1 if shared else stacked.shape[0], requires_grad=True)
+    u = torch.zeros(1 if shared else stacked.shape[0], device=stacked.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([u], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -167,16 +167,26 @@ def _fit_log_weights(stacked: Tensor, target: Tensor, task_type: str, ridge: flo
     return u.detach().clamp(-20.0, 8.0).exp().expand(stacked.shape[0]).clone()
 
 
+def _stack_finite(parts: Mapping[str, Tensor]) -> Tensor:
+    """The parts as one float tensor [p, n, c]; a part with a NaN or infinite output is an error that names it."""
+    for name, part in parts.items():
+        if not bool(torch.isfinite(part).all()):
+            raise ValueError(f"part weights: the outputs of part {name!r} hold NaN or infinite values")
+    return torch.stack([part.detach().float() for part in parts.values()])
+
+
 def _folds(target: Tensor, folds: int, seed: int) -> Tensor:
-    """Fold of each row, 0..folds-1: rows shuffled (``seed``), then dealt out by class so that each fold
-    holds every class in proportion (multilabel and regression targets: shuffled only)."""
+    """Fold of each row, 0..folds-1: rows shuffled (``seed``), then dealt out in the order of a 1-D target
+    (by class, so that each fold holds every class in proportion; a regression target by value); a
+    multilabel target is shuffled only. On ``target``'s device."""
+    device, target = target.device, target.cpu()
     n = target.shape[0]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     if target.dim() == 1:
         order = order[torch.sort(target[order], stable=True).indices]
     fold = torch.empty(n, dtype=torch.long)
     fold[order] = torch.arange(n) % folds
-    return fold
+    return fold.to(device)
 
 
 def choose_part_ridge(parts: Mapping[str, Tensor], target: Tensor, task_type: str, *,
@@ -187,7 +197,7 @@ def choose_part_ridge(parts: Mapping[str, Tensor], target: Tensor, task_type: st
     Returns (the ridge of least mean held-out loss, {ridge: that loss}); a tie goes to the stronger ridge.
     Fewer than two rows per fold: fewer folds of two rows (at least two folds); fewer than four rows:
     ``inf`` (equal weights), with no losses."""
-    stacked = torch.stack([parts[n].detach().float() for n in parts])  # [p, n, c]
+    stacked = _stack_finite(parts)  # [p, n, c]
     n = stacked.shape[1]
     folds = min(folds, n // 2)
     if folds < 2:
@@ -202,7 +212,7 @@ def choose_part_ridge(parts: Mapping[str, Tensor], target: Tensor, task_type: st
             with torch.no_grad():
                 out = torch.einsum("p,pnc->nc", w, stacked[:, held])
                 total += float(task_loss(out, target[held], task_type)) * int(held.sum())
-        losses[ridge] = total / n if math.isfinite(total) else math.inf
+        losses[ridge] = total / n if math.isfinite(total) else math.inf  # a fold's loss can overflow
     best = min(losses, key=lambda r: (losses[r], -r))
     return best, losses
 
@@ -224,6 +234,6 @@ def fit_part_weights(parts: Mapping[str, Tensor], target: Tensor, task_type: str
     names = list(parts)
     if ridge is None:
         ridge, _ = choose_part_ridge(parts, target, task_type, folds=folds, steps=steps, seed=seed)
-    stacked = torch.stack([parts[n].detach().float() for n in names])  # [p, n, c]
+    stacked = _stack_finite(parts)  # [p, n, c]
     w = _fit_log_weights(stacked, target, task_type, ridge, steps)
     return {n: float(x) for n, x in zip(names, w)}

@@ -8,17 +8,23 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-import torch
-from threadpoolctl import threadpool_limits
+# Under ``pytest -n N`` each worker gets cores / N threads (torch and the BLAS numpy, scipy and scikit-learn use):
+# two workers with two threads each on two cores spin against each other (a 784 x 784 eigh 50x slower). The
+# variables reach the libraries loaded later; threadpool_limits those already loaded.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+_THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS) if _WORKERS else 0
+if _THREADS:
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_THREADS))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from highmmt import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.config import EncoderConfig, FusionConfig
 
-# Under ``pytest -n N`` each worker gets cores / N threads (torch and the BLAS numpy and scikit-learn use):
-# two workers with two threads each on two cores spin against each other (a 784 x 784 eigh 50x slower).
-if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+if _THREADS:
     torch.set_num_threads(_THREADS)
     threadpool_limits(_THREADS)
 

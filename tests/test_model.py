@@ -651,6 +651,10 @@ def test_part_ridge_is_chosen_by_cross_validation_on_the_rows() -> None:
     # too few rows to hold two folds of two out: equal weights (a common scale only)
     few = fit_part_weights({k: v[:3] for k, v in equal.items()}, target[:3], "classification")
     assert len({round(w, 6) for w in few.values()}) == 1
+    # a part whose outputs hold NaN is named, not fitted
+    broken = dict(equal, p0=torch.full((100, 4), float("nan")))
+    with pytest.raises(ValueError, match="'p0' hold NaN"):
+        fit_part_weights(broken, target, "classification")
     # folds are dealt out by class
     fold = _folds(torch.tensor([0] * 10 + [1] * 5), 5, seed=0)
     assert all(int((fold[:10] == k).sum()) == 2 and int((fold[10:] == k).sum()) == 1 for k in range(5))
