@@ -154,17 +154,19 @@ def _fit_log_weights(stacked: Tensor, target: Tensor, task_type: str, ridge: flo
     u = torch.zeros(1 if shared else stacked.shape[0], device=stacked.device, requires_grad=True)
     optimizer = torch.optim.LBFGS([u], max_iter=steps, line_search_fn="strong_wolfe")
 
+    def weights() -> Tensor:
+        return u.clamp(-20.0, 8.0).exp().expand(stacked.shape[0])
+
     def closure() -> Tensor:
         optimizer.zero_grad()
-        w = u.clamp(-20.0, 8.0).exp().expand(stacked.shape[0])
-        loss = task_loss(torch.einsum("p,pnc->nc", w, stacked), target, task_type)
+        loss = task_loss(torch.einsum("p,pnc->nc", weights(), stacked), target, task_type)
         if not shared:
             loss = loss + ridge * ((u - u.mean()) ** 2).sum()
         loss.backward()
         return loss
 
     optimizer.step(closure)
-    return u.detach().clamp(-20.0, 8.0).exp().expand(stacked.shape[0]).clone()
+    return weights().detach().clone()
 
 
 def _stack_finite(parts: Mapping[str, Tensor]) -> Tensor:
@@ -197,7 +199,12 @@ def choose_part_ridge(parts: Mapping[str, Tensor], target: Tensor, task_type: st
     Returns (the ridge of least mean held-out loss, {ridge: that loss}); a tie goes to the stronger ridge.
     Fewer than two rows per fold: fewer folds of two rows (at least two folds); fewer than four rows:
     ``inf`` (equal weights), with no losses."""
-    stacked = _stack_finite(parts)  # [p, n, c]
+    return _choose_ridge(_stack_finite(parts), target, task_type, ridges, folds, steps, seed)
+
+
+def _choose_ridge(stacked: Tensor, target: Tensor, task_type: str, ridges: Iterable[float], folds: int, steps: int,
+                  seed: int) -> tuple[float, dict[float, float]]:
+    """:func:`choose_part_ridge` on the parts already stacked [p, n, c]."""
     n = stacked.shape[1]
     folds = min(folds, n // 2)
     if folds < 2:
@@ -231,9 +238,8 @@ def fit_part_weights(parts: Mapping[str, Tensor], target: Tensor, task_type: str
     a handful of weights the freedom to fit them (UTD-MHAD's 108 validation rows: docs/experiments.md,
     session 14). L-BFGS, ``steps`` iterations at most.
     """
-    names = list(parts)
-    if ridge is None:
-        ridge, _ = choose_part_ridge(parts, target, task_type, folds=folds, steps=steps, seed=seed)
     stacked = _stack_finite(parts)  # [p, n, c]
+    if ridge is None:
+        ridge, _ = _choose_ridge(stacked, target, task_type, PART_RIDGES, folds, steps, seed)
     w = _fit_log_weights(stacked, target, task_type, ridge, steps)
-    return {n: float(x) for n, x in zip(names, w)}
+    return {n: float(x) for n, x in zip(parts, w)}
