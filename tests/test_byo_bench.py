@@ -51,6 +51,7 @@ EXPECTED = {  # what the spec loader infers from the exported data, the spec sta
     "byo_sentiment": {"review": spec_text_defaults(2)},
     "byo_utd_inertial": {"imu": {"channels": 6}},
     "byo_omniglot_strokes": {"strokes": {"channels": 4}},
+    "byo_omniglot_strokes_px": {"strokes": {"channels": 4}},
     "byo_physionet_static": {"descriptors": {"num_numeric": 4, "categorical_cardinalities": [4]}},
     "byo_subjectivity_stats": {"sentence": spec_text_defaults(2), "stats": {"num_numeric": 3}},
 }
@@ -80,3 +81,27 @@ def test_missing_descriptors_become_nan_and_the_work_dir_stays_out_of_the_repo(t
         assert np.array_equal(np.isnan(np.asarray(cell["numeric"], float)), ~np.asarray(row["numeric_observed"], bool))
     with pytest.raises(ValueError, match="inside the repository"):
         byo_bench.main(["--work-dir", str(byo_bench.ROOT / "byo_data"), "--export-only"])
+
+
+def test_pixel_grid_strokes_lose_the_alphabet_lattice_and_keep_the_rest():
+    """Two drawings on lattices of different steps (as two alphabets' canvases): the plain export keeps the
+    steps apart, the pixel-grid export gives both the glyph's pixel step; t and pen are untouched."""
+    from experiments.strokes_lattice import coordinate_step
+    from tasks.omniglot import NATIVE_SIZE
+
+    pixel = 2.0 / NATIVE_SIZE
+    rows = []
+    for step in (0.7 * pixel, 0.85 * pixel):
+        xy = -0.5 + step * np.arange(12, dtype=np.float64)
+        rows.append(np.stack([xy, xy[::-1], np.linspace(0, 1, 12), (np.arange(12) % 5 == 0)], 1).astype(np.float32))
+    feats = datasets.Features({"strokes": datasets.Array2D(shape=(None, 4), dtype="float32"), "alphabet": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict({"strokes": rows, "alphabet": [0, 1]}, features=feats)
+    plain = [np.array(r) for r in byo_bench.exports()["byo_omniglot_strokes"].columns(ds, "train")["strokes"].to_pylist()]
+    snapped = [np.array(r) for r in byo_bench.exports()["byo_omniglot_strokes_px"].columns(ds, "train")["strokes"].to_pylist()]
+    assert abs(coordinate_step(plain[0]) - coordinate_step(plain[1])) > 0.1 * pixel
+    for raw, px in zip(plain, snapped):
+        assert coordinate_step(px) == pytest.approx(pixel, abs=1e-4)
+        assert np.abs(px[:, :2] - raw[:, :2]).max() <= pixel / 2 + 1e-6  # moved by at most half a pixel
+        on_grid = (px[:, :2] + 1.0) * NATIVE_SIZE / 2.0
+        assert np.allclose(on_grid, np.round(on_grid), atol=1e-3)
+        assert np.array_equal(px[:, 2:], raw[:, 2:])

@@ -1,0 +1,115 @@
+"""Omniglot strokes: how much of the alphabet is in the coordinates' lattice (docs/byo-accuracy.md).
+
+The publisher's pen coordinates lie on a lattice whose step differs by alphabet (the drawing canvas was
+scaled per alphabet before the points were stored), so the step of a drawing's x values alone names most
+alphabets, and trees on statistics such as min(x) find it through exact values. This script measures, on
+each spec-file strokes task given (the plain export and ``byo_omniglot_strokes_px``, whose x and y are
+snapped to the glyph's 105-pixel grid):
+
+- per alphabet, the most common step between a drawing's distinct x values (training rows);
+- a decision tree on that one number (validation / test accuracy);
+- gradient boosting (``baseline.py``'s settings) on min(x) alone and on all per-channel statistics
+  (``tasks.features.series_stats``), validation / test accuracy.
+
+    python -m experiments.strokes_lattice --specs WORK/byo_omniglot_strokes/spec.yaml,WORK/byo_omniglot_strokes_px/spec.yaml \\
+        --output results/strokes_lattice.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import yaml
+from threadpoolctl import threadpool_limits
+
+from benchmarks.common import run_cli
+from highmmt.checkpoint import atomic_write_json
+from tasks.baselines import BaselineSettings, _tree_model
+from tasks.features import STAT_NAMES, series_stats
+
+SPLITS = ("train", "validation", "test")
+
+
+def coordinate_step(series: np.ndarray, channel: int = 0) -> float:
+    """The smallest gap between a series' distinct values of one channel (rounded to 1e-5); NaN if none."""
+    values = np.unique(np.round(series[:, channel].astype(np.float64), 5))
+    gaps = np.diff(values)
+    gaps = gaps[gaps > 1e-4]
+    return float(gaps.min()) if len(gaps) else float("nan")
+
+
+def load_spec_series(spec_file: Path) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+    """{split: (series [t, c] per row, labels)} of a spec file with one timeseries column."""
+    spec = yaml.safe_load(spec_file.read_text())
+    (column,) = [c for c, kind in spec["modalities"].items() if kind == "timeseries"]
+    out = {}
+    for split in SPLITS:
+        table = pq.read_table(spec_file.parent / spec["path"] / f"{split}.parquet").to_pandas()
+        out[split] = ([np.stack(list(r)).astype(np.float64) for r in table[column]], table[spec["target"]].to_numpy())
+    return out
+
+
+def measure(spec_file: Path) -> dict[str, Any]:
+    from sklearn.metrics import accuracy_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    data = load_spec_series(spec_file)
+    y = {s: data[s][1] for s in SPLITS}
+    step = {s: np.nan_to_num(np.array([coordinate_step(x) for x in data[s][0]]), nan=-1.0)[:, None] for s in SPLITS}
+    per_class = {}
+    for c in np.unique(y["train"]):
+        counts = Counter(np.round(step["train"][y["train"] == c, 0], 4).tolist())
+        (value, n), = counts.most_common(1)
+        per_class[int(c)] = {"step": value, "share": n / int((y["train"] == c).sum())}
+    tree = DecisionTreeClassifier(random_state=0).fit(step["train"], y["train"])
+    stats = {s: np.stack([series_stats(x) for x in data[s][0]]) for s in SPLITS}
+    x_min = STAT_NAMES.index("min")  # channel 0 comes first (channel-major)
+
+    def boosted(cols: Any) -> dict[str, float]:
+        model = _tree_model("gb", _Classification(), BaselineSettings(), len(y["train"]))
+        model.fit(stats["train"][:, cols], y["train"])
+        return {s: float(accuracy_score(y[s], model.predict(stats[s][:, cols]))) for s in ("validation", "test")}
+
+    return {
+        "spec": str(spec_file),
+        "rows": {s: len(y[s]) for s in SPLITS},
+        "x_step_by_class": per_class,
+        "tree_on_x_step": {s: float(tree.score(step[s], y[s])) for s in ("validation", "test")},
+        "gb_on_min_x": boosted([x_min]),
+        "gb_on_all_stats": boosted(slice(None)),
+    }
+
+
+class _Classification:
+    """What ``_tree_model`` reads of a task spec."""
+
+    task_type = "classification"
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--specs", required=True, help="comma-separated spec files of strokes tasks")
+    p.add_argument("--output", default=None, help="JSON file to write (default: print only)")
+    args = p.parse_args(argv)
+    results = []
+    with threadpool_limits(1):
+        for f in args.specs.split(","):
+            r = measure(Path(f))
+            results.append(r)
+            print(f"{f}: tree on the x step {r['tree_on_x_step']}, GB on min(x) {r['gb_on_min_x']}, "
+                  f"GB on all statistics {r['gb_on_all_stats']}", flush=True)
+            print("  x step by class: " + ", ".join(f"{c}: {v['step']} ({v['share']:.0%})" for c, v in r["x_step_by_class"].items()))
+    if args.output:
+        atomic_write_json(args.output, results)
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main)
