@@ -504,7 +504,8 @@ def test_every_shipped_preset_loads_and_default_is_short_with_a_longer_averaged_
     assert {"tiny", "default", "short"} <= set(names)
     loaded = {n: train.load_preset(n)[0] for n in names}
     default, short = loaded["default"], loaded["short"]
-    assert short.model == dataclasses.replace(default.model, modality_heads=False) and default.model.modality_heads
+    assert short.model == dataclasses.replace(default.model, modality_heads=False, summary_heads=False)
+    assert default.model.modality_heads and default.model.summary_heads  # the default since session 12 / 15
     assert (default.train.epochs, default.train.ema_decay, default.train.select) == (30, 0.998, "task")
     assert (short.train.epochs, short.train.ema_decay, short.train.select) == (20, 0.0, "mean")  # the default until 2026-12-05
     assert dataclasses.replace(default.train, epochs=20, ema_decay=0.0, select="mean") == short.train
