@@ -108,7 +108,7 @@ def _strokes_pixel_grid_columns(ds: Any, split: str) -> dict[str, pa.Array]:
     values = ds.with_format("numpy")["strokes"]
     rows = []
     for v in values:
-        v = np.array(v, dtype=np.float64)
+        v = np.array(v, dtype=np.float64).reshape(-1, 4)  # (x, y, t, pen); a drawing without points stays empty
         v[:, :2] = 2.0 * np.round((v[:, :2] + 1.0) * NATIVE_SIZE / 2.0) / NATIVE_SIZE - 1.0
         rows.append(v.astype(np.float32).tolist())
     return {"strokes": pa.array(rows, type=FLOAT_SERIES), "alphabet": _labels(ds, "alphabet")}
