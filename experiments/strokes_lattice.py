@@ -44,9 +44,9 @@ def coordinate_step(series: np.ndarray, channel: int = 0) -> float:
     return float(gaps.min()) if len(gaps) else float("nan")
 
 
-def load_spec_series(spec_file: Path) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
-    """{split: (series [t, c] per row, class indices)} of a classification spec file with one timeseries
-    column, read by the spec loader (``tasks.byo``: its formats, split names and checks)."""
+def load_spec_series(spec_file: Path) -> tuple[Any, dict[str, tuple[list[np.ndarray], np.ndarray]]]:
+    """(the task spec, {split: (series [t, c] per row, class indices)}) of a classification spec file with one
+    timeseries column, read by the spec loader (``tasks.byo``: its formats, split names and checks)."""
     from tasks.byo import load_byo_spec
 
     spec, splits = load_byo_spec(spec_file)
@@ -59,14 +59,14 @@ def load_spec_series(spec_file: Path) -> dict[str, tuple[list[np.ndarray], np.nd
         rows = splits[split].with_format("numpy")
         series = [np.asarray(v, dtype=np.float64).reshape(len(v), -1) for v in rows[columns[0]]]
         out[split] = (series, np.asarray(rows[spec.target], dtype=np.int64))
-    return out
+    return spec, out
 
 
 def measure(spec_file: Path) -> dict[str, Any]:
     from sklearn.metrics import accuracy_score
     from sklearn.tree import DecisionTreeClassifier
 
-    data = load_spec_series(spec_file)
+    spec, data = load_spec_series(spec_file)
     y = {s: data[s][1] for s in SPLITS}
     step = {s: np.nan_to_num(np.array([coordinate_step(x) for x in data[s][0]]), nan=-1.0)[:, None] for s in SPLITS}
     per_class = {}
@@ -79,7 +79,7 @@ def measure(spec_file: Path) -> dict[str, Any]:
     x_min = STAT_NAMES.index("min")  # channel 0 comes first (channel-major)
 
     def boosted(cols: Any) -> dict[str, float]:
-        model = _tree_model("gb", _Classification(), BaselineSettings(), len(y["train"]))
+        model = _tree_model("gb", spec, BaselineSettings(), len(y["train"]))
         model.fit(stats["train"][:, cols], y["train"])
         return {s: float(accuracy_score(y[s], model.predict(stats[s][:, cols]))) for s in ("validation", "test")}
 
@@ -91,12 +91,6 @@ def measure(spec_file: Path) -> dict[str, Any]:
         "gb_on_min_x": boosted([x_min]),
         "gb_on_all_stats": boosted(slice(None)),
     }
-
-
-class _Classification:
-    """What ``_tree_model`` reads of a task spec."""
-
-    task_type = "classification"
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
