@@ -698,6 +698,8 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         batch = move_to(batch, accelerator.device) if accelerator is not None else batch
         if tc.augment_noise > 0:
             augment_inputs(batch["inputs"], tc.augment_noise)
+        if tc.augment_time > 0:
+            augment_time(batch["inputs"], tc.augment_time)
         if tc.modality_dropout > 0:
             batch = {**batch, "inputs": drop_one_modality(batch["inputs"], tc.modality_dropout)}
         if accelerator is None:
@@ -947,6 +949,43 @@ def augment_inputs(inputs: dict[str, Any], strength: float) -> None:
         scale = (1 + strength * torch.randn(x.shape[0], *([1] * (x.ndim - 1)), device=x.device)).clamp(0.5, 1.5)
         noisy = (x + strength * std * torch.randn_like(x)) * scale
         batch["x"] = torch.where(real, noisy, x).to(x.dtype)
+
+
+def augment_time(inputs: dict[str, Any], strength: float) -> None:
+    """Train-time window warping of regular series, in place (``train.augment_time`` = ``strength``).
+
+    Each sample gets a window covering a random fraction ``1 - strength * U(0, 1)`` of its real steps, at a random
+    start, stretched back (linear interpolation) over the same steps: the same movement, a little faster and
+    cropped at its ends (window warping, Le Guennec et al. 2016). The window is drawn once per sample and shared by
+    every series of the sample, so modalities recorded together stay together. It acts on float inputs with a
+    step axis (``x`` [b, t, ...] with ``mask`` [b, t] whose real steps come first: time series, poses); images,
+    audio waveforms, video frames, tables and irregular series (``observed`` / ``times``) are left alone.
+    Draws use torch's global generator (seeded, saved on resume).
+    """
+    draws = None
+    for batch in inputs.values():
+        x, mask = (batch.get("x"), batch.get("mask")) if isinstance(batch, dict) else (None, None)
+        if (x is None or mask is None or not torch.is_floating_point(x) or x.ndim < 3 or mask.ndim != 2
+                or tuple(x.shape[:2]) != tuple(mask.shape) or "observed" in batch or "times" in batch):
+            continue
+        b, t = mask.shape
+        if draws is None:
+            draws = (1 - strength * torch.rand(b), torch.rand(b))
+        frac, start = (d.to(x.device) for d in draws)
+        steps = torch.arange(t, device=x.device)
+        n = mask.sum(1)
+        ok = (mask == (steps < n[:, None])).all(1) & (n >= 2)  # real steps first, at least two of them
+        last = (n - 1).clamp_min(1).to(torch.float32)
+        span = frac * last
+        pos = start[:, None] * (last - span)[:, None] + steps[None, :].float() / last[:, None] * span[:, None]
+        pos = torch.minimum(pos, last[:, None])
+        lo = pos.floor().long()
+        hi = torch.minimum(lo + 1, (n - 1).clamp_min(0)[:, None])
+        w = (pos - lo.float()).reshape(b, t, *([1] * (x.ndim - 2))).to(x.dtype)
+        index = lambda i: i.reshape(b, t, *([1] * (x.ndim - 2))).expand_as(x)  # noqa: E731
+        warped = torch.gather(x, 1, index(lo)) * (1 - w) + torch.gather(x, 1, index(hi)) * w
+        keep = (ok[:, None] & mask).reshape(b, t, *([1] * (x.ndim - 2)))
+        batch["x"] = torch.where(keep, warped, x)
 
 
 def drop_one_modality(inputs: dict[str, Any], p: float) -> dict[str, Any]:

@@ -225,6 +225,32 @@ def test_augmentation_changes_real_float_values_only():
     assert torch.equal(inputs["text"]["x"], ids)
 
 
+def test_window_warping_reads_a_shared_window_of_real_steps_and_leaves_other_inputs():
+    torch.manual_seed(0)
+    ramp = torch.arange(10.0)
+    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask[3, 6:] = False  # a shorter series: real steps first, then padding
+    x = ramp.reshape(1, 10, 1).repeat(4, 1, 2) * mask[..., None]
+    pose = x[..., None].clone()  # [b, t, joints, 3]-like: a step axis then more axes
+    image = torch.rand(4, 5, 5, 1)
+    inputs = {"ts": {"x": x.clone(), "mask": mask}, "pose": {"x": pose.clone(), "mask": mask},
+              "image": {"x": image.clone(), "mask": torch.ones(4, 5, 5, dtype=torch.bool)},
+              "irregular": {"x": x.clone(), "mask": mask, "observed": torch.ones(4, 10, 2, dtype=torch.bool)}}
+    train.augment_time(inputs, 0.5)
+    out = inputs["ts"]["x"][..., 0]
+    assert not torch.equal(out, x[..., 0])
+    steps = out[:, 1:] - out[:, :-1]
+    real = mask[:, 1:] & mask[:, :-1]
+    # a ramp read through a window of 50-100% of its steps: still a ramp, slope between 0.5 and 1, inside the series
+    assert bool((steps[real] > 0.5 - 1e-5).all() & (steps[real] < 1 + 1e-5).all())
+    assert bool((out >= 0).all()) and bool((out[:3] <= 9 + 1e-5).all()) and bool((out[3, :6] <= 5 + 1e-5).all())
+    assert torch.equal(out[3, 6:], torch.zeros(4))  # padding stays zero
+    assert torch.allclose(inputs["pose"]["x"][..., 0, 0], out)  # one window per sample, shared by its series
+    assert torch.equal(inputs["image"]["x"], image) and torch.equal(inputs["irregular"]["x"], x)
+    with pytest.raises(ValueError, match="augment_time"):
+        TrainConfig(augment_time=1.0)
+
+
 def test_modality_dropout_leaves_out_one_modality_at_the_rate_asked():
     torch.manual_seed(0)
     inputs = {"a": torch.zeros(2), "b": torch.ones(2), "c": torch.ones(2)}

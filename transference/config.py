@@ -253,6 +253,9 @@ class TrainConfig:
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_fraction: float = 1.0
     augment_noise: float = 0.0
+    # > 0: window warping of regular series and poses (train.py augment_time): each training sample is read through a
+    # random window covering 1 - augment_time * U(0, 1) of its steps, stretched back over them.
+    augment_time: float = 0.0
     # With this probability a training batch of a task that reads 2+ modalities loses one of them, drawn
     # uniformly (train.py drop_one_modality): each modality must also predict alone, as with a missing one.
     modality_dropout: float = 0.0
@@ -333,6 +336,9 @@ class TrainConfig:
             raise ValueError(f"train.modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.augment_noise < 0.0:
             raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
+        if not 0.0 <= self.augment_time < 1.0:
+            raise ValueError(f"train.augment_time must be in [0, 1) (the largest share of a series a window drops), "
+                             f"got {self.augment_time}")
         if self.bad_rows not in ("error", "drop"):
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
