@@ -687,7 +687,8 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         optimizer, scheduler: as prepared; the scheduler (None: none) steps only when the optimizer
             did (fp16 skips steps with inf/nan gradients).
         accelerator: None for a plain single-process step on the batches' device (the speed benchmarks).
-        tc: the training config (``augment_noise``, ``modality_dropout``, ``loss_weights``, ``grad_clip``).
+        tc: the training config (``augment_noise``, ``augment_time``, ``modality_dropout``, ``loss_weights``,
+            ``grad_clip``).
     Returns:
         (task, loss) per batch.
     """
@@ -699,7 +700,8 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         if tc.augment_noise > 0:
             augment_inputs(batch["inputs"], tc.augment_noise)
         if tc.augment_time > 0:
-            augment_time(batch["inputs"], tc.augment_time)
+            modalities = getattr(step_loss, "module", step_loss).model.config.modalities  # DDP wraps TaskLoss
+            augment_time(batch["inputs"], tc.augment_time, {m: c.kind for m, c in modalities.items()})
         if tc.modality_dropout > 0:
             batch = {**batch, "inputs": drop_one_modality(batch["inputs"], tc.modality_dropout)}
         if accelerator is None:
@@ -951,22 +953,27 @@ def augment_inputs(inputs: dict[str, Any], strength: float) -> None:
         batch["x"] = torch.where(real, noisy, x).to(x.dtype)
 
 
-def augment_time(inputs: dict[str, Any], strength: float) -> None:
+#: the modality kinds ``train.augment_time`` warps: regular series with a step axis
+WARPED_KINDS = ("timeseries", "pose")
+
+
+def augment_time(inputs: dict[str, Any], strength: float, kinds: Mapping[str, str]) -> None:
     """Train-time window warping of regular series, in place (``train.augment_time`` = ``strength``).
 
     Each sample gets a window covering a random fraction ``1 - strength * U(0, 1)`` of its real steps, at a random
-    start, stretched back (linear interpolation) over the same steps: the same movement, a little faster and
+    start, stretched back (linear interpolation) over the same steps: the same movement, a little slower and
     cropped at its ends (window warping, Le Guennec et al. 2016). The window is drawn once per sample and shared by
-    every series of the sample, so modalities recorded together stay together. It acts on float inputs with a
-    step axis (``x`` [b, t, ...] with ``mask`` [b, t] whose real steps come first: time series, poses); images,
-    audio waveforms, video frames, tables and irregular series (``observed`` / ``times``) are left alone.
+    every series of the sample, so modalities recorded together stay together. It acts on the modalities whose
+    kind (``kinds``: modality -> kind) is in :data:`WARPED_KINDS` (time series, poses: float ``x`` [b, t, ...]
+    with ``mask`` [b, t] whose real steps come first; a sample whose mask is not so, or with fewer than two real
+    steps, is left as it is); images, audio, video, sets, tables, text and irregular series are left alone.
     Draws use torch's global generator (seeded, saved on resume).
     """
     draws = None
-    for batch in inputs.values():
+    for name, batch in inputs.items():
         x, mask = (batch.get("x"), batch.get("mask")) if isinstance(batch, dict) else (None, None)
-        if (x is None or mask is None or not torch.is_floating_point(x) or x.ndim < 3 or mask.ndim != 2
-                or tuple(x.shape[:2]) != tuple(mask.shape) or "observed" in batch or "times" in batch):
+        if (kinds.get(name) not in WARPED_KINDS or x is None or mask is None or not torch.is_floating_point(x)
+                or x.ndim < 3 or mask.ndim != 2 or tuple(x.shape[:2]) != tuple(mask.shape)):
             continue
         b, t = mask.shape
         if draws is None:

@@ -1,6 +1,6 @@
 """Which output parts a task's late fusion should keep, chosen on its validation split (docs/experiments.md, session 16).
 
-UTD-MHAD's depth head is near chance (validation and test 0.09-0.17 against 0.65-0.89 for the other
+UTD-MHAD's depth head is near chance (validation and test 0.09-0.17 against 0.64-0.89 for the other
 parts), and the sum without it scores higher on test on every seed. The stacking weights
 (``highmmt.heads.fit_part_weights``) cannot remove it: their ridge, chosen by cross-validation on
 UTD-MHAD's 108 validation rows (one subject), pulls the weights toward equal. This script compares

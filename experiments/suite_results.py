@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="train nothing: read the results.json of earlier calls (one seed each) and write seeds.json and "
                         "seeds.md (mean ± sd over the seeds, multitask vs single-task verdicts) into --output-dir; "
                         "DIR+DIR merges two calls of one seed (e.g. a --runs multitask and a --runs single call); "
-                        "DIR[task|task] takes only those tasks' single-task runs from a call")
+                        "DIR[task|task] takes only those tasks' single-task and late-fusion runs from a call")
     p.add_argument("--inert-override", dest="inert", action="append", default=[], metavar="KEY",
                    help="with DIR+DIR: an override of KEY (e.g. train.deep_loss) may be in some of a seed's calls and not in "
                         "others, because it does not act on the runs of the calls without it (say why in the doc)")
@@ -224,28 +224,31 @@ def markdown(results: dict[str, Any]) -> str:
 
 def read_call(folder: Path | str) -> dict[str, Any]:
     """One call's ``results.json``; ``DIR[task|task]`` keeps only the single-task and late-fusion runs of those tasks
-    (a call's multitask run serves all its tasks, so it cannot be taken apart)."""
+    (a call's multitask run serves all its tasks, so it cannot be taken apart), and counts only their wall time."""
     text = str(folder)
     if not text.endswith("]") or "[" not in text:
         return json.loads((Path(text) / "results.json").read_text())
-    path, _, wanted = text[:-1].partition("[")
-    keep = [t for t in wanted.split("|") if t]
+    path, _, wanted = text[:-1].rpartition("[")
+    keep = [t.strip() for t in wanted.split("|") if t.strip()]
     call = json.loads((Path(path) / "results.json").read_text())
     missing = [t for t in keep if t not in call["tasks"]]
     if not keep or missing:
         raise ValueError(f"--combine: {text}: {path} has the tasks {call['tasks']}; "
                          f"{'name some between [ and ]' if not keep else f'not {missing}'}")
     runs = {k: v for k, v in call["runs"].items() if k != "multitask" and k.split("/", 1)[-1] in keep}
-    if not runs:
-        raise ValueError(f"--combine: {text}: no single-task or late-fusion run of {keep} in {path} (a multitask run "
+    without = [t for t in keep if not any(k.split("/", 1)[-1] == t for k in runs)]
+    if without:
+        raise ValueError(f"--combine: {text}: no single-task or late-fusion run of {without} in {path} (a multitask run "
                          "cannot be split by task)")
-    return {**call, "tasks": [t for t in call["tasks"] if t in keep], "runs": runs}
+    seconds = [v.get("wall_s_this_call") for v in runs.values()]
+    return {**call, "tasks": [t for t in call["tasks"] if t in keep], "runs": runs,
+            "wall_s": sum(seconds) if None not in seconds else None}
 
 
 def merge_calls(folders: Sequence[Path | str], inert: Sequence[str] = ()) -> dict[str, Any]:
     """One seed's ``results.json`` from several calls (``--combine A+B``: e.g. a ``--runs multitask`` call
     and a ``--runs single`` call of the same seed, preset and overrides): the union of their runs.
-    ``DIR[task|task]`` takes only those tasks' single-task runs from a call (:func:`read_call`).
+    ``DIR[task|task]`` takes only those tasks' single-task and late-fusion runs from a call (:func:`read_call`).
     Overrides of the ``inert`` keys may differ between the calls; the merged call has the union of them."""
     calls = [read_call(f) for f in folders]
     merged = {**calls[0], "runs": dict(calls[0]["runs"]), "tasks": list(calls[0]["tasks"])}

@@ -173,13 +173,13 @@ def test_suite_results_table_says_one_seed_and_combines_seeds(tmp_path: Path) ->
     other = tmp_path / "s1_other"
     other.mkdir()
     (other / "results.json").write_text(json.dumps(results(1, (0.0, 0.0), (0.5, 0.5))))
-    picked = suite_results.main(["--combine", f"{folders[0]},{split[0]}+{split[1]}[avmnist]+{other}[omniglot]",
+    picked = suite_results.main(["--combine", f"{folders[0]},{split[0]}+{split[1]}[avmnist]+{other}[ omniglot ]",
                                  "--output-dir", str(tmp_path / "out2")])
     assert picked["per_task"]["avmnist"] == combined["per_task"]["avmnist"]
     assert picked["per_task"]["omniglot"]["single"] == [0.07, 0.5]
     with pytest.raises(ValueError, match="not \\['sentiment'\\]"):
         suite_results.main(["--combine", f"{split[1]}[sentiment]", "--output-dir", str(tmp_path / "out3")])
-    with pytest.raises(ValueError, match="cannot be split by task"):
+    with pytest.raises(ValueError, match="no single-task or late-fusion run of \\['avmnist'\\].*cannot be split by task"):
         suite_results.main(["--combine", f"{split[0]}[avmnist]", "--output-dir", str(tmp_path / "out3")])
     with pytest.raises(ValueError, match="repeats the runs"):
         suite_results.main(["--combine", f"{split[0]}+{split[0]}", "--output-dir", str(tmp_path / "out3")])

@@ -228,15 +228,21 @@ def test_augmentation_changes_real_float_values_only():
 def test_window_warping_reads_a_shared_window_of_real_steps_and_leaves_other_inputs():
     torch.manual_seed(0)
     ramp = torch.arange(10.0)
-    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask = torch.ones(5, 10, dtype=torch.bool)
     mask[3, 6:] = False  # a shorter series: real steps first, then padding
-    x = ramp.reshape(1, 10, 1).repeat(4, 1, 2) * mask[..., None]
+    mask[4, 1:] = False  # one real step: nothing to warp
+    x = ramp.reshape(1, 10, 1).repeat(5, 1, 2) * mask[..., None]
     pose = x[..., None].clone()  # [b, t, joints, 3]-like: a step axis then more axes
-    image = torch.rand(4, 5, 5, 1)
+    gappy = torch.ones(5, 10, dtype=torch.bool)
+    gappy[:, 4] = False  # real steps not first: left as they are
     inputs = {"ts": {"x": x.clone(), "mask": mask}, "pose": {"x": pose.clone(), "mask": mask},
-              "image": {"x": image.clone(), "mask": torch.ones(4, 5, 5, dtype=torch.bool)},
-              "irregular": {"x": x.clone(), "mask": mask, "observed": torch.ones(4, 10, 2, dtype=torch.bool)}}
-    train.augment_time(inputs, 0.5)
+              "gappy": {"x": x.clone(), "mask": gappy},
+              "video": {"x": x[..., None, None].clone(), "mask": mask},  # float frames with a step mask
+              "set": {"x": x.clone(), "mask": mask},  # unordered elements, the same shapes as a series
+              "image": {"x": torch.rand(5, 5, 5, 1), "mask": torch.ones(5, 5, 5, dtype=torch.bool)}}
+    kinds = {"ts": "timeseries", "pose": "pose", "gappy": "timeseries", "video": "video", "set": "set", "image": "image"}
+    before = {m: v["x"].clone() for m, v in inputs.items()}
+    train.augment_time(inputs, 0.5, kinds)
     out = inputs["ts"]["x"][..., 0]
     assert not torch.equal(out, x[..., 0])
     steps = out[:, 1:] - out[:, :-1]
@@ -244,9 +250,10 @@ def test_window_warping_reads_a_shared_window_of_real_steps_and_leaves_other_inp
     # a ramp read through a window of 50-100% of its steps: still a ramp, slope between 0.5 and 1, inside the series
     assert bool((steps[real] > 0.5 - 1e-5).all() & (steps[real] < 1 + 1e-5).all())
     assert bool((out >= 0).all()) and bool((out[:3] <= 9 + 1e-5).all()) and bool((out[3, :6] <= 5 + 1e-5).all())
-    assert torch.equal(out[3, 6:], torch.zeros(4))  # padding stays zero
+    assert torch.equal(out[3, 6:], torch.zeros(4)) and torch.equal(out[4], x[4, :, 0])  # padding; a one-step sample
     assert torch.allclose(inputs["pose"]["x"][..., 0, 0], out)  # one window per sample, shared by its series
-    assert torch.equal(inputs["image"]["x"], image) and torch.equal(inputs["irregular"]["x"], x)
+    for m in ("gappy", "video", "set", "image"):
+        assert torch.equal(inputs[m]["x"], before[m]), m
     with pytest.raises(ValueError, match="augment_time"):
         TrainConfig(augment_time=1.0)
 
