@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +62,27 @@ def combinations(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_dir: str | None) -> dict[str, Any]:
+def task_parts(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None,
+               cache_dir: str | None) -> Iterator[tuple[str, Any, str, dict[str, tuple[dict[str, np.ndarray], np.ndarray]]]]:
+    """For each task of a run (``tasks``: a subset, default all) whose outputs have two or more parts, with the
+    weights ``evaluate.py`` scores it with: (task, spec, which weights, {"validation" | "test": parts_of(...)})."""
     run_cfg = evaluate.read_run_config(ckpt)
     model = HighMMT.from_pretrained(ckpt).eval()
     args = argparse.Namespace(data_root=data_root, cache_dir=cache_dir)
     per_task = task_weight_epochs(ckpt, "auto", rows_of=lambda t: evaluate.validation_rows(run_cfg, t, args))
     mean_state = {k: v.clone() for k, v in model.state_dict().items()}
-    results: dict[str, Any] = {}
     for name in tasks or list(run_cfg["tasks"]):
-        if len(model.part_names(name)) < 2:
+        if name not in run_cfg["tasks"] or len(model.part_names(name)) < 2:
             continue
         lt = evaluate.load_run_task(run_cfg, name, data_root=data_root, cache_dir=cache_dir, quiet=True)
-        spec = lt.spec
         weights = evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
+        yield name, lt.spec, weights, {split: parts_of(model, lt.splits[split], lt.spec) for split in ("validation", "test")}
+
+
+def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_dir: str | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, spec, weights, outputs in task_parts(ckpt, tasks, data_root, cache_dir):
         entry: dict[str, Any] = {"metric": spec.metric, "weights": weights}
-        outputs = {split: parts_of(model, lt.splits[split], spec) for split in ("validation", "test")}
         val_parts, val_y = outputs["validation"]
         val_parts_t, val_y_t = {k: torch.from_numpy(v) for k, v in val_parts.items()}, torch.from_numpy(val_y)
         ridge, _ = choose_part_ridge(val_parts_t, val_y_t, spec.task_type)

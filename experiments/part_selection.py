@@ -30,11 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import evaluate
 from benchmarks.common import markdown_table
-from experiments.late_parts import parts_of
-from highmmt import HighMMT
-from highmmt.checkpoint import task_weight_epochs
+from experiments.late_parts import task_parts
 from highmmt.heads import PART_RIDGES, _choose_ridge, _fit_log_weights, _folds, fit_part_weights, task_loss
 from tasks.loader import score
 
@@ -107,19 +104,8 @@ def weak_parts(parts: dict[str, np.ndarray], y: np.ndarray, spec: Any) -> list[s
 
 
 def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_dir: str | None) -> dict[str, Any]:
-    run_cfg = evaluate.read_run_config(ckpt)
-    model = HighMMT.from_pretrained(ckpt).eval()
-    args = argparse.Namespace(data_root=data_root, cache_dir=cache_dir)
-    per_task = task_weight_epochs(ckpt, "auto", rows_of=lambda t: evaluate.validation_rows(run_cfg, t, args))
-    mean_state = {k: v.clone() for k, v in model.state_dict().items()}
     out: dict[str, Any] = {}
-    for name in tasks or list(run_cfg["tasks"]):
-        if name not in run_cfg["tasks"] or len(model.part_names(name)) < 2:
-            continue
-        lt = evaluate.load_run_task(run_cfg, name, data_root=data_root, cache_dir=cache_dir, quiet=True)
-        spec = lt.spec
-        evaluate.use_task_weights(model, ckpt, name, per_task, mean_state)
-        outputs = {split: parts_of(model, lt.splits[split], spec) for split in ("validation", "test")}
+    for name, spec, _, outputs in task_parts(ckpt, tasks, data_root, cache_dir):
         val_parts, val_y = outputs["validation"]
         vp = {k: torch.from_numpy(v) for k, v in val_parts.items()}
         vy = torch.from_numpy(val_y)
