@@ -107,9 +107,9 @@ def markdown(results: dict[str, Any]) -> str:
             + markdown_table(["task", "metric", "outputs", "validation", "test"], rows) + "\n")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a train.py run folder")
+def parse_args(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options of the scripts that score a run's output parts (this one, ``part_selection``), then parse and set
+    torch's threads."""
     p.add_argument("--tasks", default=None, help="comma-separated subset of the run's tasks")
     p.add_argument("--output", required=True, help="JSON out")
     p.add_argument("--data-root", default=None)
@@ -117,6 +117,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a train.py run folder")
+    args = parse_args(p, argv)
     results = run(Path(args.checkpoint), args.tasks.split(",") if args.tasks else None, args.data_root, args.cache_dir)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2) + "\n")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import markdown_table
-from experiments.late_parts import task_parts
+from experiments.late_parts import parse_args, task_parts
 from highmmt.heads import PART_RIDGES, _choose_ridge, _fit_log_weights, _folds, fit_part_weights, task_loss
 from tasks.loader import score
 
@@ -130,13 +130,7 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", nargs="+", required=True, help="train.py run folders")
-    p.add_argument("--tasks", default=None, help="comma-separated subset of the runs' tasks")
-    p.add_argument("--output", required=True, help="JSON out")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     results = {c: run(Path(c), args.tasks.split(",") if args.tasks else None, args.data_root, args.cache_dir)
                for c in args.checkpoints}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
