@@ -988,10 +988,11 @@ def augment_time(inputs: dict[str, Any], strength: float, kinds: Mapping[str, st
         pos = torch.minimum(pos, last[:, None])
         lo = pos.floor().long()
         hi = torch.minimum(lo + 1, (n - 1).clamp_min(0)[:, None])
-        w = (pos - lo.float()).reshape(b, t, *([1] * (x.ndim - 2))).to(x.dtype)
-        index = lambda i: i.reshape(b, t, *([1] * (x.ndim - 2))).expand_as(x)  # noqa: E731
-        warped = torch.gather(x, 1, index(lo)) * (1 - w) + torch.gather(x, 1, index(hi)) * w
-        keep = (ok[:, None] & mask).reshape(b, t, *([1] * (x.ndim - 2)))
+        per_step = (b, t) + (1,) * (x.ndim - 2)  # [b, t] broadcast over x's other axes
+        w = (pos - lo.float()).reshape(per_step).to(x.dtype)
+        warped = (torch.gather(x, 1, lo.reshape(per_step).expand_as(x)) * (1 - w)
+                  + torch.gather(x, 1, hi.reshape(per_step).expand_as(x)) * w)
+        keep = (ok[:, None] & mask).reshape(per_step)
         batch["x"] = torch.where(keep, warped, x)
 
 

@@ -8,7 +8,7 @@ rules that choose the parts on the validation split alone, for every task of a r
 parts, and scores each rule's stacked sum on validation and test:
 
 - ``stacked``: every part, the weights as ``train.part_weights=validation`` fits them (the default);
-- ``backward``: backward elimination on the cross-validated stacking loss (:func:`select_parts`):
+- ``backward``: backward elimination on the cross-validated stacking loss (:func:`backward_elimination`):
   drop the part whose removal lowers the held-out loss most, while one does;
 - ``backward_1se``: the same, but a part is dropped only when the held-out loss falls by more than one
   standard error of the paired per-row differences (a conservative form);
@@ -38,31 +38,9 @@ from tasks.loader import score
 RULES = ("stacked", "backward", "backward_1se", "weak_parts")
 
 
-def select_parts(parts: dict[str, torch.Tensor], target: torch.Tensor, task_type: str, folds: int = 5,
-                 seed: int = 0) -> list[str]:
-    """Backward elimination: from every part, drop the part whose removal lowers the ``folds``-fold
-    cross-validated stacking loss most (its ridge chosen as ``choose_part_ridge`` does), while one does."""
-    names = list(parts)
-    stacked = torch.stack([parts[n].float() for n in names])
-    keep = list(range(len(names)))
-
-    def cv_loss(idx: list[int]) -> float:
-        ridge, losses = _choose_ridge(stacked[idx], target, task_type, PART_RIDGES, folds, 200, seed)
-        return losses.get(ridge, math.nan)
-
-    best = cv_loss(keep)
-    while len(keep) > 1 and not math.isnan(best):
-        trials = {i: cv_loss([j for j in keep if j != i]) for i in keep}
-        drop = min(trials, key=lambda i: trials[i])
-        if not trials[drop] < best:
-            break
-        keep.remove(drop)
-        best = trials[drop]
-    return [names[i] for i in keep]
-
-
 def heldout_row_losses(stacked: torch.Tensor, target: torch.Tensor, task_type: str, folds: int = 5, seed: int = 0) -> torch.Tensor:
-    """Per-row held-out loss [n] of the stacked sum of ``stacked`` [p, n, c], its ridge chosen by CV on the same folds."""
+    """Per-row held-out loss [n] of the stacked sum of ``stacked`` [p, n, c], its ridge chosen by CV on the same folds
+    (as ``choose_part_ridge`` does; their mean is the cross-validated loss it minimises)."""
     ridge, _ = _choose_ridge(stacked, target, task_type, PART_RIDGES, folds, 200, seed)
     fold = _folds(target, min(folds, stacked.shape[1] // 2), seed)
     rows = torch.empty(stacked.shape[1])
@@ -76,19 +54,20 @@ def heldout_row_losses(stacked: torch.Tensor, target: torch.Tensor, task_type: s
     return rows
 
 
-def backward_1se(parts: dict[str, torch.Tensor], target: torch.Tensor, task_type: str) -> list[str]:
+def backward_elimination(parts: dict[str, torch.Tensor], target: torch.Tensor, task_type: str, *, one_se: bool) -> list[str]:
+    """From every part, drop the part whose removal lowers the cross-validated stacking loss most, while one does
+    (``one_se``: by more than one standard error of the paired per-row differences)."""
     names = list(parts)
     stacked = torch.stack([parts[n].float() for n in names])
     keep = list(range(len(names)))
-    base = heldout_row_losses(stacked[keep], target, task_type)
+    base = heldout_row_losses(stacked, target, task_type)
     while len(keep) > 1:
         trials = {}
         for i in keep:
-            sub = [j for j in keep if j != i]
-            rows = heldout_row_losses(stacked[sub], target, task_type)
+            rows = heldout_row_losses(stacked[[j for j in keep if j != i]], target, task_type)
             diff = rows - base
-            se = float(diff.std(unbiased=True)) / math.sqrt(len(diff))
-            trials[i] = (float(diff.mean()), se, rows)
+            margin = float(diff.std(unbiased=True)) / math.sqrt(len(diff)) if one_se else 0.0
+            trials[i] = (float(diff.mean()), margin, rows)
         drop = min(trials, key=lambda i: trials[i][0])
         if not trials[drop][0] < -trials[drop][1]:
             break
@@ -111,8 +90,8 @@ def run(ckpt: Path, tasks: Sequence[str] | None, data_root: str | None, cache_di
         vy = torch.from_numpy(val_y)
         chosen = {
             "stacked": list(vp),
-            "backward": select_parts(vp, vy, spec.task_type),
-            "backward_1se": backward_1se(vp, vy, spec.task_type),
+            "backward": backward_elimination(vp, vy, spec.task_type, one_se=False),
+            "backward_1se": backward_elimination(vp, vy, spec.task_type, one_se=True),
             "weak_parts": weak_parts(val_parts, val_y, spec),
         }
         entry: dict[str, Any] = {"metric": spec.metric, "kept": chosen}
