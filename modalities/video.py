@@ -20,6 +20,11 @@ each ``Linear(p * p * c -> d)`` + fixed row / column positions + a learned "moti
 depth video this is the front-view depth motion map of Yang et al. (2012) that the UTD-MHAD literature
 and the data README's references read; the crop makes it independent of where and how large the actor
 stands in the frame.
+
+``crop_to_content=True`` crops every clip, before tokenizing, to the bounding box of its non-zero pixels
+over all its real frames, widened (centred) to the frame's aspect ratio and resized (bilinear) back to
+the frame's size: for video whose background is already zero (segmented depth, as UTD-MHAD's) the actor
+then fills the frame wherever and however large they stand. A clip without a non-zero pixel is left as is.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class VideoEmbedder(Embedder):
         max_frames: frames kept per sample (uniformly resampled when longer).
         max_size: longest frame side (pixels) above which frames are resized down.
         motion_map: side S of the motion-map tokens' map (a multiple of ``patch_size``; 0 = none).
+        crop_to_content: crop each clip to the bounding box of its non-zero pixels (see the module docstring).
     """
 
     kind = "video"
@@ -83,6 +89,7 @@ class VideoEmbedder(Embedder):
         max_frames: int = 32,
         max_size: int = 48,
         motion_map: int = 0,
+        crop_to_content: bool = False,
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.channels = positive_int(self.kind, "channels", channels)
@@ -95,6 +102,9 @@ class VideoEmbedder(Embedder):
             raise ValueError(f"{self.kind}: motion_map must be 0 (off) or a positive multiple of patch_size "
                              f"({self.patch_size}), got {motion_map!r}")
         self.motion_map = motion_map
+        if not isinstance(crop_to_content, bool):
+            raise ValueError(f"{self.kind}: crop_to_content must be true or false, got {crop_to_content!r}")
+        self.crop_to_content = crop_to_content
         if motion_map:
             self.to_motion = nn.Linear(self.patch_size**2 * self.channels, dim)
             self.motion_embedding = nn.Parameter(torch.randn(dim) * 0.02)
@@ -126,6 +136,8 @@ class VideoEmbedder(Embedder):
         mask = batch_mask(self, batch, (b, t))
         mask, (x,) = resample(mask, self.max_frames, x)  # before the float conversion: less to convert
         x = pixels_to_float(self, x, self.to_tokens.weight.dtype, where=mask[:, :, None, None, None])
+        if self.crop_to_content:
+            x = crop_to_content(zero_invalid(x, mask))
 
         if max(h, w) > self.max_size:
             scale = self.max_size / max(h, w)
@@ -174,3 +186,34 @@ def motion_maps(x: Tensor, mask: Tensor, size: int) -> Tensor:
         peak = crop.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(crop.dtype).tiny)
         out.append(rearrange(crop / peak, "1 c h w -> h w c"))
     return torch.stack(out)
+
+
+def crop_to_content(x: Tensor) -> Tensor:
+    """Videos x [b, t, h, w, c] (padded frames zero) -> the same shape, each clip cropped to the bounding box of
+    its non-zero pixels over all frames and channels, widened around its centre to the frame's aspect ratio
+    h : w (zeros where the widened box leaves the frame) and resized (bilinear) back to h x w. A clip without a
+    non-zero pixel is kept."""
+    b, t, h, w, _ = x.shape
+    out = []
+    for clip in x:
+        content = (clip != 0).any(dim=0).any(dim=-1)  # [h, w]
+        if not bool(content.any()):
+            out.append(clip)
+            continue
+        rows, cols = content.any(dim=1).nonzero().squeeze(1), content.any(dim=0).nonzero().squeeze(1)
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        if (r1 - r0) * w > (c1 - c0) * h:  # taller than the frame's aspect: widen the columns
+            c0, c1 = _widen(c0, c1, math.ceil((r1 - r0) * w / h))
+        else:
+            r0, r1 = _widen(r0, r1, math.ceil((c1 - c0) * h / w))
+        crop = rearrange(clip[:, max(r0, 0):min(r1, h), max(c0, 0):min(c1, w)], "t h w c -> t c h w")
+        crop = F.pad(crop, (max(-c0, 0), max(c1 - w, 0), max(-r0, 0), max(r1 - h, 0)))  # outside the frame: zeros
+        crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+        out.append(rearrange(crop, "t c h w -> t h w c"))
+    return torch.stack(out)
+
+
+def _widen(lo: int, hi: int, size: int) -> tuple[int, int]:
+    """[lo, hi) widened to ``size`` around its centre (it may leave the frame)."""
+    lo -= (size - (hi - lo)) // 2
+    return lo, lo + size

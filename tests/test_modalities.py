@@ -95,7 +95,9 @@ def video(rng: np.random.Generator) -> Example:
         ],
         variants=[({"channels": 1, "patch_size": 4, "tubelet": 1, "max_frames": 4, "max_size": 4}, [3, 4, 1]),
                   ({"channels": 1, "patch_size": 4, "tubelet": 2, "max_frames": 4, "max_size": 16, "motion_map": 8},
-                   [16, 16, 10])],  # + (8 / 4)^2 motion-map tokens each
+                   [16, 16, 10]),  # + (8 / 4)^2 motion-map tokens each
+                  ({"channels": 1, "patch_size": 4, "tubelet": 1, "max_frames": 4, "max_size": 4, "crop_to_content": True},
+                   [3, 4, 1])],
     )
 
 
@@ -861,3 +863,39 @@ def test_video_motion_map_is_the_cropped_frame_difference_energy() -> None:
     assert tokens.shape[1] == 2 * 6 * 6 + 4 and bool(token_mask.all())
     with pytest.raises(ValueError, match="motion_map must be 0"):
         build("video", {"patch_size": 4, "motion_map": 6})
+
+
+def test_video_crop_to_content_puts_the_actor_in_the_same_frame_wherever_they_stand() -> None:
+    from modalities.video import crop_to_content
+
+    def actor(top: int, left: int, height: int, width: int, t: int = 3) -> torch.Tensor:
+        x = torch.zeros(t, 24, 32, 1)  # a 3 : 4 frame, zero background
+        for i in range(t):  # a figure whose lower half moves one pixel right per frame
+            x[i, top:top + height // 2, left:left + width] = 0.6
+            x[i, top + height // 2:top + height, left + i:left + i + width] = 0.7
+        return x
+
+    near, far = actor(2, 3, 12, 4), actor(9, 20, 12, 4)  # the same figure at another place
+    out = crop_to_content(torch.stack([near, far]))
+    assert out.shape == (2, 3, 24, 32, 1)
+    torch.testing.assert_close(out[0], out[1])  # where the actor stands does not matter
+    # by hand: the box over all frames is rows 2-13, columns 3-8 (6 wide); widened to 4 : 3 -> 16 columns
+    # around its centre, -2 to 13 (two columns of zeros left of the frame), then resized back to 24 x 32
+    crop = torch.nn.functional.pad(near[:, 2:14, 0:14].permute(0, 3, 1, 2), (2, 0))
+    expected = torch.nn.functional.interpolate(crop, size=(24, 32), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out[0], expected)
+    # a larger actor (twice the size) fills the frame alike: the rows with content span the frame in both
+    big = crop_to_content(actor(0, 4, 24, 8)[None])[0]
+    assert bool((big[:, 0] != 0).any()) and bool((big[:, -1] != 0).any())
+    assert bool((out[0][:, 0] != 0).any()) and bool((out[0][:, -1] != 0).any())
+    # a blank clip is kept as it is
+    torch.testing.assert_close(crop_to_content(torch.zeros(1, 2, 24, 32, 1)), torch.zeros(1, 2, 24, 32, 1))
+    # through the embedder: the token values no longer depend on the actor's place
+    emb = build("video", {"channels": 1, "patch_size": 4, "max_size": 32, "crop_to_content": True})
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    tokens, _ = emb({"x": torch.stack([near, far]), "mask": mask})
+    torch.testing.assert_close(tokens[0], tokens[1])
+    plain, _ = build("video", {"channels": 1, "patch_size": 4, "max_size": 32})({"x": torch.stack([near, far]), "mask": mask})
+    assert not torch.allclose(plain[0], plain[1])
+    with pytest.raises(ValueError, match="crop_to_content must be true or false"):
+        build("video", {"crop_to_content": 1})
