@@ -798,7 +798,8 @@ def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, l
     its validation split (``HighMMT.fit_part_weights``) for each set of weights it may be scored with, and
     write them back: ``model.safetensors`` (the mean's best epoch) and the task's own
     ``task_weights/<task>.safetensors`` where it has one. Also for a finished run folder (``loaded``: its tasks,
-    as ``evaluate.py`` loads them). Returns {task: {"model": weights, "own": weights}} and writes it as
+    as ``evaluate.py`` loads them). Returns {task: {"model": weights, "own": weights, "ridge": {"model": r, "own": r}}}
+    (r: the ridge toward equal weights that cross-validation chose, "inf" for equal weights) and writes it as
     ``part_weights.json``."""
     model = HighMMT.from_pretrained(out).to(device)  # the saved weights, whatever wraps the training model
     tasks = [t for t in loaded if len(model.part_names(t)) >= 2]
@@ -811,15 +812,20 @@ def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, l
             batch = collate_rows(dataset, idx, spec)
             yield move_to(batch["inputs"], device), batch["target"]
 
-    fitted: dict[str, dict[str, Any]] = {t: {} for t in tasks}
+    fitted: dict[str, dict[str, Any]] = {t: {"ridge": {}} for t in tasks}
+
+    def fit(t: str, which: str) -> None:
+        fitted[t][which], ridge = model.fit_part_weights(t, batches(t), return_ridge=True)
+        fitted[t]["ridge"][which] = ridge if math.isfinite(ridge) else "inf"  # JSON has no inf
+
     for t in tasks:
-        fitted[t]["model"] = model.fit_part_weights(t, batches(t))
+        fit(t, "model")
     final = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_save_safetensors(out / "model.safetensors", final, metadata={"format": "pt"})
     for t in tasks:
         model.load_state_dict(final)
         if model.load_task_weights(out, t):
-            fitted[t]["own"] = model.fit_part_weights(t, batches(t))
+            fit(t, "own")
             own = model.task_state({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, t)
             atomic_save_safetensors(out / TASK_WEIGHTS_DIR / f"{t}.safetensors", own, metadata={"format": "pt"})
     atomic_write_json(out / "part_weights.json", fitted)

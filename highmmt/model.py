@@ -44,7 +44,7 @@ from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.embedder import Embedder
 from highmmt.encoder import PerceiverEncoder
 from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
-from highmmt.heads import PartWeights, SummaryHead, TaskHead, fit_part_weights, naive_bayes_prior
+from highmmt.heads import PartWeights, SummaryHead, TaskHead, choose_part_ridge, fit_part_weights, naive_bayes_prior
 from highmmt.pretrained import RepresentationTuning, weights_from_checkpoint
 from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
@@ -405,12 +405,13 @@ class HighMMT(nn.Module):
         return outputs, parts
 
     @torch.no_grad()
-    def fit_part_weights(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]]) -> dict[str, float]:
+    def fit_part_weights(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]], *,
+                         return_ridge: bool = False) -> dict[str, float] | tuple[dict[str, float], float]:
         """Fit ``task``'s part weights on held-out rows: ``batches`` yields (inputs, targets); each part
         (:meth:`part_names`: the fused head, the wide read-outs, each modality head, each summary head) gets the
         positive weight that minimises the task's loss of the weighted sum (:func:`highmmt.heads.fit_part_weights`,
         stacking; the ridge toward equal weights chosen by cross-validation on these rows). Sets the buffer and
-        returns {part name: weight}."""
+        returns {part name: weight}, with ``return_ridge`` also the ridge chosen (``inf``: equal weights)."""
         if _key(task) not in self.part_weights:
             raise ValueError(f"task {task!r} has one output part: no wide read-out, modality heads or summary heads "
                              "(model.modality_heads needs two or more modalities, model.summary_heads a series; "
@@ -429,14 +430,16 @@ class HighMMT(nn.Module):
             targets.append(target.cpu())
         if not targets:
             raise ValueError(f"task {task!r}: no rows to fit part weights on")
+        parts, target, task_type = {k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets), self.config.tasks[task].task_type
         with torch.enable_grad():
-            fitted = fit_part_weights({k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets),
-                                      self.config.tasks[task].task_type)
+            ridge, _ = choose_part_ridge(parts, target, task_type)
+            fitted = fit_part_weights(parts, target, task_type, ridge=ridge)
         order = self.part_names(task)
         buffer = self.part_weights[_key(task)].weight
         buffer.copy_(torch.tensor([fitted[k] for k in order], dtype=buffer.dtype, device=buffer.device))
         self.train(was_training)
-        return {k: fitted[k] for k in order}
+        weights = {k: fitted[k] for k in order}
+        return (weights, ridge) if return_ridge else weights
 
     def wide_bags(self, inputs: Mapping[str, Any] | None, task: str) -> dict[str, tuple[Tensor, Tensor]]:
         """{modality key: (ids, weights)}: the sparse bags of ``task``'s modalities in ``inputs`` that its head reads."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ import evaluate
 import predict
 import train
 from highmmt import HighMMT
+from highmmt.heads import PART_RIDGES, choose_part_ridge
 from tasks.cache import load_task
 from transference.config import TrainConfig
 from transference.schedules import make_schedule
@@ -611,8 +613,10 @@ def test_part_weights_are_fitted_on_validation_after_training_for_each_scored_ch
     out = tiny_run("late", "--set", "model.modality_heads=true", "--set", "train.select=task", "--set", "train.select_min_rows=1")
     fitted = json.loads((out / "part_weights.json").read_text())
     assert list(fitted) == ["synthetic_pair"]  # the one task with two modalities
-    assert set(fitted["synthetic_pair"]) == {"model", "own"}
+    assert set(fitted["synthetic_pair"]) == {"model", "own", "ridge"}
     assert list(fitted["synthetic_pair"]["own"]) == ["deep", "modality:syn_a", "modality:syn_b"]
+    ridges = fitted["synthetic_pair"]["ridge"]  # the ridge cross-validation chose, recorded for each fit
+    assert set(ridges) == {"model", "own"} and all(r == "inf" or r in PART_RIDGES for r in ridges.values()), ridges
     mean = load_file(str(out / "model.safetensors"))
     own = load_file(str(out / "task_weights" / "synthetic_pair.safetensors"))
     for state, which in ((mean, "model"), (own, "own")):
@@ -627,6 +631,10 @@ def test_part_weights_are_fitted_on_validation_after_training_for_each_scored_ch
     from tasks.loader import collate_rows
 
     batch = collate_rows(val, np.arange(len(val)), spec)
+    with torch.no_grad():
+        _, parts = model(batch["inputs"], "synthetic_pair", return_parts=True)
+    ridge, _ = choose_part_ridge(parts, batch["target"], "classification")
+    assert ridges["own"] == (ridge if math.isfinite(ridge) else "inf")
     with torch.no_grad():
         fitted_loss = nn.functional.cross_entropy(model(batch["inputs"], "synthetic_pair"), batch["target"])
         model.part_weights["synthetic_pair"].weight.fill_(1.0)
