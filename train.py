@@ -552,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for epoch in range(start_epoch, tc.epochs):
         batches = {t: s.batches_per_pass() for t, s in streams.items()}
         schedule = make_schedule(tc.strategy, batches, tc.steps_per_epoch, seed=args.seed, epoch=epoch,
-                                 temperature=tc.temperature, min_fraction=tc.min_task_fraction)
+                                 temperature=tc.temperature,
+                                 min_fraction={t: tc.task_min_fraction.get(t, tc.min_task_fraction) for t in batches})
         pending = [[prefetch.submit(fetch, t, streams[t].next_indices()) for t in schedule.steps[0]]]
         sums: dict[str, list[float]] = {t: [] for t in loaded}
         bar = tqdm(range(tc.steps_per_epoch), desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False)
@@ -669,7 +670,7 @@ def load_tasks(args: argparse.Namespace, task_names: Sequence[str], tc: Any, acc
     if tc.modality_options:
         loaded = with_modality_options(loaded, tc.modality_options)
     loaded = check_rows(loaded, tc.bad_rows, log)
-    for t in list(tc.batch_sizes) + list(tc.loss_weights) + list(tc.eval_weights) + list(tc.task_options):
+    for t in [*tc.batch_sizes, *tc.loss_weights, *tc.eval_weights, *tc.task_options, *tc.task_min_fraction, *tc.task_augment_time]:
         if t not in loaded:
             raise ValueError(f"the train config names task {t!r}, which is not being trained ({sorted(loaded)})")
     return loaded, task_args
@@ -687,7 +688,7 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         optimizer, scheduler: as prepared; the scheduler (None: none) steps only when the optimizer
             did (fp16 skips steps with inf/nan gradients).
         accelerator: None for a plain single-process step on the batches' device (the speed benchmarks).
-        tc: the training config (``augment_noise``, ``augment_time``, ``modality_dropout``, ``loss_weights``,
+        tc: the training config (``augment_noise``, ``augment_time`` / ``task_augment_time``, ``modality_dropout``, ``loss_weights``,
             ``grad_clip``).
     Returns:
         (task, loss) per batch.
@@ -699,9 +700,10 @@ def train_step(step_loss: nn.Module, batches: Sequence[tuple[str, dict[str, Any]
         batch = move_to(batch, accelerator.device) if accelerator is not None else batch
         if tc.augment_noise > 0:
             augment_inputs(batch["inputs"], tc.augment_noise)
-        if tc.augment_time > 0:
+        warp = tc.task_augment_time.get(t, tc.augment_time)
+        if warp > 0:
             modalities = getattr(step_loss, "module", step_loss).model.config.modalities  # DDP wraps TaskLoss
-            augment_time(batch["inputs"], tc.augment_time, {m: c.kind for m, c in modalities.items()})
+            augment_time(batch["inputs"], warp, {m: c.kind for m, c in modalities.items()})
         if tc.modality_dropout > 0:
             batch = {**batch, "inputs": drop_one_modality(batch["inputs"], tc.modality_dropout)}
         if accelerator is None:

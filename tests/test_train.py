@@ -121,6 +121,11 @@ def test_schedules():
     assert s.batches_per_task() == {"big": 6, "mid": 3, "small": 1}
     floor = make_schedule("highmmt", sizes, 6, min_fraction=0.5)
     assert floor.batches_per_task() == {"big": 6, "mid": 3, "small": 3} and floor.steps[2] == ["big"]
+    # per task (train.task_min_fraction over train.min_task_fraction): the small task on every step, the rest as before
+    own = make_schedule("highmmt", sizes, 6, min_fraction={"big": 0.5, "mid": 0.5, "small": 1.0})
+    assert own.batches_per_task() == {"big": 6, "mid": 3, "small": 6} and own.steps[0] == ["big", "small"]
+    with pytest.raises(ValueError, match="for task 'small'"):
+        make_schedule("highmmt", sizes, 6, min_fraction={"small": 1.5})
     rr = make_schedule("round_robin", sizes, 6)
     assert [t for (t,) in rr.steps] == ["big", "mid", "small"] * 2
     sp = make_schedule("size_proportional", sizes, 3000, seed=0)
@@ -258,6 +263,38 @@ def test_window_warping_reads_a_shared_window_of_real_steps_and_leaves_other_inp
         assert torch.equal(inputs[m]["x"], before[m]), m
     with pytest.raises(ValueError, match="augment_time"):
         TrainConfig(augment_time=1.0)
+
+
+def test_task_augment_time_warps_the_named_tasks_batches_only():
+    """train.task_augment_time overrides train.augment_time per task, inside the one training step."""
+    from types import SimpleNamespace
+
+    class Recorder(nn.Module):  # a step loss that keeps what each task's batch looked like when it arrived
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+            self.model = SimpleNamespace(config=SimpleNamespace(modalities={"ts": SimpleNamespace(kind="timeseries")}))
+            self.seen = {}
+
+        def forward(self, batch, task):
+            self.seen[task] = batch["inputs"]["ts"]["x"].clone()
+            return self.w * 0 + batch["inputs"]["ts"]["x"].sum() * 0
+
+    ramp = torch.arange(10.0).reshape(1, 10, 1).repeat(4, 1, 1)
+    batch = lambda: {"inputs": {"ts": {"x": ramp.clone(), "mask": torch.ones(4, 10, dtype=torch.bool)}}, "target": torch.zeros(4)}  # noqa: E731
+    step_loss = Recorder()
+    optimizer = torch.optim.SGD(step_loss.parameters(), lr=0.1)
+    torch.manual_seed(0)
+    tc = TrainConfig(augment_time=0.0, task_augment_time={"warped": 0.5})
+    train.train_step(step_loss, [("warped", batch()), ("plain", batch())], optimizer, None, None, tc)
+    assert not torch.equal(step_loss.seen["warped"], ramp) and torch.equal(step_loss.seen["plain"], ramp)
+    tc = TrainConfig(augment_time=0.5, task_augment_time={"plain": 0.0})  # 0 switches a task off
+    train.train_step(step_loss, [("warped", batch()), ("plain", batch())], optimizer, None, None, tc)
+    assert not torch.equal(step_loss.seen["warped"], ramp) and torch.equal(step_loss.seen["plain"], ramp)
+    with pytest.raises(ValueError, match="task_augment_time.plain"):
+        TrainConfig(task_augment_time={"plain": 1.0})
+    with pytest.raises(ValueError, match="task_min_fraction.small"):
+        TrainConfig(task_min_fraction={"small": -0.1})
 
 
 def test_modality_dropout_leaves_out_one_modality_at_the_rate_asked():

@@ -234,6 +234,8 @@ class TrainConfig:
     strategy: str = "highmmt"
     temperature: float = 2.0
     min_task_fraction: float = 0.2
+    # per-task overrides of min_task_fraction ({task: fraction}; the highmmt schedule)
+    task_min_fraction: dict[str, float] = field(default_factory=dict)
     batch_size: int = 32
     batch_sizes: dict[str, int] = field(default_factory=dict)
     loss_weights: dict[str, float] = field(default_factory=dict)
@@ -256,6 +258,8 @@ class TrainConfig:
     # > 0: window warping of regular series and poses (train.py augment_time): each training sample is read through a
     # random window covering 1 - augment_time * U(0, 1) of its steps, stretched back over them.
     augment_time: float = 0.0
+    # per-task overrides of augment_time ({task: strength}; 0 switches it off for that task)
+    task_augment_time: dict[str, float] = field(default_factory=dict)
     # With this probability a training batch of a task that reads 2+ modalities loses one of them, drawn
     # uniformly (train.py drop_one_modality): each modality must also predict alone, as with a missing one.
     modality_dropout: float = 0.0
@@ -336,9 +340,15 @@ class TrainConfig:
             raise ValueError(f"train.modality_dropout must be in [0, 1), got {self.modality_dropout}")
         if self.augment_noise < 0.0:
             raise ValueError(f"train.augment_noise must be >= 0, got {self.augment_noise}")
-        if not 0.0 <= self.augment_time < 1.0:
-            raise ValueError(f"train.augment_time must be in [0, 1) (the largest share of a series a window drops), "
-                             f"got {self.augment_time}")
+        for name, value in [("augment_time", self.augment_time),
+                            *((f"task_augment_time.{t}", v) for t, v in self.task_augment_time.items())]:
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"train.{name} must be in [0, 1) (the largest share of a series a window drops), "
+                                 f"got {value}")
+        for name, value in [("min_task_fraction", self.min_task_fraction),
+                            *((f"task_min_fraction.{t}", v) for t, v in self.task_min_fraction.items())]:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"train.{name} must be in [0, 1], got {value}")
         if self.bad_rows not in ("error", "drop"):
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -7,7 +7,8 @@ is ``steps`` optimizer steps. ``batches[t]`` is how many batches task t has per 
   sums their weighted losses. The largest task runs alone first and smaller tasks join toward the
   end of the epoch: task t is active in the last ``min(steps, batches[t])`` steps. With very unequal
   sizes a tiny task would then see one batch per epoch; ``min_fraction`` keeps every task active
-  in at least that fraction of the steps (0 = the paper's schedule exactly).
+  in at least that fraction of the steps (0 = the paper's schedule exactly); a mapping gives each task its own
+  (a task it does not name: 0).
 - ``round_robin``: one task per step, cycling in a fixed order.
 - ``size_proportional``: one task per step, drawn with probability proportional to its size.
 - ``temperature``: one task per step, drawn with probability proportional to size ** (1 / T)
@@ -56,13 +57,16 @@ def _check(batches: Mapping[str, int], steps: int) -> None:
 
 @STRATEGIES.register("highmmt")
 def highmmt_schedule(
-    batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0, min_fraction: float = 0.0
+    batches: Mapping[str, int], steps: int, seed: int = 0, epoch: int = 0, temperature: float = 1.0,
+    min_fraction: float | Mapping[str, float] = 0.0
 ) -> MultitaskSchedule:
     _check(batches, steps)
-    if not 0.0 <= min_fraction <= 1.0:
-        raise ValueError(f"min_fraction must be in [0, 1], got {min_fraction}")
-    floor = int(round(min_fraction * steps))
-    active_from = {t: steps - min(steps, max(n, floor)) for t, n in batches.items()}
+    fractions = dict(min_fraction) if isinstance(min_fraction, Mapping) else {t: min_fraction for t in batches}
+    for t, f in fractions.items():
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"min_fraction must be in [0, 1], got {f}" + (f" for task {t!r}" if isinstance(min_fraction, Mapping) else ""))
+    floor = {t: int(round(fractions.get(t, 0.0) * steps)) for t in batches}
+    active_from = {t: steps - min(steps, max(n, floor[t])) for t, n in batches.items()}
     order = sorted(batches, key=lambda t: (-batches[t], t))
     return MultitaskSchedule([[t for t in order if i >= active_from[t]] for i in range(steps)])
 
@@ -101,7 +105,8 @@ def temperature_schedule(
 
 
 def make_schedule(
-    name: str, batches: Mapping[str, int], steps: int, *, seed: int = 0, epoch: int = 0, temperature: float = 2.0, min_fraction: float = 0.0
+    name: str, batches: Mapping[str, int], steps: int, *, seed: int = 0, epoch: int = 0, temperature: float = 2.0,
+    min_fraction: float | Mapping[str, float] = 0.0
 ) -> MultitaskSchedule:
     """Build the named schedule (see module docstring)."""
     return STRATEGIES.get(name)(batches, steps, seed=seed, epoch=epoch, temperature=temperature, min_fraction=min_fraction)
