@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import sys
 import time
@@ -76,8 +77,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-robustness", action="store_true", help="skip the drop / noise sweeps")
     p.add_argument("--limit", type=int, default=0, help="evaluate on at most this many rows per task (0 = all)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--data-root", default=None, help="default: $HIGHMMT_DATA, else the data root the run was trained with")
+    p.add_argument("--cache-dir", default=None, help="default: $HIGHMMT_CACHE, else the cache the run was trained with")
     p.add_argument("--baselines", default=None, help="baseline.py's output (folder or baselines.json) to measure the margin "
                    "against; default: a cheap baseline computed on demand and cached")
     p.add_argument("--no-baselines", action="store_true", help="no margin over simple baselines")
@@ -156,7 +157,12 @@ def load_run_task(run_cfg: Mapping[str, Any], name: str, *, data_root: str | Non
                   quiet: bool = False) -> LoadedTask:
     """One of a run's tasks, loaded as the run loaded it: a suite name or the spec file it was given,
     the run's task options, and the modality options it inferred or was given (so batches collate
-    as in training, not as the spec says today)."""
+    as in training, not as the spec says today). Where neither the argument nor ``$HIGHMMT_DATA`` /
+    ``$HIGHMMT_CACHE`` names the data root / cache folder, the ones the run was trained with (its config.json)."""
+    if data_root is None and not os.environ.get("HIGHMMT_DATA"):
+        data_root = run_cfg.get("data_root")
+    if cache_dir is None and not os.environ.get("HIGHMMT_CACHE"):
+        cache_dir = run_cfg.get("cache_dir")
     arg = run_cfg.get("task_args", {}).get(name, name)
     options = run_cfg.get("train", {}).get("task_options", {}).get(name)
     lt = load_task(arg, data_root=data_root, cache_dir=cache_dir, options=options, quiet=quiet)

@@ -53,7 +53,7 @@ from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
-from tasks.cache import LoadedTask, find_bad_rows, load_task
+from tasks.cache import LoadedTask, find_bad_rows, load_task, resolve_cache_dir, resolve_data_root
 from tasks.loader import Prefetcher, TaskStream, collate_rows, eval_batches, move_to, predict, score
 from tasks.splits import stratified_holdout
 from transference import autotune
@@ -537,7 +537,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if main_process:
         run_config = {"model": cfg.to_dict(), "train": dataclasses.asdict(tc), "tasks": {s.name: s.to_dict() for s in specs},
                       "task_args": task_args, "seed": args.seed, "preset": args.preset, "overrides": list(args.overrides),
-                      "world_size": world, "precision": precision, **model_notes}
+                      "world_size": world, "precision": precision,
+                      # where the tasks were read from: evaluate.py reads them there when not told otherwise
+                      "data_root": str(resolve_data_root(args.data_root).resolve()),
+                      "cache_dir": str(resolve_cache_dir(args.cache_dir).resolve()), **model_notes}
         write_run_config(out, run_config, args.resume)
     log_rows = MetricsLog(out, args.resume, start_epoch, log) if main_process else None
 

@@ -98,6 +98,25 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_run):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_evaluate_reads_the_tasks_where_the_run_was_trained_from(tmp_path, tiny_run, monkeypatch):
+    """A new shell without $HIGHMMT_DATA / $HIGHMMT_CACHE: evaluate.py finds the data root and cache the run was
+    trained with (config.json); an argument or the environment still wins."""
+    out = tiny_run("where", "--data-root", str(tmp_path / "data"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data_root"] == str((tmp_path / "data").resolve()) and cfg["cache_dir"] == str((tmp_path / "cache").resolve())
+    seen = []
+    real = evaluate.load_task
+    monkeypatch.setattr(evaluate, "load_task", lambda *a, **k: seen.append(k) or real(*a, **k))
+    monkeypatch.delenv("HIGHMMT_DATA", raising=False)
+    monkeypatch.delenv("HIGHMMT_CACHE", raising=False)
+    lt = evaluate.load_run_task(cfg, "synthetic_pair", quiet=True)
+    assert (seen[-1]["data_root"], seen[-1]["cache_dir"]) == (cfg["data_root"], cfg["cache_dir"])
+    assert lt.source == "cache"  # the run's own cached copy, not a rebuild elsewhere
+    monkeypatch.setenv("HIGHMMT_CACHE", str(tmp_path / "elsewhere"))
+    evaluate.load_run_task(cfg, "synthetic_pair", quiet=True, data_root=str(tmp_path / "other"))
+    assert seen[-1]["data_root"] == str(tmp_path / "other") and seen[-1]["cache_dir"] is None  # load_task reads $HIGHMMT_CACHE
+
+
 def test_evaluate_writes_metrics_robustness_and_efficiency(tmp_path, tiny_run):
     out = tiny_run("run")
     metrics = evaluate.main(["--checkpoint", str(out), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--noise-levels", "0.5,1,2,4,8"])
