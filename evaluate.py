@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import resource
 import sys
 import time
@@ -59,7 +58,7 @@ from highmmt.checkpoint import atomic_write_bytes, atomic_write_json, task_weigh
 from highmmt.plotting import pyplot, save_figure
 from tasks import baselines
 from tasks.base import TaskSpec
-from tasks.cache import LoadedTask, load_task, resolve_cache_dir
+from tasks.cache import LoadedTask, load_task, resolve_cache_dir, run_data_paths
 from tasks.loader import collate_rows, move_to, predict, score
 from transference.hooks import hooks_for_run
 
@@ -158,11 +157,9 @@ def load_run_task(run_cfg: Mapping[str, Any], name: str, *, data_root: str | Non
     """One of a run's tasks, loaded as the run loaded it: a suite name or the spec file it was given,
     the run's task options, and the modality options it inferred or was given (so batches collate
     as in training, not as the spec says today). Where neither the argument nor ``$HIGHMMT_DATA`` /
-    ``$HIGHMMT_CACHE`` names the data root / cache folder, the ones the run was trained with (its config.json)."""
-    if data_root is None and not os.environ.get("HIGHMMT_DATA"):
-        data_root = run_cfg.get("data_root")
-    if cache_dir is None and not os.environ.get("HIGHMMT_CACHE"):
-        cache_dir = run_cfg.get("cache_dir")
+    ``$HIGHMMT_CACHE`` names the data root / cache folder, the ones the run was trained with (its config.json,
+    where they still exist: :func:`tasks.cache.run_data_paths`)."""
+    data_root, cache_dir = run_data_paths(run_cfg, data_root, cache_dir)
     arg = run_cfg.get("task_args", {}).get(name, name)
     options = run_cfg.get("train", {}).get("task_options", {}).get(name)
     lt = load_task(arg, data_root=data_root, cache_dir=cache_dir, options=options, quiet=quiet)
@@ -176,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     ckpt = Path(args.checkpoint)
     run_cfg = read_run_config(ckpt)
+    args.data_root, args.cache_dir = run_data_paths(run_cfg, args.data_root, args.cache_dir)  # the baselines' cache too
     names = args.tasks.split(",") if args.tasks else list(run_cfg["tasks"])
     for n in names:
         if n not in run_cfg["tasks"]:

@@ -53,11 +53,11 @@ from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from modalities.pretrained import modality_config
 from tasks.base import TaskSpec
-from tasks.cache import LoadedTask, find_bad_rows, load_task, resolve_cache_dir, resolve_data_root
+from tasks.cache import LoadedTask, find_bad_rows, load_task, resolve_cache_dir, resolve_data_root, run_data_paths
 from tasks.loader import Prefetcher, TaskStream, collate_rows, eval_batches, move_to, predict, score
 from tasks.splits import stratified_holdout
 from transference import autotune
-from transference.config import FINETUNE_POLICIES, PRECISIONS, RunConfig, TrainConfig
+from transference.config import FINETUNE_POLICIES, PER_TASK_SETTINGS, PRECISIONS, RunConfig, TrainConfig
 from transference.hooks import TrainContext, build_hooks
 from transference.schedules import make_schedule, warmup_cosine
 
@@ -116,7 +116,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def resume_settings(args: argparse.Namespace, out: Path) -> None:
     """``--resume`` continues the run as it started: its preset, tasks, seed and overrides come from
     its ``config.json``. A flag given again must agree with them; one that contradicts them is an
-    error, not a silent change of a half-trained run."""
+    error, not a silent change of a half-trained run. Its data root and cache folder too, unless given or set in
+    the environment (:func:`tasks.cache.run_data_paths`)."""
     saved = json.loads((out / "config.json").read_text())
     where = f"--resume: {out} was started with"
     for flag, given, kept in (("--preset", args.preset, saved.get("preset")), ("--seed", args.seed, saved.get("seed"))):
@@ -135,6 +136,7 @@ def resume_settings(args: argparse.Namespace, out: Path) -> None:
             raise ValueError(f"{where} --tasks {','.join(kept_tasks)}, not {args.tasks}; drop --tasks to continue it")
     if "overrides" in saved:  # given ones go on top; check_resumed_config refuses any that changes the run
         args.overrides = [*saved["overrides"], *(o for o in args.overrides if o not in saved["overrides"])]
+    args.data_root, args.cache_dir = run_data_paths(saved, args.data_root, args.cache_dir)  # where it read its tasks
 
 
 # How a run executes, not what it computes: these may change on --resume.
@@ -673,9 +675,10 @@ def load_tasks(args: argparse.Namespace, task_names: Sequence[str], tc: Any, acc
     if tc.modality_options:
         loaded = with_modality_options(loaded, tc.modality_options)
     loaded = check_rows(loaded, tc.bad_rows, log)
-    for t in [*tc.batch_sizes, *tc.loss_weights, *tc.eval_weights, *tc.task_options, *tc.task_min_fraction, *tc.task_augment_time]:
-        if t not in loaded:
-            raise ValueError(f"the train config names task {t!r}, which is not being trained ({sorted(loaded)})")
+    for key in PER_TASK_SETTINGS:
+        for t in getattr(tc, key):
+            if t not in loaded:
+                raise ValueError(f"train.{key} names task {t!r}, which is not being trained ({sorted(loaded)})")
     return loaded, task_args
 
 

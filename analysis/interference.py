@@ -37,8 +37,9 @@ from analysis.report import fmt_mean_sd, mean_sd, short
 from highmmt.config import HighMMTConfig, parse_override_value
 from highmmt.sharing import pair_key, task_pairs
 from transference.finetune import part_of
+from transference.config import PER_TASK_SETTINGS
 from transference.hooks import TrainContext, TrainHook, register_hook_factory
-from tasks.cache import LoadedTask
+from tasks.cache import LoadedTask, run_data_paths
 
 
 def shuffle_train_labels(lt: LoadedTask, seed: int) -> LoadedTask:
@@ -101,7 +102,7 @@ def final_scores(run_dir: Path, loaded: Mapping[str, LoadedTask], limit: int) ->
     return {t: score(lt.spec, *predict(model, lt.splits["test"], lt.spec, limit=limit))[lt.spec.metric] for t, lt in loaded.items()}
 
 
-PER_TASK_KEYS = ("train.batch_sizes", "train.loss_weights", "train.eval_weights", "train.task_options")
+PER_TASK_KEYS = tuple(f"train.{k}" for k in PER_TASK_SETTINGS)
 
 
 def restrict_override(override: str, cfg: Mapping[str, Any], names: Sequence[str]) -> str:
@@ -162,6 +163,7 @@ def train_command(cfg: Mapping[str, Any], run_dir: Path, names: Sequence[str], *
         argv += ["--set", f"train.train_only={train_only}"]
     if from_run:
         argv += ["--init-from", str(run_dir)]
+    data_root, cache_dir = run_data_paths(cfg, data_root, cache_dir)  # where the run read its tasks, as scoring does
     if data_root:
         argv += ["--data-root", data_root]
     if cache_dir:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import train
+from analysis.interference import PER_TASK_KEYS, restrict_override
 from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, run_cli, stats_note
 from experiments.common import data_flags, train_unless_done
 from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_write_bytes, atomic_write_json
@@ -97,6 +98,16 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     return result
 
 
+def for_tasks(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``argv`` with each ``--set`` of a per-task dict (``train.loss_weights``, ``train.task_augment_time``, ...)
+    kept to the tasks ``names``, so that one call's overrides also fit its single-task runs."""
+    out = list(argv)
+    for i in range(1, len(out)):
+        if out[i - 1] == "--set" and out[i].split("=", 1)[0].strip() in PER_TASK_KEYS:
+            out[i] = restrict_override(out[i], {}, names)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default")
@@ -140,9 +151,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     lf = extra + ["--set", "model.sharing.encoder=none", "--set", "model.fusion.kind=none"]
     for t in tasks:
         if "single" in kinds:
-            jobs.append((f"single/{t}", "single", out / "single" / t, [t], extra))
+            jobs.append((f"single/{t}", "single", out / "single" / t, [t], for_tasks(extra, [t])))
         if "late_fusion" in kinds:
-            jobs.append((f"late_fusion/{t}", "late_fusion", out / "late_fusion" / t, [t], lf))
+            jobs.append((f"late_fusion/{t}", "late_fusion", out / "late_fusion" / t, [t], for_tasks(lf, [t])))
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
     started = time.time()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

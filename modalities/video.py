@@ -24,7 +24,10 @@ stands in the frame.
 ``crop_to_content=True`` crops every clip, before tokenizing, to the bounding box of its non-zero pixels
 over all its real frames, widened (centred) to the frame's aspect ratio and resized (bilinear) back to
 the frame's size: for video whose background is already zero (segmented depth, as UTD-MHAD's) the actor
-then fills the frame wherever and however large they stand. A clip without a non-zero pixel is left as is.
+then fills the frame wherever and however large they stand. A clip without a non-zero pixel is left as is. The
+box is that of *exactly* non-zero pixels: a background that is not exactly zero (sensor noise, or the Gaussian
+noise of ``evaluate.py``'s robustness sweep) widens it toward the whole frame, and a crop-trained model then sees
+uncropped frames.
 """
 
 from __future__ import annotations

@@ -90,6 +90,22 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
     return Path("data")
 
 
+def run_data_paths(recorded: Mapping[str, Any], data_root: str | os.PathLike[str] | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None) -> tuple[str | None, str | None]:
+    """(data root, cache folder) for reading a training run's tasks again: the argument, else None where
+    ``$HIGHMMT_DATA`` / ``$HIGHMMT_CACHE`` is set (:func:`load_task` reads it), else the folder the run recorded in
+    its ``config.json`` (``recorded``: ``data_root``, ``cache_dir``) where that folder still exists, else None (the
+    defaults)."""
+
+    def pick(given: str | os.PathLike[str] | None, env: str, key: str) -> str | None:
+        if given is not None and str(given) != "":
+            return str(given)
+        saved = recorded.get(key)
+        return str(saved) if not os.environ.get(env) and saved and Path(saved).is_dir() else None
+
+    return pick(data_root, "HIGHMMT_DATA", "data_root"), pick(cache_dir, "HIGHMMT_CACHE", "cache_dir")
+
+
 def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cache folder: the argument, else ``$HIGHMMT_CACHE``, else ``~/.cache/highmmt``."""
     if cache_dir is not None and str(cache_dir) != "":

@@ -121,6 +121,12 @@ def test_a_task_subset_keeps_the_runs_overrides_restricted_to_its_tasks():
     fus = restrict_override('model.sharing.fusion={"f1": ["y|x"], "f2": ["v|w"]}', cfg, ["a", "b"])
     assert json.loads(fus.split("=", 1)[1]) == {"f1": ["y|x"]}
     assert json.loads(restrict_override('train.loss_weights={"a": 2, "c": 3}', cfg, ["a"]).split("=", 1)[1]) == {"a": 2}
+    for key in ("train.task_min_fraction", "train.task_augment_time"):  # every per-task dict of the training config
+        assert json.loads(restrict_override(f'{key}={{"a": 0.5, "c": 0.2}}', cfg, ["c"]).split("=", 1)[1]) == {"c": 0.2}
+    from experiments.suite_results import for_tasks  # a suite call's overrides, fitted to each single-task run
+
+    assert for_tasks(["--set", 'train.task_augment_time={"a": 0.2}', "--set", "train.epochs=5"], ["b"]) == [
+        "--set", "train.task_augment_time={}", "--set", "train.epochs=5"]
     assert restrict_override("train.epochs=5", cfg, ["a"]) == "train.epochs=5"
     # The runs rebuild the analysed run's model (sizes, embedder options), whatever the preset and defaults are today.
     cfg["model"] = {"modalities": {m: {"kind": "set", "options": {"channels": 2}} for m in "xyzwv"}, "dim": 48,

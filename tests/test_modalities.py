@@ -897,5 +897,14 @@ def test_video_crop_to_content_puts_the_actor_in_the_same_frame_wherever_they_st
     torch.testing.assert_close(tokens[0], tokens[1])
     plain, _ = build("video", {"channels": 1, "patch_size": 4, "max_size": 32})({"x": torch.stack([near, far]), "mask": mask})
     assert not torch.allclose(plain[0], plain[1])
+    # a padding frame's pixels are not content: the box is that of the real frames
+    padded = torch.cat([near, torch.full((1, 24, 32, 1), 0.9)])  # a fourth frame, all non-zero, marked padding
+    tokens_padded, _ = emb({"x": padded[None], "mask": torch.tensor([[True, True, True, False]])})
+    torch.testing.assert_close(tokens_padded[0, :tokens.shape[1]], tokens[0])
+    # an actor at the bottom-right corner: the widened box leaves the frame there and is padded with zeros
+    corner = crop_to_content(actor(12, 26, 12, 4)[None])[0]  # box rows 12-23, columns 26-31 (6 wide) -> 16 columns 21-36
+    crop = torch.nn.functional.pad(actor(12, 26, 12, 4)[:, 12:24, 21:32].permute(0, 3, 1, 2), (0, 5))
+    expected = torch.nn.functional.interpolate(crop, size=(24, 32), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    torch.testing.assert_close(corner, expected)
     with pytest.raises(ValueError, match="crop_to_content must be true or false"):
         build("video", {"crop_to_content": 1})

@@ -101,6 +101,7 @@ def test_same_seed_same_run_other_seed_other_run(tmp_path, tiny_run):
 def test_evaluate_reads_the_tasks_where_the_run_was_trained_from(tmp_path, tiny_run, monkeypatch):
     """A new shell without $HIGHMMT_DATA / $HIGHMMT_CACHE: evaluate.py finds the data root and cache the run was
     trained with (config.json); an argument or the environment still wins."""
+    (tmp_path / "data").mkdir()
     out = tiny_run("where", "--data-root", str(tmp_path / "data"))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["data_root"] == str((tmp_path / "data").resolve()) and cfg["cache_dir"] == str((tmp_path / "cache").resolve())
@@ -115,6 +116,11 @@ def test_evaluate_reads_the_tasks_where_the_run_was_trained_from(tmp_path, tiny_
     monkeypatch.setenv("HIGHMMT_CACHE", str(tmp_path / "elsewhere"))
     evaluate.load_run_task(cfg, "synthetic_pair", quiet=True, data_root=str(tmp_path / "other"))
     assert seen[-1]["data_root"] == str(tmp_path / "other") and seen[-1]["cache_dir"] is None  # load_task reads $HIGHMMT_CACHE
+    # a run folder brought from another machine: recorded folders that do not exist here are not used
+    monkeypatch.delenv("HIGHMMT_CACHE")
+    moved = {**cfg, "cache_dir": str(tmp_path / "gone"), "data_root": str(tmp_path / "gone")}
+    evaluate.load_run_task(moved, "synthetic_pair", quiet=True, cache_dir=str(tmp_path / "cache"))
+    assert seen[-1]["data_root"] is None and seen[-1]["cache_dir"] == str(tmp_path / "cache")
 
 
 def test_evaluate_writes_metrics_robustness_and_efficiency(tmp_path, tiny_run):
@@ -314,6 +320,19 @@ def test_task_augment_time_warps_the_named_tasks_batches_only():
         TrainConfig(task_augment_time={"plain": 1.0})
     with pytest.raises(ValueError, match="task_min_fraction.small"):
         TrainConfig(task_min_fraction={"small": -0.1})
+    with pytest.raises(ValueError, match="floor of the 'highmmt' schedule"):
+        TrainConfig(strategy="round_robin", task_min_fraction={"small": 0.5})
+
+
+def test_per_task_settings_reach_the_schedule_and_name_only_trained_tasks(tiny_run, monkeypatch):
+    floors = []
+    real = train.make_schedule
+    monkeypatch.setattr(train, "make_schedule", lambda *a, **k: floors.append(k["min_fraction"]) or real(*a, **k))
+    out = tiny_run("floors", "--set", "train.min_task_fraction=0.25", "--set", 'train.task_min_fraction={"synthetic_pair": 1.0}')
+    assert floors and all(f == {"synthetic_pair": 1.0, "synthetic_single": 0.25} for f in floors), floors
+    assert json.loads((out / "config.json").read_text())["train"]["task_min_fraction"] == {"synthetic_pair": 1.0}
+    with pytest.raises(ValueError, match="train.task_augment_time names task 'nope', which is not being trained"):
+        tiny_run("nope", "--set", 'train.task_augment_time={"nope": 0.2}')
 
 
 def test_modality_dropout_leaves_out_one_modality_at_the_rate_asked():

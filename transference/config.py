@@ -225,6 +225,10 @@ class PrefixConfig:
             raise ValueError(f"train.prefix.modality and train.prefix.host must differ, both are {self.host!r}")
 
 
+#: TrainConfig's per-task dicts ({task: value}); a task they name must be one being trained
+PER_TASK_SETTINGS = ("batch_sizes", "loss_weights", "eval_weights", "task_options", "task_min_fraction", "task_augment_time")
+
+
 @dataclass
 class TrainConfig:
     """How to train (``train.py``). Per-task dicts are keyed by task name."""
@@ -349,6 +353,9 @@ class TrainConfig:
                             *((f"task_min_fraction.{t}", v) for t, v in self.task_min_fraction.items())]:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"train.{name} must be in [0, 1], got {value}")
+        if self.task_min_fraction and self.strategy != "highmmt":
+            raise ValueError(f"train.task_min_fraction is a floor of the 'highmmt' schedule's active steps; strategy "
+                             f"{self.strategy!r} draws or cycles one task per step and has none")
         if self.bad_rows not in ("error", "drop"):
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
