@@ -13,8 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import train
+from tasks.cache import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def task_modalities(task_names: Sequence[str], data_root: str | None, cache_dir: str | None) -> dict[str, list[str]]:
+    """Task (as named: a built-in name or a spec file's path) -> its modalities, from the loaded specs
+    (a built-in task loads from its cache)."""
+    return {t: list(load_task(t, data_root=data_root, cache_dir=cache_dir, quiet=True).spec.modalities) for t in task_names}
 
 
 def train_unless_done(folder: Path, argv: Sequence[str], *, log: Path | None = None, threads: int | None = None) -> float:

@@ -36,7 +36,7 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import train
 from benchmarks.common import compare, format_seeds, hardware_line, machine_info, markdown_table, mean_sd, num_threads, run_cli, stats_note, write_json
-from experiments.common import data_flags, train_unless_done
+from experiments.common import data_flags, task_modalities, train_unless_done
 from highmmt import HighMMT
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
@@ -49,15 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_OUT = ROOT / "experiments" / "results" / "sharing"
 DEFAULT_GROUPS = ROOT / "experiments" / "results" / "heterogeneity"
-
-
-def task_modalities(task_names: Sequence[str], data_root: str | None, cache_dir: str | None) -> dict[str, list[str]]:
-    """Task -> its modalities, from the loaded specs (built-in names and spec files alike)."""
-    out = {}
-    for t in task_names:
-        spec = load_task(t, data_root=data_root, cache_dir=cache_dir, quiet=True).spec
-        out[spec.name] = list(spec.modalities)
-    return out
 
 
 def configurations(task_mods: Mapping[str, Sequence[str]], ks: Sequence[int], groups_dir: Path, random_control: bool, seed: int) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,9 @@ Runs (each a normal ``train.py`` run folder, skipped when already finished, so t
     single/<task>/        the same architecture trained on that task alone, same epochs x steps
     late_fusion/<task>/   late-fusion baseline: one encoder per modality (no sharing), no cross-modal
                           fusion, pooled latents concatenated into the head
+A ``--set`` that is a dict over tasks (``train.loss_weights``, ...) or over modalities
+(``train.modality_options``, explicit sharing groups) reaches each single-task and late-fusion run kept
+to that task's own tasks / modalities (the tasks' specs are loaded once for the modalities).
 Then ``evaluate.py`` on each (test split, no robustness sweep) and writes ``results.json`` and
 ``results.md`` (the table in the README comes from here). Reference figures are the simple
 baselines measured in ``../shared/data/*/README.md``; goals are the issue's, raised to the
@@ -31,7 +34,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ from typing import Any
 import train
 from analysis.interference import PER_TASK_KEYS, restrict_override
 from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, run_cli, stats_note
-from experiments.common import data_flags, train_unless_done
+from experiments.common import data_flags, task_modalities, train_unless_done
 from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_write_bytes, atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,14 +101,27 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     return result
 
 
-def for_tasks(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+#: overrides whose dict names modalities (or pairs), restricted to a task's own by :func:`for_tasks`
+MODALITY_KEYS = ("train.modality_options", "model.sharing.encoder", "model.sharing.fusion")
+
+
+def for_tasks(argv: Sequence[str], names: Sequence[str], task_mods: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """``argv`` with each ``--set`` of a per-task dict (``train.loss_weights``, ``train.task_augment_time``, ...)
-    kept to the tasks ``names``, so that one call's overrides also fit its single-task runs."""
+    kept to the tasks ``names``, and, given ``task_mods`` (task -> its modalities), each modality dict
+    (``train.modality_options``, explicit sharing groups) kept to those tasks' modalities, so that one call's
+    overrides also fit its single-task runs."""
+    cfg = {"tasks": {t: {"modalities": list(m)} for t, m in (task_mods or {}).items()}}
+    keys = PER_TASK_KEYS + (MODALITY_KEYS if task_mods is not None else ())
     out = list(argv)
     for i in range(1, len(out)):
-        if out[i - 1] == "--set" and out[i].split("=", 1)[0].strip() in PER_TASK_KEYS:
-            out[i] = restrict_override(out[i], {}, names)
+        if out[i - 1] == "--set" and out[i].split("=", 1)[0].strip() in keys:
+            out[i] = restrict_override(out[i], cfg, names)
     return out
+
+
+def names_modalities(overrides: Sequence[str]) -> bool:
+    """Whether an override is a dict over modalities (see :data:`MODALITY_KEYS`)."""
+    return any(o.split("=", 1)[0].strip() in MODALITY_KEYS and o.split("=", 1)[1].lstrip().startswith("{") for o in overrides if "=" in o)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -149,11 +165,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "multitask" in kinds:
         jobs.append(("multitask", "multitask", out / "multitask", tasks, extra))
     lf = extra + ["--set", "model.sharing.encoder=none", "--set", "model.fusion.kind=none"]
+    task_mods = (task_modalities(tasks, args.data_root, args.cache_dir)
+                 if ("single" in kinds or "late_fusion" in kinds) and names_modalities(args.overrides) else None)
     for t in tasks:
         if "single" in kinds:
-            jobs.append((f"single/{t}", "single", out / "single" / t, [t], for_tasks(extra, [t])))
+            jobs.append((f"single/{t}", "single", out / "single" / t, [t], for_tasks(extra, [t], task_mods)))
         if "late_fusion" in kinds:
-            jobs.append((f"late_fusion/{t}", "late_fusion", out / "late_fusion" / t, [t], for_tasks(lf, [t])))
+            jobs.append((f"late_fusion/{t}", "late_fusion", out / "late_fusion" / t, [t], for_tasks(lf, [t], task_mods)))
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
     started = time.time()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -127,6 +127,16 @@ def test_a_task_subset_keeps_the_runs_overrides_restricted_to_its_tasks():
 
     assert for_tasks(["--set", 'train.task_augment_time={"a": 0.2}', "--set", "train.epochs=5"], ["b"]) == [
         "--set", "train.task_augment_time={}", "--set", "train.epochs=5"]
+    # given each task's modalities, a modality dict keeps the single-task run's modalities (else that run fails)
+    mods = {"a": ["x", "y"], "b": ["z"]}
+    argv = ["--set", 'train.modality_options={"x": {"motion_map": 32}, "z": {"channels": 2}}',
+            "--set", 'model.sharing.encoder={"g1": ["x", "z"], "g2": ["y"]}']
+    assert for_tasks(argv, ["b"], mods) == ["--set", 'train.modality_options={"z": {"channels": 2}}',
+                                             "--set", 'model.sharing.encoder={"g1": ["z"]}']
+    assert for_tasks(argv, ["b"]) == argv  # without the modalities: unchanged
+    from experiments.suite_results import names_modalities
+
+    assert names_modalities(argv[1:2]) and not names_modalities(["model.sharing.encoder=none", "train.epochs=5"])
     assert restrict_override("train.epochs=5", cfg, ["a"]) == "train.epochs=5"
     # The runs rebuild the analysed run's model (sizes, embedder options), whatever the preset and defaults are today.
     cfg["model"] = {"modalities": {m: {"kind": "set", "options": {"channels": 2}} for m in "xyzwv"}, "dim": 48,
