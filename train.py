@@ -58,7 +58,7 @@ from tasks.loader import Prefetcher, TaskStream, collate_rows, eval_batches, mov
 from tasks.splits import stratified_holdout
 from transference import autotune
 from transference.config import FINETUNE_POLICIES, PER_TASK_SETTINGS, PRECISIONS, RunConfig, TrainConfig
-from transference.hooks import TrainContext, build_hooks
+from transference.hooks import TrainContext, TrainHook, build_hooks
 from transference.schedules import make_schedule, warmup_cosine
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -417,7 +417,7 @@ class TaskLoss(nn.Module):
 
     Args:
         model: the HighMMT model (its config gives each task's type).
-        tc: the training config (``label_smoothing``, ``wide_loss``, ``deep_loss``, ``modality_loss``).
+        tc: the training config (``label_smoothing``, ``mixup``, ``wide_loss``, ``deep_loss``, ``modality_loss``).
         extra: the training hooks' modules (a ModuleDict; default none).
         hooks: the training hooks; ``extra_loss`` of each is added.
         ctx: what the hooks see (needed with hooks).
@@ -429,22 +429,37 @@ class TaskLoss(nn.Module):
         super().__init__()
         self.model, self.extra = model, extra if extra is not None else nn.ModuleDict()
         self.hooks, self.ctx, self.tc, self.autocast = list(hooks), ctx, tc, autocast
+        reading = [h.name for h in self.hooks if type(h).extra_loss is not TrainHook.extra_loss
+                   or type(h).training_inputs is not TrainHook.training_inputs]
+        if getattr(tc, "mixup", 0) > 0 and reading:
+            raise ValueError(f"train.mixup mixes the latents and the targets; the training method(s) {reading} add losses "
+                             "on the unmixed batch: use one or the other")
 
     def forward(self, batch: dict[str, Any], task: str) -> torch.Tensor:
         """One task's batch -> its scalar loss (supervised + the hooks' extra losses)."""
         inputs = batch["inputs"]
         for h in self.hooks:
             inputs = h.training_inputs(task, inputs)
+        mix = self.draw_mix(batch["target"]) if self.tc.mixup > 0 and self.model.training else None
         with self.autocast():
-            outputs, latents, parts = self.model(inputs, task, return_latents=True, return_parts=True)
+            outputs, latents, parts = self.model(inputs, task, return_latents=True, return_parts=True, mix=mix)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
             task_type = self.model.config.tasks[task].task_type
-            loss = task_loss(outputs, batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
+
+            def loss_of(out: torch.Tensor) -> torch.Tensor:  # mixup: the two targets' losses, mixed as the rows were
+                one = task_loss(out.float(), batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
+                if mix is None:
+                    return one
+                perm, lam = mix
+                return lam * one + (1 - lam) * task_loss(out.float(), batch["target"][perm], task_type,
+                                                         label_smoothing=self.tc.label_smoothing)
+
+            loss = loss_of(outputs)
             if len(parts) > 1:  # each part also learns alone (train.wide_loss, train.deep_loss, train.modality_loss)
                 for name, part in parts.items():
                     weight = self.part_weight(name)
                     if weight > 0:
-                        loss = loss + weight * task_loss(part.float(), batch["target"], task_type, label_smoothing=self.tc.label_smoothing)
+                        loss = loss + weight * loss_of(part)
             if self.hooks:
                 self.ctx.latents = latents
                 for h in self.hooks:
@@ -453,6 +468,13 @@ class TaskLoss(nn.Module):
                         loss = loss + aux
                 self.ctx.latents = None
         return loss
+
+    def draw_mix(self, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``train.mixup``: the rows each row is mixed with (a permutation of the batch) and the weight
+        lam ~ Beta(a, a) of a batch, from torch's global generator (seeded, saved on resume)."""
+        a = torch.tensor(float(self.tc.mixup))
+        lam = float(torch.distributions.Beta(a, a).sample())
+        return torch.randperm(target.shape[0], device=target.device), lam
 
     def part_weight(self, name: str) -> float:
         """The weight of an output part's own loss (see ``HighMMT.output_parts``)."""

@@ -85,9 +85,13 @@ class SummaryHead(nn.Module):
         self.norm = RunningStandardize(features)
         self.mlp = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
-    def forward(self, stats: Tensor) -> Tensor:
-        """stats [b, features] -> [b, out_dim]."""
+    def forward(self, stats: Tensor, mix: tuple[Tensor, float] | None = None) -> Tensor:
+        """stats [b, features] -> [b, out_dim]. ``mix`` = (perm, lam): mixup's rows, mixed after the
+        standardisation (the same as before it, which is affine, but the running statistics see the real rows)."""
         x = self.norm(stats.float())
+        if mix is not None:
+            perm, lam = mix
+            x = lam * x + (1.0 - lam) * x[perm]
         return self.mlp(x.to(self.mlp[0].weight.dtype))
 
 

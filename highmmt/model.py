@@ -162,6 +162,11 @@ class PrefixProjector(nn.Module):
         return rearrange(self.to_prefix(pooled), "b (k d) -> b k d", k=self.tokens)
 
 
+def mix_rows(x: Tensor, perm: Tensor, lam: float) -> Tensor:
+    """``lam * x + (1 - lam) * x[perm]`` over the batch (first) axis: mixup's convex combination of rows."""
+    return lam * x + (1.0 - lam) * x[perm]
+
+
 def _key(name: str) -> str:
     """ModuleDict keys may not contain dots."""
     return name.replace(".", "_")
@@ -374,14 +379,18 @@ class HighMMT(nn.Module):
         return self.output_parts(task, fused, inputs, latents or {})[0]
 
     def output_parts(self, task: str, fused: Tensor, inputs: Mapping[str, Any] | None,
-                     latents: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+                     latents: Mapping[str, Tensor], mix: tuple[Tensor, float] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``task``'s outputs [b, c] and the parts they are the weighted sum of: ``"deep"`` (the head on the
         fused vector), ``"wide"`` (the wide read-outs, where the head has them for these inputs),
         ``"modality:<m>"`` (the modality heads, late fusion, for the modalities in ``latents``) and ``"summary:<m>"``
         (the summary heads, for the modalities in ``inputs``); the weights
         are the task's part weights (1 until :meth:`fit_part_weights`), or 1 for a task with one part
-        (or a regression, whose wide read-out adds to its deep part unweighted)."""
+        (or a regression, whose wide read-out adds to its deep part unweighted). ``mix`` (see :meth:`forward`;
+        ``fused`` and ``latents`` are then already mixed) mixes the parts read from ``inputs``: the wide read-outs'
+        logits (linear in the bag, so the same as mixing the bags) and the summary heads' standardised statistics."""
         deep, wide = self.heads[_key(task)].deep_and_wide(fused, self.wide_bags(inputs, task))
+        if wide is not None and mix is not None:
+            wide = mix_rows(wide, *mix)
         parts = {"deep": deep}
         outputs = deep
         if wide is not None:
@@ -396,7 +405,8 @@ class HighMMT(nn.Module):
             heads = self.summary_heads[_key(task)]
             for m in self.summary_modalities(task):
                 if inputs.get(m) is not None:
-                    parts[f"summary:{m}"] = heads[_key(m)](self.embedders[_key(m)].summary_statistics(self._cast(inputs[m])))
+                    stats = self.embedders[_key(m)].summary_statistics(self._cast(inputs[m]))
+                    parts[f"summary:{m}"] = heads[_key(m)](stats, mix)
         if _key(task) not in self.part_weights:
             return outputs, parts
         # a task with part weights is never a regression (part_names), so every part here has a weight
@@ -477,7 +487,8 @@ class HighMMT(nn.Module):
         return self.heads[_key(task)].wide_logits(self.wide_bags(inputs, task))
 
     def forward(self, inputs: Mapping[str, Tensor | Mapping[str, Tensor]], task: str, *,
-                return_latents: bool = False, return_parts: bool = False) -> Tensor | tuple[Any, ...]:
+                return_latents: bool = False, return_parts: bool = False,
+                mix: tuple[Tensor, float] | None = None) -> Tensor | tuple[Any, ...]:
         """inputs -> outputs [b, c] of ``task``'s head; with ``return_latents`` also the latents
         {modality: [b, l, d]} the fusion read (training methods that work on latents use them), with
         ``return_parts`` also the parts {name: [b, c]} the outputs are the sum of (:meth:`output_parts`),
@@ -486,10 +497,17 @@ class HighMMT(nn.Module):
         The outputs are the head's on the fused vector, plus its wide read-outs, plus, with
         ``model.modality_heads``, one head per modality present on that modality's mean-pooled latents
         (late fusion: a sum of logits, so the class ranking is that of the mean of the parts' log-probabilities).
+
+        ``mix`` = (perm [b], lam): manifold mixup (Verma et al. 2019) at the encoder's output. Every modality's
+        latents become ``lam * z + (1 - lam) * z[perm]`` before the fusion, with the same rows and ``lam`` for all
+        of them, and the parts that read the inputs directly are mixed alike (:meth:`output_parts`); the caller
+        mixes the targets' losses the same way (``train.mixup``).
         """
         latents = self.latents(inputs, task)
+        if mix is not None:
+            latents = {m: mix_rows(z, *mix) for m, z in latents.items()}
         fused = self.fusion(latents, self.config.tasks[task].modalities, _key(task))
-        outputs, parts = self.output_parts(task, fused, inputs, latents)
+        outputs, parts = self.output_parts(task, fused, inputs, latents, mix)
         extra = ((latents,) if return_latents else ()) + ((parts,) if return_parts else ())
         return (outputs, *extra) if extra else outputs
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -684,3 +685,71 @@ def test_fitted_part_weights_set_the_outputs_and_are_saved(tmp_path) -> None:
     save_file(state, str(tmp_path / "m" / "model.safetensors"))
     old = HighMMT.from_pretrained(tmp_path / "m")
     assert all(bool((pw.weight == 1).all()) for pw in old.part_weights.values())
+
+
+# ---- manifold mixup: train.mixup ----------------------------------------------------------------------
+def test_mixup_mixes_every_output_part_as_it_mixes_the_rows() -> None:
+    torch.manual_seed(0)
+    model = HighMMT(_summary_config(summary_heads=True, modality_heads=True)).eval()
+    x, perm = _summary_inputs(b=4), torch.tensor([2, 0, 3, 1])
+    out, latents, parts = model(x, "cls", return_latents=True, return_parts=True)
+    assert sorted(parts) == ["deep", "modality:i", "modality:p", "modality:s", "summary:p", "summary:s"]
+    # lam = 0: each row becomes its partner, in every part (the fused head, modality heads, summary heads)
+    out0, parts0 = model(x, "cls", return_parts=True, mix=(perm, 0.0))
+    torch.testing.assert_close(out0, out[perm])
+    for name, part in parts.items():
+        torch.testing.assert_close(parts0[name], part[perm], msg=name)
+    torch.testing.assert_close(model(x, "cls", mix=(perm, 1.0)), out)  # lam = 1: nothing moves
+    _, mixed = model(x, "cls", return_latents=True, mix=(perm, 0.3))
+    for m, z in latents.items():
+        torch.testing.assert_close(mixed[m], 0.3 * z + 0.7 * z[perm])
+    assert not torch.allclose(model(x, "cls", mix=(perm, 0.3)), out)
+    # a text head's wide read-out (read from the inputs, beside the encoder) is mixed alike
+    from modalities.text import TextEmbedder
+
+    text_model = _wide_text_model(wide=True).eval()
+    with torch.no_grad():
+        text_model.heads["a"].wide["text"].weight.normal_()
+    text = TextEmbedder.collate(["good good film", "bad film", "a film"], tokenizer="words", buckets=256, bigrams=False)
+    inputs, p3 = {"text": text, "series": torch.randn(3, 5, 2)}, torch.tensor([1, 2, 0])
+    torch.testing.assert_close(text_model(inputs, "a", mix=(p3, 0.0)), text_model(inputs, "a")[p3])
+
+
+def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -> None:
+    import train
+    from transference.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = HighMMT(_summary_config(summary_heads=True))
+    for module in model.modules():  # no dropout: the same rows give the same outputs in training mode
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    x, y, perm = _summary_inputs(b=4), torch.tensor([0, 1, 2, 3]), torch.tensor([1, 0, 3, 2])
+    batch = {"inputs": x, "target": y}
+    tc = TrainConfig(mixup=0.4, deep_loss=0.0, modality_loss=0.0)
+    loss_fn = train.TaskLoss(model, tc)
+    monkeypatch.setattr(train.TaskLoss, "draw_mix", lambda self, target: (perm, 0.25))
+    ce = nn.functional.cross_entropy
+    twin = copy.deepcopy(model)  # the running statistics move once per training forward: one call each
+    with torch.no_grad():
+        got = loss_fn(batch, "cls")
+        out = twin(x, "cls", mix=(perm, 0.25))
+        torch.testing.assert_close(got, 0.25 * ce(out, y) + 0.75 * ce(out, y[perm]))
+        model.eval()  # evaluation: no mixing
+        torch.testing.assert_close(loss_fn(batch, "cls"), ce(model(x, "cls"), y))
+    monkeypatch.undo()
+    perm2, lam = train.TaskLoss(model, tc).draw_mix(y)
+    assert sorted(perm2.tolist()) == [0, 1, 2, 3] and 0.0 <= lam <= 1.0
+    with pytest.raises(ValueError, match="mixup"):
+        TrainConfig(mixup=-0.1)
+    from transference.hooks import TrainHook
+
+    class Adds(TrainHook):  # a training method that adds a loss on the batch
+        name = "adds"
+
+        def extra_loss(self, ctx, task, batch, outputs):
+            return None
+
+    train.TaskLoss(model, tc, hooks=[TrainHook()])  # hooks that leave the loss alone are fine
+    with pytest.raises(ValueError, match="adds"):
+        train.TaskLoss(model, tc, hooks=[Adds()])

@@ -280,6 +280,7 @@ class TrainConfig:
     # keeps the mean's checkpoint; a best-of-30-epochs accuracy on 10-100 rows is mostly noise (sd ~ 0.5/sqrt(rows)).
     select_min_rows: int = 500
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
+    mixup: float = 0.0  # manifold mixup at the encoder's output: lam ~ Beta(mixup, mixup) per batch; 0 = off (train.TaskLoss)
     # Heads with a wide read-out (a text embedder's ``wide`` option): the read-out's logits alone also get the task's
     # loss, times this weight (0 = only the sum of deep and wide outputs is trained). Trained only through the sum,
     # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
@@ -358,6 +359,8 @@ class TrainConfig:
                              f"{self.strategy!r} draws or cycles one task per step and has none")
         if self.bad_rows not in ("error", "drop"):
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
+        if self.mixup < 0.0:
+            raise ValueError(f"train.mixup is the Beta(a, a) parameter of mixup's weights (0 = off), got {self.mixup}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.wide_loss < 0.0 or self.deep_loss < 0.0 or self.modality_loss < 0.0:
