@@ -431,7 +431,7 @@ class TaskLoss(nn.Module):
         self.hooks, self.ctx, self.tc, self.autocast = list(hooks), ctx, tc, autocast
         reading = [h.name for h in self.hooks if type(h).extra_loss is not TrainHook.extra_loss
                    or type(h).training_inputs is not TrainHook.training_inputs]
-        if getattr(tc, "mixup", 0) > 0 and reading:
+        if (getattr(tc, "mixup", 0) > 0 or any(v > 0 for v in getattr(tc, "task_mixup", {}).values())) and reading:
             raise ValueError(f"train.mixup mixes the latents and the targets; the training method(s) {reading} add losses "
                              "on the unmixed batch: use one or the other")
 
@@ -440,7 +440,8 @@ class TaskLoss(nn.Module):
         inputs = batch["inputs"]
         for h in self.hooks:
             inputs = h.training_inputs(task, inputs)
-        mix = self.draw_mix(batch["target"]) if self.tc.mixup > 0 and self.model.training else None
+        alpha = self.tc.task_mixup.get(task, self.tc.mixup)
+        mix = self.draw_mix(batch["target"], alpha) if alpha > 0 and self.model.training else None
         with self.autocast():
             outputs, latents, parts = self.model(inputs, task, return_latents=True, return_parts=True, mix=mix)
         with torch.autocast(outputs.device.type, enabled=False):  # accelerate may wrap this forward in autocast
@@ -469,10 +470,11 @@ class TaskLoss(nn.Module):
                 self.ctx.latents = None
         return loss
 
-    def draw_mix(self, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """``train.mixup``: the rows each row is mixed with (a permutation of the batch) and the weight
-        lam ~ Beta(a, a) of a batch, from torch's global generator (seeded, saved on resume)."""
-        a = torch.tensor(float(self.tc.mixup))
+    def draw_mix(self, target: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
+        """``train.mixup`` / ``train.task_mixup`` = ``alpha``: the rows each row is mixed with (a permutation of the
+        batch) and the weight lam ~ Beta(alpha, alpha) of a batch, from torch's global generator (seeded, saved on
+        resume)."""
+        a = torch.tensor(float(alpha))
         lam = float(torch.distributions.Beta(a, a).sample())
         return torch.randperm(target.shape[0], device=target.device), lam
 

@@ -728,7 +728,7 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
     batch = {"inputs": x, "target": y}
     tc = TrainConfig(mixup=0.4, deep_loss=0.0, modality_loss=0.0)
     loss_fn = train.TaskLoss(model, tc)
-    monkeypatch.setattr(train.TaskLoss, "draw_mix", lambda self, target: (perm, 0.25))
+    monkeypatch.setattr(train.TaskLoss, "draw_mix", lambda self, target, alpha: (perm, 0.25))
     ce = nn.functional.cross_entropy
     twin = copy.deepcopy(model)  # the running statistics move once per training forward: one call each
     with torch.no_grad():
@@ -737,11 +737,17 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
         torch.testing.assert_close(got, 0.25 * ce(out, y) + 0.75 * ce(out, y[perm]))
         model.eval()  # evaluation: no mixing
         torch.testing.assert_close(loss_fn(batch, "cls"), ce(model(x, "cls"), y))
+        model.train()  # train.task_mixup: a task's own strength over train.mixup, 0 = off for that task
+        off = train.TaskLoss(model, TrainConfig(mixup=0.4, task_mixup={"cls": 0.0}, deep_loss=0.0, modality_loss=0.0))
+        twin = copy.deepcopy(model)
+        torch.testing.assert_close(off(batch, "cls"), ce(twin(x, "cls"), y))
     monkeypatch.undo()
-    perm2, lam = train.TaskLoss(model, tc).draw_mix(y)
+    perm2, lam = train.TaskLoss(model, tc).draw_mix(y, 0.4)
     assert sorted(perm2.tolist()) == [0, 1, 2, 3] and 0.0 <= lam <= 1.0
     with pytest.raises(ValueError, match="mixup"):
         TrainConfig(mixup=-0.1)
+    with pytest.raises(ValueError, match="task_mixup.cls"):
+        TrainConfig(task_mixup={"cls": -1.0})
     from transference.hooks import TrainHook
 
     class Adds(TrainHook):  # a training method that adds a loss on the batch

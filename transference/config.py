@@ -226,7 +226,8 @@ class PrefixConfig:
 
 
 #: TrainConfig's per-task dicts ({task: value}); a task they name must be one being trained
-PER_TASK_SETTINGS = ("batch_sizes", "loss_weights", "eval_weights", "task_options", "task_min_fraction", "task_augment_time")
+PER_TASK_SETTINGS = ("batch_sizes", "loss_weights", "eval_weights", "task_options", "task_min_fraction", "task_augment_time",
+                     "task_mixup")
 
 
 @dataclass
@@ -281,6 +282,7 @@ class TrainConfig:
     select_min_rows: int = 500
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     mixup: float = 0.0  # manifold mixup at the encoder's output: lam ~ Beta(mixup, mixup) per batch; 0 = off (train.TaskLoss)
+    task_mixup: dict[str, float] = field(default_factory=dict)  # per task, over mixup (0 = off for that task)
     # Heads with a wide read-out (a text embedder's ``wide`` option): the read-out's logits alone also get the task's
     # loss, times this weight (0 = only the sum of deep and wide outputs is trained). Trained only through the sum,
     # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
@@ -359,8 +361,9 @@ class TrainConfig:
                              f"{self.strategy!r} draws or cycles one task per step and has none")
         if self.bad_rows not in ("error", "drop"):
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
-        if self.mixup < 0.0:
-            raise ValueError(f"train.mixup is the Beta(a, a) parameter of mixup's weights (0 = off), got {self.mixup}")
+        for name, value in [("mixup", self.mixup), *((f"task_mixup.{t}", v) for t, v in self.task_mixup.items())]:
+            if value < 0.0:
+                raise ValueError(f"train.{name} is the Beta(a, a) parameter of mixup's weights (0 = off), got {value}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.wide_loss < 0.0 or self.deep_loss < 0.0 or self.modality_loss < 0.0:
