@@ -431,7 +431,7 @@ class TaskLoss(nn.Module):
         self.hooks, self.ctx, self.tc, self.autocast = list(hooks), ctx, tc, autocast
         reading = [h.name for h in self.hooks if type(h).extra_loss is not TrainHook.extra_loss
                    or type(h).training_inputs is not TrainHook.training_inputs]
-        if (getattr(tc, "mixup", 0) > 0 or any(v > 0 for v in getattr(tc, "task_mixup", {}).values())) and reading:
+        if (tc.mixup > 0 or any(v > 0 for v in tc.task_mixup.values())) and reading:
             raise ValueError(f"train.mixup mixes the latents and the targets; the training method(s) {reading} add losses "
                              "on the unmixed batch: use one or the other")
 

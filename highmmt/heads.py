@@ -73,6 +73,11 @@ class WideReadout(nn.Module):
         return F.embedding_bag(ids, table, per_sample_weights=weights.to(table.dtype), mode="sum", padding_idx=0)
 
 
+def mix_rows(x: Tensor, perm: Tensor, lam: float) -> Tensor:
+    """``lam * x + (1 - lam) * x[perm]`` over the batch (first) axis: mixup's convex combination of rows."""
+    return lam * x + (1.0 - lam) * x[perm]
+
+
 class SummaryHead(nn.Module):
     """A task's read-out of one modality's summary statistics (``model.summary_heads``): the statistics the
     embedder's summary token is made from, standardised by the training rows (``RunningStandardize``),
@@ -90,8 +95,7 @@ class SummaryHead(nn.Module):
         standardisation (the same as before it, which is affine, but the running statistics see the real rows)."""
         x = self.norm(stats.float())
         if mix is not None:
-            perm, lam = mix
-            x = lam * x + (1.0 - lam) * x[perm]
+            x = mix_rows(x, *mix)
         return self.mlp(x.to(self.mlp[0].weight.dtype))
 
 

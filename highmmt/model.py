@@ -44,7 +44,7 @@ from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig
 from highmmt.embedder import Embedder
 from highmmt.encoder import PerceiverEncoder
 from highmmt.fusion import BottleneckFusion, NoFusion, PairwiseFusion
-from highmmt.heads import PartWeights, SummaryHead, TaskHead, choose_part_ridge, fit_part_weights, naive_bayes_prior
+from highmmt.heads import PartWeights, SummaryHead, TaskHead, choose_part_ridge, fit_part_weights, mix_rows, naive_bayes_prior
 from highmmt.pretrained import RepresentationTuning, weights_from_checkpoint
 from highmmt.registry import EMBEDDERS
 from highmmt.sharing import encoder_groups, fusion_groups, task_pairs
@@ -160,11 +160,6 @@ class PrefixProjector(nn.Module):
         weights = mask.to(tokens.dtype).unsqueeze(-1)  # [b, n, 1]
         pooled = (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return rearrange(self.to_prefix(pooled), "b (k d) -> b k d", k=self.tokens)
-
-
-def mix_rows(x: Tensor, perm: Tensor, lam: float) -> Tensor:
-    """``lam * x + (1 - lam) * x[perm]`` over the batch (first) axis: mixup's convex combination of rows."""
-    return lam * x + (1.0 - lam) * x[perm]
 
 
 def _key(name: str) -> str:
