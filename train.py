@@ -408,6 +408,16 @@ def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) ->
     return choice, f"auto: {why}"
 
 
+def check_mixup_hooks(tc: Any, hooks: Sequence[Any]) -> None:
+    """``train.mixup`` / ``train.task_mixup`` mix the latents and the targets; refuse it beside training methods
+    whose hooks change the inputs or add losses on the batch (they would read the unmixed one)."""
+    reading = [h.name for h in hooks if type(h).extra_loss is not TrainHook.extra_loss
+               or type(h).training_inputs is not TrainHook.training_inputs]
+    if (tc.mixup > 0 or any(v > 0 for v in tc.task_mixup.values())) and reading:
+        raise ValueError(f"train.mixup mixes the latents and the targets; the training method(s) {reading} change the "
+                         "inputs or add losses on the unmixed batch: use one or the other")
+
+
 class TaskLoss(nn.Module):
     """The model and the training methods' extra modules as one module whose forward is one task's
     loss. This is what accelerate prepares: on several processes it becomes one DDP module, so every
@@ -429,11 +439,7 @@ class TaskLoss(nn.Module):
         super().__init__()
         self.model, self.extra = model, extra if extra is not None else nn.ModuleDict()
         self.hooks, self.ctx, self.tc, self.autocast = list(hooks), ctx, tc, autocast
-        reading = [h.name for h in self.hooks if type(h).extra_loss is not TrainHook.extra_loss
-                   or type(h).training_inputs is not TrainHook.training_inputs]
-        if (tc.mixup > 0 or any(v > 0 for v in tc.task_mixup.values())) and reading:
-            raise ValueError(f"train.mixup mixes the latents and the targets; the training method(s) {reading} add losses "
-                             "on the unmixed batch: use one or the other")
+        check_mixup_hooks(tc, self.hooks)
 
     def forward(self, batch: dict[str, Any], task: str) -> torch.Tensor:
         """One task's batch -> its scalar loss (supervised + the hooks' extra losses)."""
@@ -472,11 +478,11 @@ class TaskLoss(nn.Module):
 
     def draw_mix(self, target: torch.Tensor, alpha: float) -> tuple[torch.Tensor, float]:
         """``train.mixup`` / ``train.task_mixup`` = ``alpha``: the rows each row is mixed with (a permutation of the
-        batch) and the weight lam ~ Beta(alpha, alpha) of a batch, from torch's global generator (seeded, saved on
-        resume)."""
+        batch) and the weight lam ~ Beta(alpha, alpha) of a batch, both drawn on the CPU from torch's global
+        generator (seeded, saved on resume; the same draws on any device)."""
         a = torch.tensor(float(alpha))
         lam = float(torch.distributions.Beta(a, a).sample())
-        return torch.randperm(target.shape[0], device=target.device), lam
+        return torch.randperm(target.shape[0]).to(target.device), lam
 
     def part_weight(self, name: str) -> float:
         """The weight of an output part's own loss (see ``HighMMT.output_parts``)."""
@@ -522,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # Training methods (transference/): chosen by the config; they may check the run before any data is parsed.
     hooks = build_hooks(run)
+    check_mixup_hooks(run.train, hooks)  # before any data is parsed (TaskLoss checks again)
     for h in hooks:
         run = h.check_run(run, init_from=args.init_from, overrides=args.overrides, log=log)
     loaded, task_args = load_tasks(args, task_names, tc, accelerator, log)

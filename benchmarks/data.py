@@ -121,7 +121,7 @@ def bench_task(name: str, args: argparse.Namespace, cache_root: Path, device: to
         optimizer = autotune.adamw(model.parameters(), lr=run.train.lr, weight_decay=run.train.weight_decay)
 
         tc = dataclasses.replace(run.train, augment_noise=0.0, augment_time=0.0, task_augment_time={}, label_smoothing=0.0,
-                                 loss_weights={})
+                                 loss_weights={}, mixup=0.0, task_mixup={})
         step_loss = train.TaskLoss(model, tc, autocast=lambda: autocast(device, precision))
 
     def train_step(batch: dict[str, Any]) -> None:

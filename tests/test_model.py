@@ -735,6 +735,12 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
         got = loss_fn(batch, "cls")
         out = twin(x, "cls", mix=(perm, 0.25))
         torch.testing.assert_close(got, 0.25 * ce(out, y) + 0.75 * ce(out, y[perm]))
+        # each part's own loss is mixed alike (train.deep_loss)
+        twin = copy.deepcopy(model)
+        with_deep = train.TaskLoss(model, TrainConfig(mixup=0.4, deep_loss=2.0, modality_loss=0.0))(batch, "cls")
+        out, parts = twin(x, "cls", return_parts=True, mix=(perm, 0.25))
+        mixed = lambda logits: 0.25 * ce(logits, y) + 0.75 * ce(logits, y[perm])  # noqa: E731
+        torch.testing.assert_close(with_deep, mixed(out) + 2.0 * mixed(parts["deep"]))
         model.eval()  # evaluation: no mixing
         torch.testing.assert_close(loss_fn(batch, "cls"), ce(model(x, "cls"), y))
         model.train()  # train.task_mixup: a task's own strength over train.mixup, 0 = off for that task
@@ -742,10 +748,14 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
         twin = copy.deepcopy(model)
         torch.testing.assert_close(off(batch, "cls"), ce(twin(x, "cls"), y))
     monkeypatch.undo()
+    torch.manual_seed(3)
     perm2, lam = train.TaskLoss(model, tc).draw_mix(y, 0.4)
-    assert sorted(perm2.tolist()) == [0, 1, 2, 3] and 0.0 <= lam <= 1.0
-    with pytest.raises(ValueError, match="mixup"):
-        TrainConfig(mixup=-0.1)
+    torch.manual_seed(3)  # lam ~ Beta(a, a), then the rows, from torch's global generator
+    a = torch.tensor(0.4)
+    assert lam == float(torch.distributions.Beta(a, a).sample()) and perm2.tolist() == torch.randperm(4).tolist()
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="mixup"):
+            TrainConfig(mixup=bad)
     with pytest.raises(ValueError, match="task_mixup.cls"):
         TrainConfig(task_mixup={"cls": -1.0})
     from transference.hooks import TrainHook
@@ -756,6 +766,16 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
         def extra_loss(self, ctx, task, batch, outputs):
             return None
 
+    class Changes(TrainHook):  # one that changes the inputs
+        name = "changes"
+
+        def training_inputs(self, task, inputs):
+            return inputs
+
     train.TaskLoss(model, tc, hooks=[TrainHook()])  # hooks that leave the loss alone are fine
-    with pytest.raises(ValueError, match="adds"):
-        train.TaskLoss(model, tc, hooks=[Adds()])
+    for hook in (Adds(), Changes()):
+        with pytest.raises(ValueError, match=hook.name):
+            train.TaskLoss(model, tc, hooks=[hook])
+        with pytest.raises(ValueError, match=hook.name):  # train.py checks before any data is parsed
+            train.check_mixup_hooks(TrainConfig(task_mixup={"cls": 0.2}), [hook])
+    train.check_mixup_hooks(TrainConfig(), [Adds()])  # no mixup: no conflict

@@ -5,6 +5,7 @@ beside the model's config (:class:`highmmt.config.HighMMTConfig`) in one :class:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -362,8 +363,9 @@ class TrainConfig:
         if self.bad_rows not in ("error", "drop"):
             raise ValueError(f"train.bad_rows must be 'error' or 'drop', got {self.bad_rows!r}")
         for name, value in [("mixup", self.mixup), *((f"task_mixup.{t}", v) for t, v in self.task_mixup.items())]:
-            if value < 0.0:
-                raise ValueError(f"train.{name} is the Beta(a, a) parameter of mixup's weights (0 = off), got {value}")
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"train.{name} is the Beta(a, a) parameter of mixup's weights (a finite number >= 0; "
+                                 f"0 = off), got {value}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.wide_loss < 0.0 or self.deep_loss < 0.0 or self.modality_loss < 0.0:
