@@ -134,6 +134,8 @@ def test_a_task_subset_keeps_the_runs_overrides_restricted_to_its_tasks():
     assert for_tasks(argv, ["b"], mods) == ["--set", 'train.modality_options={"z": {"channels": 2}}',
                                              "--set", 'model.sharing.encoder={"g1": ["z"]}']
     assert for_tasks(argv, ["b"]) == argv  # without the modalities: unchanged
+    pairs = ["--set", 'model.sharing.fusion={"f": ["y|x"], "g": ["z|w"]}']
+    assert for_tasks(pairs, ["a"], mods) == ["--set", 'model.sharing.fusion={"f": ["y|x"]}']  # task a's one pair
     from experiments.suite_results import names_modalities
 
     assert names_modalities(argv[1:2]) and not names_modalities(["model.sharing.encoder=none", "train.epochs=5"])

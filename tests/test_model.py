@@ -747,6 +747,13 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
         off = train.TaskLoss(model, TrainConfig(mixup=0.4, task_mixup={"cls": 0.0}, deep_loss=0.0, modality_loss=0.0))
         twin = copy.deepcopy(model)
         torch.testing.assert_close(off(batch, "cls"), ce(twin(x, "cls"), y))
+        # a regression's loss mixes alike (the targets' losses, not the targets)
+        twin = copy.deepcopy(model)
+        z = torch.randn(4, 2)
+        got = train.TaskLoss(model, tc)({"inputs": {"s": x["s"]}, "target": z}, "reg")
+        out = twin({"s": x["s"]}, "reg", mix=(perm, 0.25))
+        mse = nn.functional.mse_loss
+        torch.testing.assert_close(got, 0.25 * mse(out, z) + 0.75 * mse(out, z[perm]))
     monkeypatch.undo()
     torch.manual_seed(3)
     perm2, lam = train.TaskLoss(model, tc).draw_mix(y, 0.4)
