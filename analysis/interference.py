@@ -103,6 +103,8 @@ def final_scores(run_dir: Path, loaded: Mapping[str, LoadedTask], limit: int) ->
 
 
 PER_TASK_KEYS = tuple(f"train.{k}" for k in PER_TASK_SETTINGS)
+#: overrides whose dict names modalities (or modality pairs)
+MODALITY_KEYS = ("train.modality_options", "model.sharing.encoder", "model.sharing.fusion")
 
 
 def restrict_override(override: str, cfg: Mapping[str, Any], names: Sequence[str]) -> str:
@@ -111,7 +113,7 @@ def restrict_override(override: str, cfg: Mapping[str, Any], names: Sequence[str
     keep those tasks' modalities / pairs and drop groups left empty. Other overrides are returned unchanged."""
     key, raw = override.split("=", 1)
     key = key.strip()
-    if key not in (*PER_TASK_KEYS, "train.modality_options", "model.sharing.encoder", "model.sharing.fusion"):
+    if key not in (*PER_TASK_KEYS, *MODALITY_KEYS):
         return override
     value = parse_override_value(raw)
     if not isinstance(value, Mapping):

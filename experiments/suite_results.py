@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import train
-from analysis.interference import PER_TASK_KEYS, restrict_override
+from analysis.interference import MODALITY_KEYS, PER_TASK_KEYS, restrict_override
 from benchmarks.common import compare, format_mean_sd, format_seeds, markdown_table, mean_sd, run_cli, stats_note
 from experiments.common import data_flags, task_modalities, train_unless_done
 from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_write_bytes, atomic_write_json
@@ -99,10 +99,6 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     if kind == "multitask" and (out / TASK_WEIGHTS_DIR / "best.json").is_file():  # also one checkpoint for every task
         result["metrics_one_checkpoint"] = evaluate(out / "eval_one_checkpoint", "--weights", "mean")
     return result
-
-
-#: overrides whose dict names modalities (or pairs), restricted to a task's own by :func:`for_tasks`
-MODALITY_KEYS = ("train.modality_options", "model.sharing.encoder", "model.sharing.fusion")
 
 
 def for_tasks(argv: Sequence[str], names: Sequence[str], task_mods: Mapping[str, Sequence[str]] | None = None) -> list[str]:
