@@ -34,12 +34,14 @@ from sklearn.svm import LinearSVC
 from modalities.text import hash_token, words
 from tasks.text_corpora import make_build
 
-FEATURES = {  # name -> (hash buckets, 0 = none; bigrams)
-    "words": (0, False),
-    "words+bigrams": (0, True),
-    "hashed 2^15 words (the deep path's ids)": (2**15, False),
-    "hashed 2^20 words+bigrams (wide_buckets)": (2**20, True),
+FEATURES = {  # name -> (hash buckets, 0 = none; bigrams; character n-grams of each word, n in CHAR_NGRAMS)
+    "words": (0, False, False),
+    "words+bigrams": (0, True, False),
+    "hashed 2^15 words (the deep path's ids)": (2**15, False, False),
+    "hashed 2^20 words+bigrams (wide_buckets)": (2**20, True, False),
+    "words+bigrams+char n-grams": (0, True, True),
 }
+CHAR_NGRAMS = (3, 4, 5)  # of "<word>", the word marked at both ends (fastText's subwords; session 19)
 
 
 NBSVM_C = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -53,15 +55,23 @@ def nbsvm(x: dict[str, sparse.csr_matrix], y: dict[str, np.ndarray], r: np.ndarr
     return fits[best], scaled, best
 
 
-def tokens(text: str, bigrams: bool) -> list[str]:
+def char_ngrams(word: str) -> list[str]:
+    """The character n-grams (n in :data:`CHAR_NGRAMS`) of ``"<word>"``, each prefixed ``#`` so that no n-gram
+    is also a word: ``"bad"`` -> ``#<ba``, ``#bad``, ``#ad>``, ``#<bad``, ``#bad>``, ``#<bad>``."""
+    marked = f"<{word}>"
+    return [f"#{marked[i:i + n]}" for n in CHAR_NGRAMS for i in range(len(marked) - n + 1)]
+
+
+def tokens(text: str, bigrams: bool, chars: bool = False) -> list[str]:
     toks = words(text)
-    return toks + ([f"{a} {b}" for a, b in zip(toks, toks[1:])] if bigrams else [])
+    out = toks + ([f"{a} {b}" for a, b in zip(toks, toks[1:])] if bigrams else [])
+    return out + ([g for t in toks for g in char_ngrams(t)] if chars else [])
 
 
-def binary_bags(texts: dict[str, list[str]], buckets: int, bigrams: bool) -> dict[str, sparse.csr_matrix]:
+def binary_bags(texts: dict[str, list[str]], buckets: int, bigrams: bool, chars: bool = False) -> dict[str, sparse.csr_matrix]:
     """split -> [rows, ids] 0/1 matrix; unhashed ids are the training split's vocabulary (others dropped)."""
     if not buckets:
-        vocab = {t: i for i, t in enumerate(sorted({t for s in texts["train"] for t in tokens(s, bigrams)}))}
+        vocab = {t: i for i, t in enumerate(sorted({t for s in texts["train"] for t in tokens(s, bigrams, chars)}))}
         index, size = (lambda t: vocab.get(t)), len(vocab)
     else:
         index, size = (lambda t: hash_token(t, buckets)), buckets
@@ -69,7 +79,7 @@ def binary_bags(texts: dict[str, list[str]], buckets: int, bigrams: bool) -> dic
     for split, rows in texts.items():
         r, c = [], []
         for i, s in enumerate(rows):
-            ids = {j for j in map(index, tokens(s, bigrams)) if j is not None}
+            ids = {j for j in map(index, tokens(s, bigrams, chars)) if j is not None}
             r += [i] * len(ids)
             c += sorted(ids)
         out[split] = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(len(rows), size))
@@ -93,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
         data = make_build(task)(Path(args.data_root), quiet=True)
         texts = {s: list(data[s]["text"]) for s in ("train", "validation", "test")}
         y = {s: np.asarray(data[s]["label"]) for s in texts}
-        for name, (buckets, bigrams) in FEATURES.items():
+        for name, (buckets, bigrams, chars) in FEATURES.items():
             started = time.time()
-            x = binary_bags(texts, buckets, bigrams)
+            x = binary_bags(texts, buckets, bigrams, chars)
             r = naive_bayes(x["train"], y["train"])
             lr = LogisticRegression(C=1.0, max_iter=3000).fit(x["train"], y["train"])
             svm, scaled, C = nbsvm(x, y, r)

@@ -336,3 +336,39 @@ def test_suite_results_scores_a_per_task_run_both_ways(tmp_path: Path) -> None:
     run = results["runs"]["multitask"]
     assert set(run["metrics"]["_weights"]) == {"synthetic_pair", "synthetic_single"}
     assert "_weights" not in run["metrics_one_checkpoint"] and (out / "multitask" / "eval_one_checkpoint" / "metrics.json").is_file()
+
+
+def test_suite_results_seeds_runs_every_seed_combines_them_and_writes_the_doc(tmp_path: Path, monkeypatch) -> None:
+    """``--seeds`` is the table in one command: one call per seed into seed<S>, the combine, the page. A seed folder
+    whose results.json is this call's is kept on a rerun; another call's (other overrides) is run again."""
+    from experiments import suite_results
+
+    calls = []
+
+    def fake_run(kind, out, tasks, preset, common, extra, threads, eval_args=()):
+        seed = int(extra[extra.index("--seed") + 1])
+        calls.append((kind, str(out), seed))
+        acc = {"avmnist": 0.80 + seed / 100 + (0.05 if kind == "multitask" else 0), "omniglot": 0.30 + seed / 100}
+        return {"kind": kind, "tasks": list(tasks), "metrics": {t: {"accuracy": acc[t]} for t in tasks}, "parameters": 10,
+                "train_log": "x", "wall_s_this_call": 1.0}
+
+    monkeypatch.setattr(suite_results, "run", fake_run)
+    out, doc = tmp_path / "table", tmp_path / "docs" / "results.md"
+    argv = ["--seeds", "0,1,2", "--tasks", "avmnist,omniglot", "--runs", "multitask,single", "--output-dir", str(out), "--doc", str(doc)]
+    combined = suite_results.main(argv)
+    assert combined["seeds"] == [0, 1, 2] and len(calls) == 9  # 3 seeds x (multitask + 2 single-task)
+    assert {Path(c[1]).relative_to(out).parts[0] for c in calls} == {"seed0", "seed1", "seed2"}
+    assert all(f"seed{c[2]}" in c[1] for c in calls)  # each seed's runs in its own folder, with its own --seed
+    assert combined["per_task"]["avmnist"]["multitask"] == pytest.approx([0.85, 0.86, 0.87])
+    assert combined["per_task"]["avmnist"]["multitask_vs_single"]["verdict"] == "gain"
+    page = doc.read_text()
+    assert page.startswith("# Results on the real suite") and f"`python -m experiments.suite_results {' '.join(argv)}`" in page
+    assert "seeds 0, 1, 2" in page and (out / "seeds.md").is_file()
+    suite_results.main(argv)  # a rerun keeps the finished seeds
+    assert len(calls) == 9
+    suite_results.main([*argv, "--set", "train.lr=0.001"])  # other overrides: not this call's seeds
+    assert len(calls) == 18
+    with pytest.raises(SystemExit):
+        suite_results.main(["--seeds", "0,0", "--output-dir", str(out)])
+    with pytest.raises(SystemExit):
+        suite_results.main(["--seeds", "0", "--combine", str(out / "seed0"), "--output-dir", str(out)])
