@@ -53,6 +53,7 @@ def run_accuracy(out: Path, cache: Path) -> float:
     return score(lt.spec, outputs, y)["accuracy"]
 
 
+@pytest.mark.slow  # one of the three costliest method-effect tests (12-18 s): run with -m slow
 def test_co_training_beats_supervised_only_and_the_views_without_pseudo_labels(tmp_path):
     cache = tmp_path / "cache"
     acc: dict[str, list[float]] = {arm: [] for arm in ARMS}

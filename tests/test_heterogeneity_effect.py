@@ -71,6 +71,7 @@ def test_measurement_recovers_the_planted_families(tmp_path, cache, monkeypatch)
         assert sorted(sorted(g) for g in groups.values()) == [EARLY, LATE], (seed, groups, d)
 
 
+@pytest.mark.slow  # one of the three costliest method-effect tests (12-18 s): run with -m slow
 def test_staged_grouping_beats_share_all_and_random_groups(tmp_path, cache):
     from experiments import heterogeneity as study
 

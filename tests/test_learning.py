@@ -142,6 +142,7 @@ def test_the_privileged_task_has_noisy_training_labels_and_a_clean_secondary(tmp
         build(tmp_path, train_label_noise=0.75)
 
 
+@pytest.mark.slow  # one of the three costliest method-effect tests (12-18 s): run with -m slow
 def test_translation_beats_the_primary_alone_when_the_secondary_is_privileged_information(tmp_path, cache):
     """Learning using privileged information (Vapnik & Vashist 2009; Lopez-Paz et al. 2016): on
     synthetic_privileged 60% of the training labels name a wrong class, while the secondary, seen
