@@ -57,6 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--max-tree-rows", type=int, default=20000, help="training rows a tree model sees at most (seeded subset)")
     p.add_argument("--max-gb-classes", type=int, default=10, help="skip gradient boosting above this many classes")
     p.add_argument("--jobs", type=int, default=1, help="processes for the random forests")
+    p.add_argument("--no-cv-refit", dest="cv_refit", action="store_false",
+                   help="K-fold: keep each model as fitted on the inner 80%% of the training folds (the rows a neural model "
+                        "trains on beside its 20%% validation) instead of refitting it on all of them")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -67,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         models=tuple(m for m in args.models.split(",") if m), feature_sets=args.feature_sets, per_modality=args.per_modality,
         cv=str(args.cv), cv_repeats=args.cv_repeats, cv_threshold=args.cv_threshold, seed=args.seed,
         rf_trees=args.rf_trees, max_tree_rows=args.max_tree_rows, max_gb_classes=args.max_gb_classes, jobs=args.jobs,
+        cv_refit=args.cv_refit,
     )
     names = expand_tasks([t for t in args.tasks.split(",") if t])
     if not names:

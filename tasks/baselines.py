@@ -94,6 +94,9 @@ class BaselineSettings:
         max_tree_rows: training rows a tree model sees at most.
         max_gb_classes: gradient boosting is skipped above this many classes.
         jobs: cores: the forests' ``n_jobs`` and the BLAS / OpenMP threads.
+        cv_refit: under K-fold, refit the chosen model on all of a fold's training part (True, the references'
+            protocol) or keep it as fitted on the inner 80% that C was chosen beside (False: the rows a neural
+            model trains on while it selects its checkpoint on the other 20%, e.g. ``experiments/robot_cv.py``).
     """
 
     models: tuple[str, ...] = MODELS
@@ -107,6 +110,7 @@ class BaselineSettings:
     max_tree_rows: int = 20000
     max_gb_classes: int = 10
     jobs: int = 1
+    cv_refit: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -128,7 +132,8 @@ class BaselineSettings:
 
     def key(self) -> str:
         """A short hash of everything that changes the numbers (not ``jobs``), code version included."""
-        d = {k: v for k, v in self.to_dict().items() if k != "jobs"} | {"version": BASELINE_VERSION}
+        # cv_refit=True (the default) is left out, so that the keys of earlier caches stay valid
+        d = {k: v for k, v in self.to_dict().items() if k != "jobs" and not (k == "cv_refit" and v)} | {"version": BASELINE_VERSION}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -469,7 +474,8 @@ def plans(feats: TaskFeatures, proto: dict[str, Any], settings: BaselineSettings
     for tr, te in folds:
         strat = y[pool[tr]] if spec.task_type == "classification" else np.zeros(len(tr), int)
         inner, val = stratified_holdout(strat, 0.2, seed=settings.seed)
-        out.append(Plan(pool[tr], pool[tr][val], pool[te], pool[tr][inner]))
+        out.append(Plan(pool[tr], pool[tr][val], pool[te], pool[tr][inner]) if settings.cv_refit
+                   else Plan(pool[tr][inner], pool[tr][val], pool[te]))  # no refit: fit on inner, as on a split
     return out
 
 

@@ -168,6 +168,21 @@ def test_kfold_gives_folds_times_repeats_scores(tmp_path):
     # --cv none keeps the task's own split whatever its size
     again = baseline.main(["--tasks", str(spec), "--output-dir", str(tmp_path / "bl"), "--cv", "none", "--feature-sets", "all", *FAST])
     assert again["tiny"]["protocol"] == {"kind": "split"}
+    # --no-cv-refit: each fold's model stays as fitted on the inner 80% (the rows a neural model trains on), so its
+    # validation score exists; plans fit on exactly those rows; the default settings' cache key does not move
+    inner = baseline.main(["--tasks", str(spec), "--output-dir", str(tmp_path / "bl_inner"), "--cv-repeats", "2",
+                           "--feature-sets", "all", "--no-cv-refit", *FAST])["tiny"]
+    assert inner["settings"]["cv_refit"] is False and entry["settings"]["cv_refit"] is True
+    vals = inner["baselines"]["stats+resampled_lr"]
+    assert len(vals["scores"]) == 10 and vals["scores"] != b["scores"] and vals["value"] > 0.7
+    assert bl.BaselineSettings().key() != bl.BaselineSettings(cv_refit=False).key()
+    assert bl.BaselineSettings().key() == bl.BaselineSettings(jobs=4).key()
+    lt = load_task(str(spec), cache_dir=tmp_path / "cache", quiet=True)
+    feats = bl.extract_features(lt)
+    refit_plans = bl.plans(feats, {"kind": "cv", "folds": 5, "repeats": 1}, bl.BaselineSettings())
+    inner_plans = bl.plans(feats, {"kind": "cv", "folds": 5, "repeats": 1}, bl.BaselineSettings(cv_refit=False))
+    for a, c in zip(refit_plans, inner_plans):
+        assert c.inner is None and np.array_equal(c.fit, a.inner) and np.array_equal(c.val, a.val) and np.array_equal(c.test, a.test)
 
 
 def test_cv_folds_are_stratified_and_capped_by_the_rarest_class():
