@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -176,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run_seed(args, seed, out / f"seed{seed}")
     combined = combine([out / f"seed{seed}" for seed in seeds], out)
     if args.doc:
-        given = [a for a in (argv if argv is not None else sys.argv[1:])]
-        write_doc(Path(args.doc), " ".join(given), "its one call per seed (folders seed<S> of its output folder)", combined)
+        given = list(argv if argv is not None else sys.argv[1:])
+        write_doc(Path(args.doc), shlex.join(given), "its one call per seed (folders seed<S> of its output folder)", combined)
     return combined
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from pathlib import Path
 
@@ -362,7 +363,7 @@ def test_suite_results_seeds_runs_every_seed_combines_them_and_writes_the_doc(tm
     assert combined["per_task"]["avmnist"]["multitask"] == pytest.approx([0.85, 0.86, 0.87])
     assert combined["per_task"]["avmnist"]["multitask_vs_single"]["verdict"] == "gain"
     page = doc.read_text()
-    assert page.startswith("# Results on the real suite") and f"`python -m experiments.suite_results {' '.join(argv)}`" in page
+    assert page.startswith("# Results on the real suite") and f"`python -m experiments.suite_results {shlex.join(argv)}`" in page
     assert "seeds 0, 1, 2" in page and (out / "seeds.md").is_file()
     suite_results.main(argv)  # a rerun keeps the finished seeds
     assert len(calls) == 9
