@@ -109,7 +109,7 @@ def write_folds(loaded: dict[str, LoadedTask], settings: BaselineSettings, out: 
         record[task] = {"folds": k, "repeats": proto["repeats"], "rows": int(len(y)), "plans": []}
         for i, plan in enumerate(todo):
             r, f = divmod(i, k)
-            parts = {"train": plan.inner, "validation": plan.val, "test": plan.test}
+            parts = {"train": plan.inner if plan.inner is not None else plan.fit, "validation": plan.val, "test": plan.test}
             record[task]["plans"].append({"repeat": r, "fold": f, **{s: rows.tolist() for s, rows in parts.items()}})
             folder = out / "folds" / f"r{r}_f{f}"
             spec_file = folder / f"{task}.json"
@@ -132,7 +132,7 @@ def references(loaded: dict[str, LoadedTask], settings: BaselineSettings, baseli
     for task, lt in loaded.items():
         e = given.get(task)
         if e is not None:
-            got = {k: v for k, v in e.get("settings", {}).items() if k not in ignored}
+            got = {"cv_refit": True} | {k: v for k, v in e.get("settings", {}).items() if k not in ignored}  # files before cv_refit
             if got != want or e.get("fingerprint") != fingerprint(lt):
                 raise ValueError(f"--baselines {baselines!r}, task {task!r}: computed with settings {got} on data "
                                  f"{e.get('fingerprint')}; this study needs {want} on {fingerprint(lt)}")

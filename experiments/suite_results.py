@@ -88,8 +88,14 @@ def run(kind: str, out: Path, tasks: Sequence[str], preset: str, common: list[st
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else dict(os.environ)
     py = [sys.executable]
     out.parent.mkdir(parents=True, exist_ok=True)
+    call = {"preset": preset, "tasks": list(tasks), "train_args": list(extra)}  # what decides the trained weights
+    record = out / "suite_call.json"
+    if (out / "DONE").exists() and record.is_file() and json.loads(record.read_text()) != call:
+        raise ValueError(f"{out} holds a finished run of another call ({json.loads(record.read_text())}, not {call}): "
+                         "give another --output-dir, or remove it")
     train_unless_done(out, ["--preset", preset, "--tasks", ",".join(tasks), *common, *extra], log=out.parent / f"{out.name}.log",
                       threads=threads)
+    atomic_write_json(record, call)
     trained = time.time() - started
     def evaluate(eval_dir: Path, *flags: str) -> dict[str, Any]:
         subprocess.run([*py, str(ROOT / "evaluate.py"), "--checkpoint", str(out), "--no-robustness", "--quiet", "--output-dir",
@@ -136,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores/jobs threads)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--seed", type=int, default=0, help="train.py's --seed for every run")
+    p.add_argument("--seed", type=int, default=None, help="train.py's --seed for every run (default 0)")
     p.add_argument("--doc", default="", help="with --combine or --seeds: also write the table as this markdown page (e.g. docs/results.md)")
     p.add_argument("--combine", default="", metavar="DIR,DIR,...",
                    help="train nothing: read the results.json of earlier calls (one seed each) and write seeds.json and "
@@ -161,19 +167,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        else "one `suite_results.py --seed N` call per seed"), combined)
         return combined
     if not args.seeds:
-        return run_seed(args, args.seed, Path(args.output_dir))
+        return run_seed(args, 0 if args.seed is None else args.seed, Path(args.output_dir))
+    if args.seed is not None:
+        p.error("--seed is one call's seed; with --seeds give every seed there")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
-    if not seeds or len(set(seeds)) < len(seeds):
-        p.error(f"--seeds: expected distinct seeds, got {args.seeds!r}")
+    if not seeds:
+        p.error(f"--seeds: no seed in {args.seeds!r}")
+    if len(set(seeds)) < len(seeds):
+        p.error(f"--seeds: a seed is repeated in {args.seeds!r}")
     out = Path(args.output_dir)
     for seed in seeds:
         done = out / f"seed{seed}" / "results.json"
-        if done.is_file() and same_call(json.loads(done.read_text()), args, seed):
-            print(f"seed {seed}: {done} is this call's, kept", flush=True)
-            continue
+        if done.is_file():
+            differs = other_call(json.loads(done.read_text()), args, seed)
+            if differs:
+                p.error(f"{done} holds another call's runs ({differs}): give another --output-dir, or remove seed{seed}")
+            if same_runs(json.loads(done.read_text()), args):
+                print(f"seed {seed}: {done} is this call's, kept", flush=True)
+                continue
         run_seed(args, seed, out / f"seed{seed}")
     combined = combine([out / f"seed{seed}" for seed in seeds], out)
     if args.doc:
@@ -182,14 +196,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return combined
 
 
-def same_call(results: dict[str, Any], args: argparse.Namespace, seed: int) -> bool:
-    """Whether a seed folder's ``results.json`` holds this call's runs (same preset, overrides, tasks and run kinds)."""
+def other_call(results: dict[str, Any], args: argparse.Namespace, seed: int) -> str:
+    """How a seed folder's ``results.json`` differs from this call's preset, overrides, seed and tasks ('' if not)."""
+    want = {"preset": args.preset, "overrides": args.overrides, "seed": seed, "tasks": train.expand_tasks(args.tasks.split(","))}
+    return "; ".join(f"{k} {results.get(k)!r}, not {v!r}" for k, v in want.items() if results.get(k) != v)
+
+
+def same_runs(results: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether a seed folder's ``results.json`` holds exactly this call's run kinds (``--runs``)."""
     kinds = args.runs.split(",")
     tasks = train.expand_tasks(args.tasks.split(","))
     wanted = {"multitask"} if "multitask" in kinds else set()
     wanted |= {f"{k}/{t}" for k in ("single", "late_fusion") if k in kinds for t in tasks}
-    return (results.get("preset"), results.get("overrides"), results.get("seed"), results.get("tasks"), set(results.get("runs", {}))) == (
-        args.preset, args.overrides, seed, tasks, wanted)
+    return set(results.get("runs", {})) == wanted
 
 
 def write_doc(doc: Path, command: str, source: str, combined: dict[str, Any]) -> None:

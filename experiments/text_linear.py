@@ -2,7 +2,8 @@
 
 For ``sentiment`` and ``subjectivity`` (their own splits), the set of each text's tokens as the suite's
 text embedder makes them (``modalities.text.words``; optionally with word bigrams; unhashed, or hashed
-into ``B`` ids as ``modalities.text.encode_words`` does), read by
+into ``B`` ids as ``modalities.text.encode_words`` does; since session 19 optionally with each token's
+character 3-5-grams, :func:`char_ngrams`), read by
 
 - ``nb``: multinomial naive Bayes on the binarised bag (log-count ratios with smoothing 1, no class prior:
   both tasks are balanced), the decision the read-out's naive Bayes prior starts from

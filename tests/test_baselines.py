@@ -168,8 +168,8 @@ def test_kfold_gives_folds_times_repeats_scores(tmp_path):
     # --cv none keeps the task's own split whatever its size
     again = baseline.main(["--tasks", str(spec), "--output-dir", str(tmp_path / "bl"), "--cv", "none", "--feature-sets", "all", *FAST])
     assert again["tiny"]["protocol"] == {"kind": "split"}
-    # --no-cv-refit: each fold's model stays as fitted on the inner 80% (the rows a neural model trains on), so its
-    # validation score exists; plans fit on exactly those rows; the default settings' cache key does not move
+    # --no-cv-refit: each fold's model stays as fitted on the inner 80% (the rows a neural model trains on): other
+    # scores; plans fit on exactly those rows; the default settings' cache key does not move
     inner = baseline.main(["--tasks", str(spec), "--output-dir", str(tmp_path / "bl_inner"), "--cv-repeats", "2",
                            "--feature-sets", "all", "--no-cv-refit", *FAST])["tiny"]
     assert inner["settings"]["cv_refit"] is False and entry["settings"]["cv_refit"] is True

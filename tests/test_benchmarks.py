@@ -359,7 +359,7 @@ def test_suite_results_seeds_runs_every_seed_combines_them_and_writes_the_doc(tm
     combined = suite_results.main(argv)
     assert combined["seeds"] == [0, 1, 2] and len(calls) == 9  # 3 seeds x (multitask + 2 single-task)
     assert {Path(c[1]).relative_to(out).parts[0] for c in calls} == {"seed0", "seed1", "seed2"}
-    assert all(f"seed{c[2]}" in c[1] for c in calls)  # each seed's runs in its own folder, with its own --seed
+    assert all(Path(c[1]).relative_to(out).parts[0] == f"seed{c[2]}" for c in calls)  # each seed's folder, its own --seed
     assert combined["per_task"]["avmnist"]["multitask"] == pytest.approx([0.85, 0.86, 0.87])
     assert combined["per_task"]["avmnist"]["multitask_vs_single"]["verdict"] == "gain"
     page = doc.read_text()
@@ -367,9 +367,28 @@ def test_suite_results_seeds_runs_every_seed_combines_them_and_writes_the_doc(tm
     assert "seeds 0, 1, 2" in page and (out / "seeds.md").is_file()
     suite_results.main(argv)  # a rerun keeps the finished seeds
     assert len(calls) == 9
-    suite_results.main([*argv, "--set", "train.lr=0.001"])  # other overrides: not this call's seeds
-    assert len(calls) == 18
+    with pytest.raises(SystemExit):  # other overrides: another call's seed folders are refused, not re-scored
+        suite_results.main([*argv, "--set", "train.lr=0.001"])
+    assert len(calls) == 9
+    (out / "seed1" / "results.json").unlink()  # a seed whose call stopped before its results.json: run again
+    suite_results.main(argv)
+    assert len(calls) == 12
     with pytest.raises(SystemExit):
         suite_results.main(["--seeds", "0,0", "--output-dir", str(out)])
     with pytest.raises(SystemExit):
+        suite_results.main(["--seeds", "0,1", "--seed", "3", "--output-dir", str(out)])
+    with pytest.raises(SystemExit):
         suite_results.main(["--seeds", "0", "--combine", str(out / "seed0"), "--output-dir", str(out)])
+
+
+def test_suite_results_refuses_to_rescore_a_finished_run_of_another_call(tmp_path: Path) -> None:
+    """A finished run folder records the call that trained it; a call with other training arguments is refused there
+    (train_unless_done would skip the training and re-score the old weights under the new call's name)."""
+    from experiments import suite_results
+
+    run = tmp_path / "multitask"
+    run.mkdir()
+    (run / "DONE").write_text("finished\n")
+    (run / "suite_call.json").write_text(json.dumps({"preset": "tiny", "tasks": ["avmnist"], "train_args": ["--seed", "0"]}))
+    with pytest.raises(ValueError, match="another call"):
+        suite_results.run("multitask", run, ["avmnist"], "tiny", ["--quiet"], ["--seed", "0", "--set", "train.lr=0.1"], 0)
