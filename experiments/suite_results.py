@@ -182,10 +182,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for seed in seeds:
         done = out / f"seed{seed}" / "results.json"
         if done.is_file():
-            differs = other_call(json.loads(done.read_text()), args, seed)
+            previous = json.loads(done.read_text())
+            differs = other_call(previous, args, seed)
             if differs:
                 p.error(f"{done} holds another call's runs ({differs}): give another --output-dir, or remove seed{seed}")
-            if same_runs(json.loads(done.read_text()), args):
+            if same_runs(previous, args):
                 print(f"seed {seed}: {done} is this call's, kept", flush=True)
                 continue
         run_seed(args, seed, out / f"seed{seed}")
