@@ -2,6 +2,8 @@
 
     python -m experiments.compare_runs --tasks sentiment,subjectivity --seeds 0,1,2 \\
         --a "results/pilot/R/{task}/seed{seed}" --b "results/suite/seed{seed}/single/{task}"
+    python -m experiments.compare_runs --tasks suite --a "results/arm/seed{seed}/multitask" \\
+        --b "results/table/seed{seed}/multitask"
 
 ``--a`` and ``--b`` are folder patterns with ``{task}`` and ``{seed}``; each folder holds
 ``eval/metrics.json`` (``evaluate.py``). Prints, per task, the primary metric of each set as mean ±
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import compare, format_mean_sd, markdown_table, mean_sd, run_cli, stats_note
+from train import expand_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,14 +47,14 @@ def read(pattern: str, task: str, seed: str) -> tuple[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> list[list[Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", required=True)
+    p.add_argument("--tasks", required=True, help="comma-separated tasks or aliases (suite, robot_failures)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--a", required=True, help="folder pattern of the runs tried, with {task} and {seed}")
     p.add_argument("--b", required=True, help="folder pattern of the runs compared against")
     args = p.parse_args(argv)
     seeds = [s for s in args.seeds.split(",") if s]
     rows, mean_a, mean_b = [], [], []
-    for task in [t for t in args.tasks.split(",") if t]:
+    for task in expand_tasks([t for t in args.tasks.split(",") if t]):
         a = [read(args.a, task, s) for s in seeds]
         b = [read(args.b, task, s) for s in seeds]
         va, vb = [v for _, v in a], [v for _, v in b]

@@ -312,6 +312,19 @@ def test_compare_runs_reads_evaluated_folders_and_judges_by_the_seed_spread(tmp_
         compare_runs.main(["--tasks", "t", "--seeds", "0,5", "--a", str(tmp_path / "a" / "s{seed}"), "--b", str(tmp_path / "b" / "s{seed}")])
 
 
+def test_compare_runs_expands_a_task_alias(tmp_path):
+    from experiments import compare_runs
+    from train import ALIASES
+
+    for name in ("a", "b"):
+        d = tmp_path / name / "s0" / "eval"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({t: {"accuracy": 0.5 + 0.1 * (name == "a")} for t in ALIASES["robot_failures"]}))
+    rows = compare_runs.main(["--tasks", "robot_failures", "--seeds", "0", "--a", str(tmp_path / "a" / "s{seed}"), "--b", str(tmp_path / "b" / "s{seed}")])
+    assert [r[0] for r in rows] == ALIASES["robot_failures"] and len(rows) == 5
+    assert all(r[4] == "+0.100 (one seed)" for r in rows)
+
+
 def test_write_doc_section_replaces_only_between_its_markers(tmp_path) -> None:
     from experiments.common import write_doc_section
 
