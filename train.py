@@ -48,7 +48,7 @@ import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
 from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
 from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig, apply_overrides, from_dict
-from highmmt.heads import task_loss
+from highmmt.heads import choose_part_ridge, fit_part_weights, task_loss
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from modalities.pretrained import modality_config
@@ -539,6 +539,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for h in hooks:
         cfg = h.model_config(cfg, specs)
     model = HighMMT(cfg)
+    for t, on in tc.task_select_stacked.items():
+        if on and len(model.part_names(t)) < 2:
+            raise ValueError(f"train.task_select_stacked names task {t!r}, whose outputs have one part "
+                             f"({model.part_names(t) or ['deep']}): there is nothing to stack (a wide read-out, modality or summary heads)")
     ctx = TrainContext(model=model, loaded=loaded, run=run, device=accelerator.device, seed=args.seed, out=out,
                        log=log, autocast=accelerator.autocast, init_from=args.init_from)
     model_notes: dict[str, Any] = {}
@@ -819,8 +823,11 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
             for t, v in sums.items() if v]
     selection = 0.0
     for t, lt in loaded.items():
-        o, y = predict(eval_model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
-                       limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
+        if tc.task_select_stacked.get(t):
+            o, y = stacked_outputs(eval_model, lt, tc, accelerator.device)
+        else:
+            o, y = predict(eval_model, lt.splits["validation"], lt.spec, batch_size=tc.eval_batch_size,
+                           limit=tc.max_eval_samples, device=accelerator.device, autocast=accelerator.autocast)
         scores = score(lt.spec, o, y)
         for m, v in scores.items():
             rows.append({"step": step, "epoch": epoch + 1, "task": t, "split": "validation", "metric": m, "value": v})
@@ -828,6 +835,32 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
         sign = 1.0 if HIGHER_IS_BETTER[lt.spec.metric] else -1.0
         selection += tc.eval_weights.get(t, 1.0) * sign * (0.0 if math.isnan(primary) else primary)
     return rows, selection / sum(tc.eval_weights.get(t, 1.0) for t in loaded)
+
+
+@torch.no_grad()
+def stacked_outputs(model: nn.Module, lt: LoadedTask, tc: Any, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
+    """``train.task_select_stacked``: the task's validation outputs [n, c] and targets as it will be scored: its output
+    parts (``HighMMT.output_parts``) weighted by weights fitted on these rows (:func:`highmmt.heads.fit_part_weights`,
+    the ridge toward equal weights chosen by cross-validation, as ``fit_run_part_weights`` does after training). The
+    model's own part weights are not touched."""
+    was_training = model.training
+    model.eval()
+    dataset, spec = lt.splits["validation"], lt.spec
+    collected: dict[str, list[torch.Tensor]] = {}
+    targets = []
+    for idx in eval_batches(len(dataset), tc.eval_batch_size, tc.max_eval_samples):
+        batch = collate_rows(dataset, idx, spec)
+        _, parts = model(move_to(batch["inputs"], device), spec.name, return_parts=True)
+        for k, v in parts.items():
+            collected.setdefault(k, []).append(v.float().cpu())
+        targets.append(batch["target"])
+    model.train(was_training)
+    parts, target = {k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets)
+    with torch.enable_grad():
+        ridge, _ = choose_part_ridge(parts, target, spec.task_type)
+        weights = fit_part_weights(parts, target, spec.task_type, ridge=ridge)
+    outputs = sum(weights[k] * v for k, v in parts.items())
+    return outputs.numpy(), target.numpy()
 
 
 def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, log: Any,

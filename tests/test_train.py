@@ -684,6 +684,42 @@ def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it
         TrainConfig(select_min_rows=0)
 
 
+def test_task_select_stacked_scores_that_tasks_validation_on_its_parts_stacked(tmp_path, tiny_run, monkeypatch):
+    calls = []
+    stacked = train.stacked_outputs
+
+    def recorded(model, lt, tc, device):
+        o, y = stacked(model, lt, tc, device)
+        calls.append((lt.spec.name, model.part_weights["synthetic_pair"].weight.clone()))
+        return o, y
+
+    monkeypatch.setattr(train, "stacked_outputs", recorded)
+    out = tiny_run("stacked", "--set", "model.modality_heads=true", "--set", 'train.task_select_stacked={"synthetic_pair": true}')
+    assert [t for t, _ in calls] == ["synthetic_pair"] * 3  # each epoch's validation, that task only
+    assert all(torch.equal(w, torch.ones(3)) for _, w in calls)  # the model's own part weights are not touched
+    # the outputs: the parts weighted by the weights fitted on the validation rows with the cross-validated ridge
+    model = HighMMT.from_pretrained(out).eval()
+    model.part_weights["synthetic_pair"].weight.fill_(1.0)
+    lt = load_task("synthetic_pair", cache_dir=tmp_path / "cache", quiet=True)
+    tc = TrainConfig(max_eval_samples=0)
+    o, y = stacked(model, lt, tc, "cpu")
+    from tasks.loader import collate_rows
+
+    batch = collate_rows(lt.splits["validation"], np.arange(len(lt.splits["validation"])), lt.spec)
+    with torch.no_grad():
+        _, parts = model(batch["inputs"], "synthetic_pair", return_parts=True)
+    from highmmt.heads import fit_part_weights
+
+    ridge, _ = choose_part_ridge(parts, batch["target"], "classification")
+    weights = fit_part_weights(parts, batch["target"], "classification", ridge=ridge)
+    np.testing.assert_allclose(o, sum(w * parts[k] for k, w in weights.items()).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y, batch["target"].numpy())
+    with pytest.raises(ValueError, match="task_select_stacked names task 'synthetic_single', whose outputs have one part"):
+        tiny_run("one_part", "--set", "model.modality_heads=true", "--set", 'train.task_select_stacked={"synthetic_single": true}')
+    with pytest.raises(ValueError, match="task_select_stacked names task 'nope', which is not being trained"):
+        tiny_run("unknown", "--set", 'train.task_select_stacked={"nope": true}')
+
+
 def test_part_weights_are_fitted_on_validation_after_training_for_each_scored_checkpoint(tmp_path, tiny_run):
     out = tiny_run("late", "--set", "model.modality_heads=true", "--set", "train.select=task", "--set", "train.select_min_rows=1")
     fitted = json.loads((out / "part_weights.json").read_text())

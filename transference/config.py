@@ -228,7 +228,7 @@ class PrefixConfig:
 
 #: TrainConfig's per-task dicts ({task: value}); a task they name must be one being trained
 PER_TASK_SETTINGS = ("batch_sizes", "loss_weights", "eval_weights", "task_options", "task_min_fraction", "task_augment_time",
-                     "task_mixup")
+                     "task_mixup", "task_select_stacked")
 
 
 @dataclass
@@ -281,6 +281,13 @@ class TrainConfig:
     # train.select=task: a task whose validation split (as scored: at most max_eval_samples rows) has fewer rows
     # keeps the mean's checkpoint; a best-of-30-epochs accuracy on 10-100 rows is mostly noise (sd ~ 0.5/sqrt(rows)).
     select_min_rows: int = 500
+    # {task: true}: that task's validation metric (what chooses its epoch, and its share of the mean's) is scored on its
+    # output parts stacked with weights fitted on the validation rows at each validation (train.py stacked_outputs; as
+    # train.part_weights=validation fits them after training, what the task is then scored with), not on their plain
+    # sum as trained (every weight 1). For a task with two or more parts (HighMMT.part_names). Session 20's hypothesis:
+    # a part still near chance (a multitask model's fused head on sentiment) ends the sum's validation curve before the
+    # part that carries the task (the wide read-out) has peaked.
+    task_select_stacked: dict[str, bool] = field(default_factory=dict)
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     mixup: float = 0.0  # manifold mixup at the encoder's output: lam ~ Beta(mixup, mixup) per batch; 0 = off (train.TaskLoss)
     task_mixup: dict[str, float] = field(default_factory=dict)  # per task, over mixup (0 = off for that task)
