@@ -284,9 +284,9 @@ class TrainConfig:
     # {task: true}: that task's validation metric (what chooses its epoch, and its share of the mean's) is scored on its
     # output parts stacked with weights fitted on the validation rows at each validation (train.py stacked_outputs; as
     # train.part_weights=validation fits them after training, what the task is then scored with), not on their plain
-    # sum as trained (every weight 1). For a task with two or more parts (HighMMT.part_names). Session 20's hypothesis:
-    # a part still near chance (a multitask model's fused head on sentiment) ends the sum's validation curve before the
-    # part that carries the task (the wide read-out) has peaked.
+    # sum as trained (every weight 1). For a task with two or more parts (HighMMT.part_names). Session 20 (pilot
+    # SELSTACK, docs/experiments.md): on the multitask model's sentiment it chose epoch 21 instead of 2 and lost 0.013 on
+    # test (a fit scored on the rows it was fitted on flatters the later epochs, whose parts disagree more); off by default.
     task_select_stacked: dict[str, bool] = field(default_factory=dict)
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     mixup: float = 0.0  # manifold mixup at the encoder's output: lam ~ Beta(mixup, mixup) per batch; 0 = off (train.TaskLoss)
