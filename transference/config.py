@@ -285,8 +285,9 @@ class TrainConfig:
     # output parts stacked with weights fitted on the validation rows at each validation (train.py stacked_outputs; as
     # train.part_weights=validation fits them after training, what the task is then scored with), not on their plain
     # sum as trained (every weight 1). For a task with two or more parts (HighMMT.part_names). Session 20 (pilot
-    # SELSTACK, docs/experiments.md): on the multitask model's sentiment it chose epoch 21 instead of 2 and lost 0.013 on
-    # test (a fit scored on the rows it was fitted on flatters the later epochs, whose parts disagree more); off by default.
+    # SELSTACK, docs/experiments.md): on the multitask model's sentiment it chose epochs 8-21 instead of 2-4 and lost 0.011
+    # on test over three seeds (a fit scored on the rows it was fitted on flatters the later epochs, whose parts disagree
+    # more); off by default.
     task_select_stacked: dict[str, bool] = field(default_factory=dict)
     label_smoothing: float = 0.0  # classification losses in train.py (highmmt.heads.task_loss)
     mixup: float = 0.0  # manifold mixup at the encoder's output: lam ~ Beta(mixup, mixup) per batch; 0 = off (train.TaskLoss)
