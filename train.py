@@ -46,9 +46,10 @@ import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
 import transference  # noqa: F401  (registers the training methods)
 from highmmt import HighMMT
+from highmmt.model import collect_parts
 from highmmt.checkpoint import TASK_WEIGHTS_DIR, atomic_save_safetensors, atomic_save_torch, atomic_write_bytes, atomic_write_json, load_weights
 from highmmt.config import HighMMTConfig, ModalityConfig, TaskConfig, apply_overrides, from_dict
-from highmmt.heads import choose_part_ridge, fit_part_weights, task_loss
+from highmmt.heads import fit_part_weights, task_loss
 from highmmt.metrics import HIGHER_IS_BETTER
 from highmmt.plotting import pyplot, save_figure
 from modalities.pretrained import modality_config
@@ -837,29 +838,24 @@ def validate(eval_model: nn.Module, loaded: dict[str, LoadedTask], tc: Any, acce
     return rows, selection / sum(tc.eval_weights.get(t, 1.0) for t in loaded)
 
 
-@torch.no_grad()
+def validation_batches(lt: LoadedTask, tc: Any, device: torch.device | str) -> Iterator[tuple[Any, torch.Tensor]]:
+    """(inputs on ``device``, targets) of ``lt``'s validation split, at most ``tc.max_eval_samples`` rows, as validation
+    scores them: what the part weights are fitted on."""
+    dataset, spec = lt.splits["validation"], lt.spec
+    for idx in eval_batches(len(dataset), tc.eval_batch_size, tc.max_eval_samples):
+        batch = collate_rows(dataset, idx, spec)
+        yield move_to(batch["inputs"], device), batch["target"]
+
+
 def stacked_outputs(model: nn.Module, lt: LoadedTask, tc: Any, device: torch.device | str) -> tuple[np.ndarray, np.ndarray]:
     """``train.task_select_stacked``: the task's validation outputs [n, c] and targets as it will be scored: its output
     parts (``HighMMT.output_parts``) weighted by weights fitted on these rows (:func:`highmmt.heads.fit_part_weights`,
     the ridge toward equal weights chosen by cross-validation, as ``fit_run_part_weights`` does after training). The
     model's own part weights are not touched."""
-    was_training = model.training
-    model.eval()
-    dataset, spec = lt.splits["validation"], lt.spec
-    collected: dict[str, list[torch.Tensor]] = {}
-    targets = []
-    for idx in eval_batches(len(dataset), tc.eval_batch_size, tc.max_eval_samples):
-        batch = collate_rows(dataset, idx, spec)
-        _, parts = model(move_to(batch["inputs"], device), spec.name, return_parts=True)
-        for k, v in parts.items():
-            collected.setdefault(k, []).append(v.float().cpu())
-        targets.append(batch["target"])
-    model.train(was_training)
-    parts, target = {k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets)
+    parts, target = collect_parts(model, lt.spec.name, validation_batches(lt, tc, device))
     with torch.enable_grad():
-        ridge, _ = choose_part_ridge(parts, target, spec.task_type)
-        weights = fit_part_weights(parts, target, spec.task_type, ridge=ridge)
-    outputs = sum(weights[k] * v for k, v in parts.items())
+        weights = fit_part_weights(parts, target, lt.spec.task_type)  # its ridge chosen by cross-validation on these rows
+    outputs = sum(weights[k] * v.float() for k, v in parts.items())
     return outputs.numpy(), target.numpy()
 
 
@@ -878,16 +874,10 @@ def fit_run_part_weights(out: Path, loaded: Mapping[str, LoadedTask], tc: Any, l
     if not tasks:
         return {}
 
-    def batches(t: str) -> Iterator[tuple[Any, torch.Tensor]]:
-        dataset, spec = loaded[t].splits["validation"], loaded[t].spec
-        for idx in eval_batches(len(dataset), tc.eval_batch_size, tc.max_eval_samples):
-            batch = collate_rows(dataset, idx, spec)
-            yield move_to(batch["inputs"], device), batch["target"]
-
     fitted: dict[str, dict[str, Any]] = {t: {"ridge": {}} for t in tasks}
 
     def fit(t: str, which: str) -> None:
-        fitted[t][which], ridge = model.fit_part_weights(t, batches(t), return_ridge=True)
+        fitted[t][which], ridge = model.fit_part_weights(t, validation_batches(loaded[t], tc, device), return_ridge=True)
         fitted[t]["ridge"][which] = ridge if math.isfinite(ridge) else "inf"  # JSON has no inf
 
     for t in tasks:

@@ -162,6 +162,30 @@ class PrefixProjector(nn.Module):
         return rearrange(self.to_prefix(pooled), "b (k d) -> b k d", k=self.tokens)
 
 
+@torch.no_grad()
+def collect_parts(model: nn.Module, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]],
+                  expected: Iterable[str] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    """``task``'s output parts (:meth:`HighMMT.output_parts`) over ``batches`` of (inputs, targets), in eval mode,
+    each concatenated on the CPU, and the targets. ``model``: a HighMMT or a module that wraps one and passes
+    ``return_parts`` on. ``expected`` (the task's part names): every batch must give all of them."""
+    was_training = model.training
+    model.eval()
+    collected: dict[str, list[Tensor]] = {}
+    targets = []
+    for inputs, target in batches:
+        _, parts = model(inputs, task, return_parts=True)
+        if expected is not None and set(parts) != set(expected):
+            raise ValueError(f"task {task!r}: fitting part weights needs every part in every batch "
+                             f"({list(expected)}), got {sorted(parts)}: a modality is missing")
+        for k, v in parts.items():
+            collected.setdefault(k, []).append(v.cpu())
+        targets.append(target.cpu())
+    model.train(was_training)
+    if not targets:
+        raise ValueError(f"task {task!r}: no rows to fit part weights on")
+    return {k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets)
+
+
 def _key(name: str) -> str:
     """ModuleDict keys may not contain dots."""
     return name.replace(".", "_")
@@ -421,28 +445,14 @@ class HighMMT(nn.Module):
             raise ValueError(f"task {task!r} has one output part: no wide read-out, modality heads or summary heads "
                              "(model.modality_heads needs two or more modalities, model.summary_heads a series; "
                              "regression tasks have no part weights)")
-        was_training = self.training
-        self.eval()
-        collected: dict[str, list[Tensor]] = {}
-        targets = []
-        for inputs, target in batches:
-            _, parts = self(inputs, task, return_parts=True)
-            if set(parts) != set(self.part_names(task)):
-                raise ValueError(f"task {task!r}: fitting part weights needs every part in every batch "
-                                 f"({self.part_names(task)}), got {sorted(parts)}: a modality is missing")
-            for k, v in parts.items():
-                collected.setdefault(k, []).append(v.cpu())
-            targets.append(target.cpu())
-        if not targets:
-            raise ValueError(f"task {task!r}: no rows to fit part weights on")
-        parts, target, task_type = {k: torch.cat(v) for k, v in collected.items()}, torch.cat(targets), self.config.tasks[task].task_type
+        parts, target = collect_parts(self, task, batches, self.part_names(task))
+        task_type = self.config.tasks[task].task_type
         with torch.enable_grad():
             ridge, _ = choose_part_ridge(parts, target, task_type)
             fitted = fit_part_weights(parts, target, task_type, ridge=ridge)
         order = self.part_names(task)
         buffer = self.part_weights[_key(task)].weight
         buffer.copy_(torch.tensor([fitted[k] for k in order], dtype=buffer.dtype, device=buffer.device))
-        self.train(was_training)
         weights = {k: fitted[k] for k in order}
         return (weights, ridge) if return_ridge else weights
 
