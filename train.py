@@ -428,7 +428,8 @@ class TaskLoss(nn.Module):
 
     Args:
         model: the HighMMT model (its config gives each task's type).
-        tc: the training config (``label_smoothing``, ``mixup``, ``wide_loss``, ``deep_loss``, ``modality_loss``).
+        tc: the training config (``label_smoothing``, ``mixup``, ``wide_loss``, ``wide_own_loss_only``, ``deep_loss``,
+            ``modality_loss``).
         extra: the training hooks' modules (a ModuleDict; default none).
         hooks: the training hooks; ``extra_loss`` of each is added.
         ctx: what the hooks see (needed with hooks).
@@ -462,6 +463,9 @@ class TaskLoss(nn.Module):
                 return lam * one + (1 - lam) * task_loss(out.float(), batch["target"][perm], task_type,
                                                          label_smoothing=self.tc.label_smoothing)
 
+            if self.tc.wide_own_loss_only and "wide" in parts:  # the sum's loss does not reach the wide read-outs
+                wide = parts["wide"].to(outputs.dtype)
+                outputs = outputs - self.model.part_weight(task, "wide") * (wide - wide.detach())
             loss = loss_of(outputs)
             if len(parts) > 1:  # each part also learns alone (train.wide_loss, train.deep_loss, train.modality_loss)
                 for name, part in parts.items():

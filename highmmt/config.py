@@ -158,6 +158,10 @@ class HighMMTConfig:
     sharing: SharingConfig = field(default_factory=SharingConfig)
     head_hidden: int = 0
     head_dropout: float = 0.0
+    # The wide read-outs' input dropout: in training, each id of a sparse bag (a text's distinct n-grams) is dropped
+    # with this probability and the rest scaled by 1 / (1 - p) (dropout on a linear model's features, Wager et al.
+    # 2013: an adaptive L2 penalty that weighs rare features more); 0 = off.
+    wide_dropout: float = 0.0
     modality_heads: bool = False
     summary_heads: bool = False
     token_dropout: float = 0.0
@@ -167,6 +171,8 @@ class HighMMTConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.token_dropout < 1.0:
             raise ValueError(f"model.token_dropout must be in [0, 1), got {self.token_dropout}")
+        if not 0.0 <= self.wide_dropout < 1.0:
+            raise ValueError(f"model.wide_dropout must be in [0, 1), got {self.wide_dropout}")
         for name, task in self.tasks.items():
             for m in task.modalities:
                 if m not in self.modalities:

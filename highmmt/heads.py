@@ -25,10 +25,11 @@ class TaskHead(nn.Module):
     Args:
         in_dim: fused width f. out_dim: outputs c. hidden: MLP width (0 = linear). dropout: before the output layer.
         wide: {modality key: wide_size} of the task's modalities that have a wide input.
+        wide_dropout: the wide read-outs' input dropout (:class:`WideReadout`).
     """
 
     def __init__(self, *, in_dim: int, out_dim: int, hidden: int = 0, dropout: float = 0.0,
-                 wide: Mapping[str, int] | None = None) -> None:
+                 wide: Mapping[str, int] | None = None, wide_dropout: float = 0.0) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.LayerNorm(in_dim)]
         if hidden > 0:
@@ -36,7 +37,7 @@ class TaskHead(nn.Module):
             in_dim = hidden
         layers += [nn.Dropout(dropout), nn.Linear(in_dim, out_dim)]
         self.to_logits = nn.Sequential(*layers)
-        self.wide = nn.ModuleDict({m: WideReadout(size, out_dim) for m, size in (wide or {}).items()})
+        self.wide = nn.ModuleDict({m: WideReadout(size, out_dim, dropout=wide_dropout) for m, size in (wide or {}).items()})
 
     def forward(self, fused: Tensor, wide: Mapping[str, tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """fused [b, f] (+ ``wide`` {modality key: (ids [b, k], weights [b, k])} of the modalities present) -> [b, c]."""
@@ -60,16 +61,23 @@ class WideReadout(nn.Module):
     W (``weight``, zero at initialisation) is trained; P (``prior``, a buffer, zero unless set) is a fixed
     starting point that W adds to, so weight decay pulls the read-out toward P instead of toward zero.
     ``naive_bayes_prior`` computes one from the training rows. Id 0 is padding and reads nothing.
+    ``dropout`` > 0: in training, each entry of a bag is dropped with that probability and the kept ones are
+    scaled by 1 / (1 - dropout), so that the expected logits are those of evaluation.
     """
 
-    def __init__(self, size: int, out_dim: int) -> None:
+    def __init__(self, size: int, out_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"wide read-out dropout must be in [0, 1), got {dropout}")
+        self.dropout = dropout
         self.weight = nn.Parameter(torch.zeros(size, out_dim))
         self.register_buffer("prior", torch.zeros(size, out_dim))
 
     def forward(self, ids: Tensor, weights: Tensor) -> Tensor:
         """ids [b, k] int64 in 0..size-1 (0 = padding), weights [b, k] -> [b, c]."""
         table = self.weight + self.prior
+        if self.training and self.dropout > 0.0:
+            weights = F.dropout(weights, self.dropout)
         return F.embedding_bag(ids, table, per_sample_weights=weights.to(table.dtype), mode="sum", padding_idx=0)
 
 

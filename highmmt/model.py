@@ -258,6 +258,7 @@ class HighMMT(nn.Module):
             out_dim=tc.num_outputs,
             hidden=self.config.head_hidden,
             dropout=self.config.head_dropout,
+            wide_dropout=self.config.wide_dropout,
             wide={_key(m): self.embedders[_key(m)].wide_size for m in tc.modalities
                   if m in self.config.modalities and self.embedders[_key(m)].wide_size},
         )
@@ -432,6 +433,16 @@ class HighMMT(nn.Module):
         weights = dict(zip(self.part_names(task), self.part_weights[_key(task)].weight))
         outputs = sum(weights[k].to(outputs.dtype) * v.to(outputs.dtype) for k, v in parts.items())
         return outputs, parts
+
+    def part_weight(self, task: str, part: str) -> Tensor | float:
+        """The weight of ``part`` (one of :meth:`part_names`) in ``task``'s outputs: 1 until :meth:`fit_part_weights`,
+        and for a task without part weights."""
+        if _key(task) not in self.part_weights:
+            return 1.0
+        names = self.part_names(task)
+        if part not in names:
+            raise ValueError(f"task {task!r} has no output part {part!r}; its parts are {names}")
+        return self.part_weights[_key(task)].weight[names.index(part)]
 
     @torch.no_grad()
     def fit_part_weights(self, task: str, batches: Iterable[tuple[Mapping[str, Any], Tensor]], *,

@@ -305,6 +305,32 @@ def test_wide_text_head_reads_the_bag_linearly_and_only_for_its_own_task() -> No
     assert len(_wide_text_model().heads["a"].wide) == 0  # off by default
 
 
+def test_wide_dropout_drops_bag_entries_in_training_only_and_keeps_the_expected_logits() -> None:
+    from highmmt.heads import WideReadout
+
+    torch.manual_seed(0)
+    readout = WideReadout(32, 2, dropout=0.5)
+    with torch.no_grad():
+        readout.weight.normal_()
+    ids = torch.randint(1, 32, (4, 10))
+    weights = torch.rand(4, 10)
+    exact = readout.eval()(ids, weights)
+    torch.testing.assert_close(readout(ids, weights), exact)  # evaluation: no dropout
+    readout.train()
+    draws = torch.stack([readout(ids, weights) for _ in range(4000)])
+    assert (draws[0] - exact).abs().max() > 1e-3  # training: entries dropped
+    torch.testing.assert_close(draws.mean(0), exact, atol=0.08, rtol=0.0)  # ... and scaled by 1 / (1 - p)
+    assert (draws.std(0) > 0.1).all()
+    model = _wide_text_model(wide=True)
+    assert model.heads["a"].wide["text"].dropout == 0.0  # off by default
+    cfg = model.config.to_dict()
+    cfg["wide_dropout"] = 0.3
+    assert HighMMT(HighMMTConfig.from_dict(cfg)).heads["a"].wide["text"].dropout == 0.3
+    cfg["wide_dropout"] = 1.0
+    with pytest.raises(ValueError, match=r"model.wide_dropout must be in \[0, 1\), got 1.0"):
+        HighMMTConfig.from_dict(cfg)
+
+
 def _word_rule(n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Generator]:
     """n texts of 6 words out of 40 (hashed into 256 buckets); the label says whether w3 or w7 is among them."""
     from modalities.text import TextEmbedder
@@ -368,6 +394,41 @@ def test_training_gives_the_wide_read_out_its_own_loss_and_a_larger_lr() -> None
         TrainConfig(wide_prior="bayes")
     with pytest.raises(ValueError, match="wide_prior_alpha"):
         TrainConfig(wide_prior_alpha=0.0)
+
+
+def test_wide_own_loss_only_keeps_the_sum_s_gradient_off_the_wide_read_out() -> None:
+    import train
+    from modalities.text import TextEmbedder
+    from transference.config import TrainConfig
+
+    torch.manual_seed(0)
+    model = _wide_text_model(wide=True).eval()
+    with torch.no_grad():
+        model.heads["a"].wide["text"].weight.normal_()
+        model.part_weights["a"].weight.copy_(torch.tensor([0.7, 1.3]))  # fitted weights (as in a fine-tune) are kept
+    text = TextEmbedder.collate(["good film", "bad film", "good"], tokenizer="words", buckets=256, bigrams=False)
+    batch = {"inputs": {"text": text, "series": torch.randn(3, 4, 2)}, "target": torch.tensor([1, 0, 1])}
+    wide, deep = model.heads["a"].wide["text"].weight, model.heads["a"].to_logits[-1].weight
+
+    def grads(tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model.zero_grad()
+        loss = train.TaskLoss(model, tc)(batch, "a")
+        loss.backward()
+        return loss.detach(), wide.grad.clone(), deep.grad.clone()
+
+    loss_own, wide_own, deep_own = grads(TrainConfig(wide_loss=0.5, deep_loss=0.0, wide_own_loss_only=True))
+    loss_sum, wide_sum, deep_sum = grads(TrainConfig(wide_loss=0.5, deep_loss=0.0))
+    torch.testing.assert_close(loss_own, loss_sum)  # the same loss value ...
+    torch.testing.assert_close(deep_own, deep_sum)  # ... the same gradient for the deep path ...
+    model.zero_grad()
+    (0.5 * nn.functional.cross_entropy(model.wide_logits(batch["inputs"], "a"), batch["target"])).backward()
+    torch.testing.assert_close(wide_own, wide.grad)  # ... and the wide read-out's is its own loss's alone
+    assert (wide_sum - wide_own).abs().max() > 1e-4
+    assert model.part_weight("a", "wide") == pytest.approx(1.3)
+    with pytest.raises(ValueError, match="has no output part 'modality:text'"):
+        model.part_weight("a", "modality:text")
+    with pytest.raises(ValueError, match="wide_own_loss_only=true needs train.wide_loss > 0"):
+        TrainConfig(wide_loss=0.0, wide_own_loss_only=True)
 
 
 def test_naive_bayes_prior_counts_each_id_once_per_row_and_centres_over_classes() -> None:

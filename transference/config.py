@@ -296,6 +296,10 @@ class TrainConfig:
     # loss, times this weight (0 = only the sum of deep and wide outputs is trained). Trained only through the sum,
     # the wide part learns little: the deep path fits the training rows first and leaves it no gradient.
     wide_loss: float = 1.0
+    # True: the wide read-outs learn from their own loss only (the one above); in the sum the task's loss is computed
+    # on, their logits enter detached (train.TaskLoss). Their training then does not depend on how well the deep path
+    # fits, which differs between a multitask and a single-task model; the deep path learns against them as before.
+    wide_own_loss_only: bool = False
     # ... and the deep path's logits alone (the head's outputs less the wide read-outs and the modality heads) too, times
     # this weight (0 = off):
     # each part then learns the whole task, and the head's output is the sum of two whole predictors. In a multitask
@@ -381,6 +385,8 @@ class TrainConfig:
                              f"{self.wide_loss}, {self.deep_loss}, {self.modality_loss}")
         if self.part_weights not in ("none", "validation"):
             raise ValueError(f"train.part_weights must be 'none' or 'validation', got {self.part_weights!r}")
+        if self.wide_own_loss_only and self.wide_loss <= 0.0:
+            raise ValueError("train.wide_own_loss_only=true needs train.wide_loss > 0: the wide read-outs would not learn")
         if self.wide_prior not in ("none", "naive_bayes"):
             raise ValueError(f"train.wide_prior must be 'none' or 'naive_bayes', got {self.wide_prior!r}")
         if self.wide_prior_alpha <= 0.0:
