@@ -618,7 +618,8 @@ def test_every_shipped_preset_loads_and_default_is_short_with_a_longer_averaged_
     assert default.model.modality_heads and default.model.summary_heads  # the default since session 12 / 15
     assert (default.train.epochs, default.train.ema_decay, default.train.select) == (30, 0.998, "task")
     assert (short.train.epochs, short.train.ema_decay, short.train.select) == (20, 0.0, "mean")  # the default until 2026-12-05
-    assert dataclasses.replace(default.train, epochs=20, ema_decay=0.0, select="mean") == short.train
+    assert default.train.wide_own_loss_only and not short.train.wide_own_loss_only  # the default since session 21
+    assert dataclasses.replace(default.train, epochs=20, ema_decay=0.0, select="mean", wide_own_loss_only=False) == short.train
 
 
 def test_select_task_keeps_each_tasks_own_best_epoch_and_evaluate_scores_with_it(tmp_path, monkeypatch, tiny_run):
