@@ -409,12 +409,18 @@ def resolve_precision(requested: str, use_cpu: bool, resume_dir: Path | None) ->
     return choice, f"auto: {why}"
 
 
-def check_mixup_hooks(tc: Any, hooks: Sequence[Any]) -> None:
+def check_mixup_hooks(tc: Any, hooks: Sequence[Any], tasks: Sequence[str] | None = None) -> None:
     """``train.mixup`` / ``train.task_mixup`` mix the latents and the targets; refuse it beside training methods
-    whose hooks change the inputs or add losses on the batch (they would read the unmixed one)."""
+    whose hooks change the inputs or add losses on the batch (they would read the unmixed one). With ``tasks``
+    (the run's), only mixup that acts on one of them counts: a preset's ``task_mixup`` for a task the run does
+    not train is no conflict."""
     reading = [h.name for h in hooks if type(h).extra_loss is not TrainHook.extra_loss
                or type(h).training_inputs is not TrainHook.training_inputs]
-    if (tc.mixup > 0 or any(v > 0 for v in tc.task_mixup.values())) and reading:
+    if tasks is None:
+        mixed = tc.mixup > 0 or any(v > 0 for v in tc.task_mixup.values())
+    else:
+        mixed = any(tc.task_mixup.get(t, tc.mixup) > 0 for t in tasks)
+    if mixed and reading:
         raise ValueError(f"train.mixup mixes the latents and the targets; the training method(s) {reading} change the "
                          "inputs or add losses on the unmixed batch: use one or the other")
 
@@ -441,7 +447,7 @@ class TaskLoss(nn.Module):
         super().__init__()
         self.model, self.extra = model, extra if extra is not None else nn.ModuleDict()
         self.hooks, self.ctx, self.tc, self.autocast = list(hooks), ctx, tc, autocast
-        check_mixup_hooks(tc, self.hooks)
+        check_mixup_hooks(tc, self.hooks, list(model.config.tasks))
 
     def forward(self, batch: dict[str, Any], task: str) -> torch.Tensor:
         """One task's batch -> its scalar loss (supervised + the hooks' extra losses)."""
@@ -533,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # Training methods (transference/): chosen by the config; they may check the run before any data is parsed.
     hooks = build_hooks(run)
-    check_mixup_hooks(run.train, hooks)  # before any data is parsed (TaskLoss checks again)
+    check_mixup_hooks(run.train, hooks, task_names)  # before any data is parsed (TaskLoss checks again)
     for h in hooks:
         run = h.check_run(run, init_from=args.init_from, overrides=args.overrides, log=log)
     loaded, task_args = load_tasks(args, task_names, tc, accelerator, log)

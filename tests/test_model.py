@@ -847,3 +847,11 @@ def test_mixup_loss_mixes_the_two_targets_losses_in_training_only(monkeypatch) -
         with pytest.raises(ValueError, match=hook.name):  # train.py checks before any data is parsed
             train.check_mixup_hooks(TrainConfig(task_mixup={"cls": 0.2}), [hook])
     train.check_mixup_hooks(TrainConfig(), [Adds()])  # no mixup: no conflict
+    # a preset's task_mixup for a task the run does not train is no conflict; for one it trains, it is
+    train.check_mixup_hooks(TrainConfig(task_mixup={"other": 0.4}), [Adds()], ["cls"])
+    with pytest.raises(ValueError, match="adds"):
+        train.check_mixup_hooks(TrainConfig(task_mixup={"other": 0.4}), [Adds()], ["cls", "other"])
+    with pytest.raises(ValueError, match="adds"):  # train.mixup acts on every task the run trains
+        train.check_mixup_hooks(TrainConfig(mixup=0.2, task_mixup={"other": 0.0}), [Adds()], ["cls"])
+    train.check_mixup_hooks(TrainConfig(mixup=0.2, task_mixup={"cls": 0.0}), [Adds()], ["cls"])  # off for cls
+    train.TaskLoss(model, TrainConfig(task_mixup={"other": 0.4}), hooks=[Adds()])  # "other" is not one of the model's tasks
