@@ -1,6 +1,6 @@
 """Training vs validation curves of a run, summarised per task: where does a task lose accuracy?
 
-    python -m experiments.curves RUN_DIR [RUN_DIR ...] [--output FILE.md]
+    python -m experiments.curves RUN_DIR [RUN_DIR ...] [--output FILE.md] [--task TASK]
 
 Reads each run folder's ``metrics.jsonl`` (one line per evaluation: step, epoch, task, split,
 metric, value) and, when present, ``eval/metrics.json`` (the test split), and prints one row per
@@ -12,6 +12,9 @@ Reading it:
 - training loss high and validation low: under-fitting (capacity, lr, steps, or the embedder loses
   the information: compare with a linear probe or the simple baseline);
 - validation far above test: the validation split is easier than, or leaks into, the training data.
+
+``--task TASK`` also prints that task's validation metric at every epoch, one line per run (where a small
+validation split saturates, the selected epoch is one of many equal ones).
 """
 
 from __future__ import annotations
@@ -78,6 +81,20 @@ def summarize_run(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def epoch_series(run: Path, task: str) -> str:
+    """One line: ``task``'s primary validation metric at every epoch of ``run``, best first."""
+    curves = read_curves(run)
+    if task not in curves:
+        raise KeyError(f"{run / 'metrics.jsonl'}: no rows for task {task!r} (its tasks: {sorted(curves)})")
+    metric = primary_metric(curves[task]["val"])
+    val = curves[task]["val"].get(metric, []) if metric else []
+    if not val:
+        return f"{run}: {task}: no validation rows"
+    best = max(val, key=lambda ev: ev[1])
+    return (f"{run}: {task} validation {metric}, best {best[1]:.3f} at epoch {best[0]}; by epoch: "
+            + " ".join(f"{v:.3f}" for _, v in val))
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     return markdown_table(
@@ -91,10 +108,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="train.py run folders")
     p.add_argument("--output", default=None, help="also write the table to this markdown file")
+    p.add_argument("--task", default=None, help="also print this task's validation metric at every epoch")
     args = p.parse_args(argv)
     rows = [r for run in args.runs for r in summarize_run(Path(run))]
     table = markdown(rows)
     print(table)
+    if args.task:
+        for run in args.runs:
+            print(epoch_series(Path(run), args.task))
     if args.output:
         Path(args.output).write_text(table)
     return rows

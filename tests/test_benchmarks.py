@@ -405,3 +405,27 @@ def test_suite_results_refuses_to_rescore_a_finished_run_of_another_call(tmp_pat
     (run / "suite_call.json").write_text(json.dumps({"preset": "tiny", "tasks": ["avmnist"], "train_args": ["--seed", "0"]}))
     with pytest.raises(ValueError, match="another call"):
         suite_results.run("multitask", run, ["avmnist"], "tiny", ["--quiet"], ["--seed", "0", "--set", "train.lr=0.1"], 0)
+
+
+def test_curves_summarise_a_run_and_print_one_tasks_epochs(tmp_path: Path, capsys) -> None:
+    from experiments import curves
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = []
+    for epoch, (loss, acc, auroc) in enumerate([(2.0, 0.50, 0.70), (1.0, 0.90, 0.80), (0.5, 0.90, 0.75)], 1):
+        rows += [{"step": 10 * epoch, "epoch": epoch, "task": "a", "split": "train", "metric": "loss", "value": loss},
+                 {"step": 10 * epoch, "epoch": epoch, "task": "a", "split": "validation", "metric": "accuracy", "value": acc},
+                 {"step": 10 * epoch, "epoch": epoch, "task": "b", "split": "validation", "metric": "auroc", "value": auroc},
+                 {"step": 10 * epoch, "epoch": epoch, "task": "b", "split": "validation", "metric": "accuracy", "value": 0.1}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps({"a": {"accuracy": 0.85}}))
+    got = {r["task"]: r for r in curves.main([str(run), "--task", "b"])}
+    assert got["a"]["val_best"] == 0.90 and got["a"]["val_best_epoch"] == 2  # the first of equal epochs
+    assert got["a"]["train_loss_min"] == 0.5 and got["a"]["test"] == 0.85
+    assert got["b"]["metric"] == "auroc" and got["b"]["val_best_epoch"] == 2 and got["b"]["test"] is None
+    out = capsys.readouterr().out
+    assert "b validation auroc, best 0.800 at epoch 2; by epoch: 0.700 0.800 0.750" in out
+    with pytest.raises(KeyError, match="no rows for task 'c'"):
+        curves.epoch_series(run, "c")
