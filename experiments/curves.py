@@ -60,15 +60,20 @@ def primary_metric(val: dict[str, list[tuple[int, float]]]) -> str | None:
     return next(iter(val), None)
 
 
+def primary_curve(curve: dict[str, Any]) -> tuple[str | None, list[tuple[int, float]], tuple[int, float] | None]:
+    """A task's selection metric, its (epoch, value) rows, and the best row (the first of equal ones; None if none)."""
+    metric = primary_metric(curve["val"])
+    val = curve["val"].get(metric, []) if metric else []
+    return metric, val, max(val, key=lambda ev: ev[1]) if val else None
+
+
 def summarize_run(run: Path) -> list[dict[str, Any]]:
     curves = read_curves(run)
     test_path = run / "eval" / "metrics.json"
     test = json.loads(test_path.read_text()) if test_path.is_file() else {}
     rows = []
     for task, c in curves.items():
-        metric = primary_metric(c["val"])
-        val = c["val"].get(metric, []) if metric else []
-        best = max(val, key=lambda ev: ev[1]) if val else None
+        metric, val, best = primary_curve(c)
         loss = c["loss"]
         rows.append({
             "run": run.name, "task": task, "metric": metric,
@@ -82,15 +87,13 @@ def summarize_run(run: Path) -> list[dict[str, Any]]:
 
 
 def epoch_series(run: Path, task: str) -> str:
-    """One line: ``task``'s primary validation metric at every epoch of ``run``, best first."""
+    """One line: ``task``'s primary validation metric at every epoch of ``run``, after its best epoch."""
     curves = read_curves(run)
     if task not in curves:
         raise KeyError(f"{run / 'metrics.jsonl'}: no rows for task {task!r} (its tasks: {sorted(curves)})")
-    metric = primary_metric(curves[task]["val"])
-    val = curves[task]["val"].get(metric, []) if metric else []
-    if not val:
+    metric, val, best = primary_curve(curves[task])
+    if best is None:
         return f"{run}: {task}: no validation rows"
-    best = max(val, key=lambda ev: ev[1])
     return (f"{run}: {task} validation {metric}, best {best[1]:.3f} at epoch {best[0]}; by epoch: "
             + " ".join(f"{v:.3f}" for _, v in val))
 
