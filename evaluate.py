@@ -181,10 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
     methods = hooks_for_run(run_cfg)  # the run's training methods: what it predicts with, extra metrics
-    predictors = [p for p in (h.predictor(model, ckpt, run_cfg, device) for h in methods) if p is not None and p is not model]
-    if len(predictors) > 1:
-        raise ValueError(f"two training methods replace the predictor: {[h.name for h in methods]}")
-    predictor = predictors[0] if predictors else model
+    predictor = run_predictor(model, ckpt, run_cfg, device, methods)
     per_task = task_weight_epochs(ckpt, args.weights, rows_of=lambda t: validation_rows(run_cfg, t, args))
     mean_state = {k: v.clone() for k, v in model.state_dict().items()} if per_task else None
     levels = [float(v) for v in args.noise_levels.split(",") if v]
@@ -245,6 +242,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.quiet:
         print((out / "results.md").read_text())
     return metrics
+
+
+def run_predictor(model: HighMMT, ckpt: Path, run_cfg: Mapping[str, Any], device: torch.device,
+                  methods: Sequence[Any] | None = None) -> torch.nn.Module:
+    """What the run predicts with: ``model``, or the module a training method of the run puts in its place
+    (``TrainHook.predictor``: a co-training run's views, ...)."""
+    methods = hooks_for_run(run_cfg) if methods is None else methods
+    predictors = [p for p in (h.predictor(model, ckpt, run_cfg, device) for h in methods) if p is not None and p is not model]
+    if len(predictors) > 1:
+        raise ValueError(f"two training methods replace the predictor: {[h.name for h in methods]}")
+    return predictors[0] if predictors else model
 
 
 def use_task_weights(model: HighMMT, ckpt: Path, name: str, per_task: Mapping[str, Any], mean_state: Mapping[str, Any]) -> str:

@@ -378,8 +378,10 @@ def test_suite_results_seeds_runs_every_seed_combines_them_and_writes_the_doc(tm
     page = doc.read_text()
     assert page.startswith("# Results on the real suite") and f"`python -m experiments.suite_results {shlex.join(argv)}`" in page
     assert "seeds 0, 1, 2" in page and (out / "seeds.md").is_file()
+    doc.write_text(page + "\n<!-- other: begin -->\nanother study's table\n<!-- other: end -->\n")
     suite_results.main(argv)  # a rerun keeps the finished seeds
     assert len(calls) == 9
+    assert doc.read_text().count("# Results on the real suite") == 1 and "another study's table" in doc.read_text()
     with pytest.raises(SystemExit):  # other overrides: another call's seed folders are refused, not re-scored
         suite_results.main([*argv, "--set", "train.lr=0.001"])
     assert len(calls) == 9

@@ -1,0 +1,282 @@
+"""Score a seed ensemble: several trained runs with their predicted probabilities averaged (a deep ensemble,
+Lakshminarayanan et al., 2017).
+
+    python -m experiments.ensemble --members runs/a,runs/b,runs/c --output-dir runs/ensemble_abc
+    python -m experiments.ensemble --members "results/x/seed{seed}/multitask" --seeds 0,1,2 --output-dir results/x/ens0
+    python -m experiments.ensemble --members "results/x/seed{seed}/multitask" --seeds 0,1,2,3,4,5,6,7,8 --size 3 \
+        --output-dir results/x/ens --doc docs/results.md     # three ensembles (seeds 0-2, 3-5, 6-8) and their table
+
+Each member is a ``train.py`` run folder, scored as ``evaluate.py`` scores it (each task with its own best
+weights where ``train.select=task`` applies, the part weights fitted on validation, the predictor a training
+method puts in the model's place). Per task, the members' outputs on the split are combined:
+
+- classification: the mean of the class probabilities (softmax);
+- multilabel: the mean of each label's probability (sigmoid);
+- regression: the mean of the outputs;
+
+and scored with the task's metrics. Every member must have the task, with the same classes, and must read the
+same rows in the same order (checked on the targets).
+
+Writes ``OUTPUT/eval/metrics.json`` in ``evaluate.py``'s layout (task -> metrics and ``num_samples``; so
+``experiments.compare_runs`` reads an ensemble like a run) and ``OUTPUT/ensemble.json``: the members, each
+member's metrics as recomputed here (and whether its primary metric equals its own ``eval/metrics.json``,
+where it has one), and the ensemble's. An ensemble folder that already holds the same members' ``ensemble.json``
+for the split is read back, not scored again (a test split is read once per configuration).
+
+``--size N`` groups ``--seeds``, in order, into ensembles of N members (``OUTPUT/e0``, ``e1``...), and ``--doc``
+writes their table into a page between markers (``experiments.common.write_doc_section``): per task, the
+ensembles' figure against the members' own (each member alone, as ``evaluate.py`` scored it), the difference
+judged by the project's rule (``benchmarks.common.compare``), the goal (``experiments.suite_results.goal``), the
+training time (the members' training loops, summed per ensemble) and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import expit, logit, softmax
+
+from benchmarks.common import STATS_RULE, compare, format_mean_sd, markdown_table, mean_sd, run_cli
+from evaluate import load_run_task, read_run_config, run_predictor, use_task_weights, validation_rows
+from highmmt import HighMMT
+from highmmt.checkpoint import atomic_write_json, task_weight_epochs
+from experiments.common import loop_seconds, write_doc_section
+from tasks.loader import predict, score
+
+_EPS = 1e-7
+DOC_BEGIN = "<!-- experiments.ensemble: begin -->"
+DOC_END = "<!-- experiments.ensemble: end -->"
+
+
+def average_outputs(outputs: Sequence[np.ndarray], task_type: str) -> np.ndarray:
+    """The members' outputs [n, c] (logits, as the model gives them) combined into one array of the same form:
+    the log of the mean class probabilities (classification), the logit of the mean label probabilities
+    (multilabel), or the mean (regression). ``score`` reads the result as it reads one model's outputs."""
+    if not outputs:
+        raise ValueError("average_outputs: no members")
+    shapes = {o.shape for o in outputs}
+    if len(shapes) != 1:
+        raise ValueError(f"average_outputs: members' outputs differ in shape {sorted(shapes)}")
+    stack = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
+    if task_type == "classification":
+        return np.log(np.clip(softmax(stack, axis=2).mean(axis=0), _EPS, None))
+    if task_type == "multilabel":
+        return logit(np.clip(expit(stack).mean(axis=0), _EPS, 1.0 - _EPS))
+    if task_type == "regression":
+        return stack.mean(axis=0)
+    raise ValueError(f"average_outputs: unknown task type {task_type!r}")
+
+
+def member_outputs(ckpt: Path, names: Sequence[str], args: argparse.Namespace,
+                   device: torch.device) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
+    """Task -> (outputs, targets, spec) of one run on ``args.split``, with the weights evaluate.py scores it with."""
+    run_cfg = read_run_config(ckpt)
+    missing = [n for n in names if n not in run_cfg["tasks"]]
+    if missing:
+        raise ValueError(f"member {ckpt}: no task(s) {missing}; it has {sorted(run_cfg['tasks'])}")
+    model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
+    predictor = run_predictor(model, ckpt, run_cfg, device)
+    per_task = task_weight_epochs(ckpt, "auto", rows_of=lambda t: validation_rows(run_cfg, t, args))
+    mean_state = {k: v.clone() for k, v in model.state_dict().items()} if per_task else None
+    found = {}
+    for name in names:
+        lt = load_run_task(run_cfg, name, data_root=args.data_root, cache_dir=args.cache_dir, quiet=True)
+        if args.split not in lt.splits:
+            raise ValueError(f"member {ckpt}, task {name!r}: no split {args.split!r} (it has {sorted(lt.splits)})")
+        if mean_state is not None:
+            use_task_weights(model, ckpt, name, per_task, mean_state)
+        with torch.no_grad():
+            out, target = predict(predictor, lt.splits[args.split], lt.spec, batch_size=args.batch_size, device=device)
+        found[name] = (out, target, lt.spec)
+    return found
+
+
+def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Score the ensemble of ``members`` on ``names`` (None: the first member's tasks); see the module docstring."""
+    if len(members) < 2:
+        raise ValueError(f"--members: an ensemble needs two or more runs, got {len(members)}")
+    if len(set(members)) != len(members):
+        raise ValueError(f"--members: a run is listed twice ({[str(m) for m in members]})")
+    out_dir = Path(args.output_dir)
+    done = out_dir / "ensemble.json"
+    if done.is_file():
+        prior = json.loads(done.read_text())
+        if prior.get("members") == [str(m) for m in members] and prior.get("split") == args.split and (
+                not names or set(names) <= set(prior.get("tasks", {}))):
+            return prior
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    names = list(names) if names else list(read_run_config(members[0])["tasks"])
+    start = time.perf_counter()
+    per_member = [member_outputs(m, names, args, device) for m in members]
+    result: dict[str, Any] = {"members": [str(m) for m in members], "split": args.split, "tasks": {}}
+    metrics: dict[str, Any] = {}
+    for name in names:
+        outs, first_target, spec = [], None, None
+        member_scores = []
+        for ckpt, found in zip(members, per_member):
+            out, target, this_spec = found[name]
+            if spec is None:
+                spec, first_target = this_spec, target
+            elif (this_spec.task_type, this_spec.num_classes) != (spec.task_type, spec.num_classes):
+                raise ValueError(f"member {ckpt}, task {name!r}: {this_spec.task_type} with {this_spec.num_classes} "
+                                 f"outputs, the first member's is {spec.task_type} with {spec.num_classes}")
+            elif target.shape != first_target.shape or not np.array_equal(target, first_target):
+                raise ValueError(f"member {ckpt}, task {name!r}: its {args.split} rows' targets differ from the first "
+                                 f"member's ({members[0]}): the members must read the same rows in the same order")
+            own = score(this_spec, out, target)
+            recorded = _recorded(ckpt, name, args.split, spec.metric)
+            member_scores.append({"run": str(ckpt), "metrics": own, "evaluate_primary": recorded,
+                                  "matches_evaluate": None if recorded is None else math.isclose(
+                                      own[spec.metric], recorded, rel_tol=0, abs_tol=1e-9)})
+            outs.append(out)
+        combined = score(spec, average_outputs(outs, spec.task_type), first_target)
+        metrics[name] = {**combined, "num_samples": float(len(first_target))}
+        primaries = [m["metrics"][spec.metric] for m in member_scores]
+        result["tasks"][name] = {"metric": spec.metric, "ensemble": combined, "members": member_scores,
+                                 "members_mean": float(np.mean(primaries))}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    metrics["_ensemble"] = {"members": [str(m) for m in members]}
+    atomic_write_json(out_dir / "eval" / "metrics.json", metrics)
+    atomic_write_json(out_dir / "ensemble.json", result)
+    return result
+
+
+def _recorded(ckpt: Path, name: str, split: str, metric: str) -> float | None:
+    """The member's own ``evaluate.py`` value of ``metric`` on ``name`` (None where its folder has no such file)."""
+    path = ckpt / "eval" / "metrics.json"
+    if split != "test" or not path.is_file():
+        return None
+    value = json.loads(path.read_text()).get(name, {}).get(metric)
+    return None if value is None else float(value)
+
+
+def member_folders(pattern: str, seeds: str) -> list[Path]:
+    """``--members`` as folders: a comma-separated list, or one pattern with ``{seed}`` and ``--seeds``."""
+    if "{seed}" in pattern:
+        if not seeds:
+            raise ValueError("--members has {seed}: give the seeds with --seeds (e.g. 0,1,2)")
+        return [Path(pattern.format(seed=s)) for s in seeds.split(",") if s]
+    if seeds:
+        raise ValueError("--seeds needs a --members pattern with {seed}")
+    return [Path(m) for m in pattern.split(",") if m]
+
+
+def groups(members: Sequence[Path], size: int) -> list[list[Path]]:
+    """``members`` in consecutive groups of ``size`` (0: one group of all)."""
+    if size == 0:
+        return [list(members)]
+    if size < 2 or len(members) % size:
+        raise ValueError(f"--size {size}: needs 2 or more members an ensemble and divides the {len(members)} members "
+                         f"evenly")
+    return [list(members[i:i + size]) for i in range(0, len(members), size)]
+
+
+def training_seconds(members: Sequence[Path]) -> float:
+    """The members' training loops, summed (``DONE``'s "... in Ns"; NaN where a member's is missing)."""
+    return float(sum(loop_seconds(m) for m in members))
+
+
+def hardware(member: Path) -> dict[str, Any]:
+    """The machine a member was trained on, from the ``suite_results`` call above it (empty where there is none)."""
+    path = member.parent / "results.json"
+    return json.loads(path.read_text()).get("hardware", {}) if path.is_file() else {}
+
+
+def table(results: Sequence[Mapping[str, Any]], sizes: Sequence[Sequence[Path]]) -> str:
+    """The ensembles against their members alone, task by task, and the mean over the tasks."""
+    from experiments.suite_results import goal
+
+    names = list(results[0]["tasks"])
+    ens_means: list[list[float]] = [[] for _ in results]
+    member_means: list[list[float]] = []
+    rows = []
+    for name in names:
+        metric = results[0]["tasks"][name]["metric"]
+        ens = [r["tasks"][name]["ensemble"][metric] for r in results]
+        single = [m["metrics"][metric] for r in results for m in r["tasks"][name]["members"]]
+        for k, v in enumerate(ens):
+            ens_means[k].append(v)
+        member_means.append(single)
+        c = compare(ens, single, higher_is_better=metric not in ("mse", "mae"))
+        g = goal(name)
+        met = "-" if g is None else ("yes" if mean_sd(ens).mean >= g else f"no ({mean_sd(ens).mean - g:+.3f})")
+        rows.append([name, metric, format_mean_sd(ens, per_seed=True), format_mean_sd(single),
+                     f"{c.difference:+.3f} ({c.verdict})", "-" if g is None else f"{g:.3f}", met])
+    per_ens = [float(np.mean(v)) for v in ens_means]
+    per_member = [float(np.mean([single[i] for single in member_means])) for i in range(len(member_means[0]))]
+    c = compare(per_ens, per_member)
+    rows.append([f"**mean ({len(names)})**", "", format_mean_sd(per_ens, per_seed=True), format_mean_sd(per_member),
+                 f"{c.difference:+.3f} ({c.verdict})", "", ""])
+    members = [m for g_ in sizes for m in g_]
+    hw = hardware(members[0])
+    minutes = ", ".join(f"{training_seconds(g_) / 60:.0f} min" for g_ in sizes)
+    head = (f"{len(results)} ensembles of {len(sizes[0])} members each (members: {', '.join(str(m) for m in members)}; "
+            f"ensemble k = members {len(sizes[0])}k to {len(sizes[0])}k+{len(sizes[0]) - 1}), test split, each member "
+            "scored as `evaluate.py` scores it and the members' class probabilities averaged. Over the ensembles and "
+            f"over the {len(members)} members, each scored alone: {STATS_RULE} Training per ensemble "
+            f"(the members' training loops, one after another): {minutes}"
+            + (f"; machine: {hw.get('machine', '?')}, {hw.get('device', 'cpu')}, {hw.get('threads', '?')} threads, "
+               f"torch {hw.get('torch', '?')}." if hw else "."))
+    columns = ["task", "metric", "ensembles", "members alone", "ensembles - members alone", "goal", "ensemble mean meets goal"]
+    return head + "\n\n" + markdown_table(columns, rows) + "\n"
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    rows = ["| task | metric | ensemble | members (each) | members' mean | ensemble - members' mean |", "|---|---|---|---|---|---|"]
+    for name, entry in result["tasks"].items():
+        metric = entry["metric"]
+        each = ", ".join(f"{m['metrics'][metric]:.3f}" for m in entry["members"])
+        value = entry["ensemble"][metric]
+        rows.append(f"| {name} | {metric} | {value:.3f} | {each} | {entry['members_mean']:.3f} | "
+                    f"{value - entry['members_mean']:+.3f} |")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--members", required=True, help="comma-separated run folders, or one pattern with {seed}")
+    p.add_argument("--seeds", default="", help="the seeds of a --members pattern, comma-separated")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--size", type=int, default=0, help="members per ensemble: --seeds in consecutive groups of this "
+                   "many, one ensemble each into OUTPUT/e<k> (0: one ensemble of all members)")
+    p.add_argument("--doc", default=None, help="write the ensembles' table into this markdown page, between markers")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the members' tasks (default: the first's)")
+    p.add_argument("--split", default="test", choices=["test", "validation"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cpu", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    members = member_folders(args.members, args.seeds)
+    names = args.tasks.split(",") if args.tasks else None
+    if not args.size:
+        result = ensemble(members, names, args)
+        print(markdown(result))
+        print(f"{len(members)} members, {result['seconds']} s -> {args.output_dir}")
+        if args.doc:
+            write_doc_section(Path(args.doc), DOC_BEGIN, DOC_END, table([result], [members]))
+        return result
+    parts = groups(members, args.size)
+    out = Path(args.output_dir)
+    results = [ensemble(g, names, argparse.Namespace(**{**vars(args), "output_dir": str(out / f"e{k}")}))
+               for k, g in enumerate(parts)]
+    text = table(results, parts)
+    print(text)
+    if args.doc:
+        write_doc_section(Path(args.doc), DOC_BEGIN, DOC_END, text)
+    return {"ensembles": results}
+
+
+if __name__ == "__main__":
+    run_cli(main)
