@@ -8,6 +8,11 @@ of parquet files. The rows need the task's modality columns, in the formats the 
 the target column may be absent. The task's spec (modality kinds and the options the run inferred or
 was given) comes from the checkpoint's ``config.json``, so the rows are read as in training.
 
+``--checkpoint A,B,C`` (several run folders with the task, trained with different seeds, say) predicts with their
+ensemble: each run predicts as it would alone, and the file gets the mean of their class probabilities (label
+probabilities for multilabel, outputs for regression; ``tasks.loader.average_outputs``). The runs must give the task
+the same kind, outputs and class names. ``experiments.ensemble`` scores such ensembles on a split.
+
 ``--output`` (``.csv`` or ``.parquet``) gets one row per input row, in input order: ``row``; for
 classification ``prediction`` (class index), ``prediction_name`` and ``probability_<class name>`` per
 class; for multilabel ``probability_<label>`` and ``prediction_<label>`` (0/1 at 0.5); for regression
@@ -36,12 +41,13 @@ from highmmt import HighMMT
 from highmmt.checkpoint import task_weight_epochs
 from tasks.base import TaskSpec
 from tasks.cache import SPEC_SUFFIXES, load_task
-from tasks.loader import predict
+from tasks.loader import average_outputs, predict
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a train.py run folder (config.json + model.safetensors)")
+    p.add_argument("--checkpoint", required=True, help="a train.py run folder (config.json + model.safetensors), or "
+                   "several, comma-separated: their ensemble (the mean of their probabilities)")
     p.add_argument("--input", required=True, help="spec file, save_to_disk folder, parquet file or folder of parquet files")
     p.add_argument("--output", required=True, help="predictions file: .csv or .parquet")
     p.add_argument("--task", default=None, help="the checkpoint's task to predict (needed when it has several)")
@@ -147,27 +153,51 @@ def predict_rows(model: HighMMT, rows: datasets.Dataset, spec: TaskSpec, *, batc
     return prediction_table(outputs, spec)
 
 
+def checkpoint_specs(ckpts: Sequence[Path], name: str | None) -> list[TaskSpec]:
+    """The task's spec in each of ``ckpts``; an ensemble's runs must agree on what the task predicts."""
+    if not ckpts:
+        raise ValueError("--checkpoint: name a run folder")
+    if len(set(ckpts)) != len(ckpts):
+        raise ValueError(f"--checkpoint: a run is listed twice ({', '.join(map(str, ckpts))})")
+    first = checkpoint_task(ckpts[0], name)
+    specs = [first] + [checkpoint_task(c, first.name) for c in ckpts[1:]]
+    for ckpt, spec in zip(ckpts[1:], specs[1:]):
+        mine = (spec.task_type, spec.num_classes, list(spec.class_names or []))
+        theirs = (first.task_type, first.num_classes, list(first.class_names or []))
+        if mine != theirs:
+            raise ValueError(f"--checkpoint {ckpt}: task {first.name!r} is {spec.task_type} with {spec.num_classes} outputs "
+                             f"{mine[2] or ''}, in {ckpts[0]} {first.task_type} with {first.num_classes} {theirs[2] or ''}: "
+                             "an ensemble's runs must predict the same classes")
+    return specs
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
-    ckpt, out = Path(args.checkpoint), Path(args.output)
+    ckpts, out = [Path(c) for c in args.checkpoint.split(",") if c], Path(args.output)
     if out.suffix not in (".csv", ".parquet"):
         raise ValueError(f"--output {out}: name a .csv or .parquet file")
-    spec = checkpoint_task(ckpt, args.task)
+    specs = checkpoint_specs(ckpts, args.task)
+    spec = specs[0]
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
-    model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
-    if task_weight_epochs(ckpt, args.weights).get(spec.name, {}).get("use"):
-        model.load_task_weights(ckpt, spec.name)
     rows = with_target(read_rows(Path(args.input), args.split, args), spec, f"--input {args.input}")
     if len(rows) == 0:
         raise ValueError(f"--input {args.input}: no rows to predict")
-    table = datasets.Dataset.from_dict(predict_rows(model, rows, spec, batch_size=args.batch_size, device=device))
+    outputs = []
+    for ckpt, this in zip(ckpts, specs):  # each run reads the rows with the options it was trained with
+        model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
+        if task_weight_epochs(ckpt, args.weights).get(spec.name, {}).get("use"):
+            model.load_task_weights(ckpt, spec.name)
+        outputs.append(predict(model, rows, this, batch_size=args.batch_size, device=device)[0])
+    combined = outputs[0] if len(outputs) == 1 else average_outputs(outputs, spec.task_type)
+    table = datasets.Dataset.from_dict(prediction_table(combined, spec))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
         table.to_csv(str(out), index=False)
     else:
         table.to_parquet(str(out))
     if not args.quiet:
-        print(f"{len(rows)} predictions of task {spec.name!r} -> {out}")
+        by = f" (an ensemble of {len(ckpts)} runs)" if len(ckpts) > 1 else ""
+        print(f"{len(rows)} predictions of task {spec.name!r}{by} -> {out}")
     return out
 
 

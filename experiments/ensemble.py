@@ -42,37 +42,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import expit, logit, softmax
 
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, markdown_table, mean_sd, run_cli
 from evaluate import load_run_task, read_run_config, run_predictor, use_task_weights, validation_rows
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_json, task_weight_epochs
 from experiments.common import loop_seconds, write_doc_section
-from tasks.loader import predict, score
+from tasks.loader import average_outputs, predict, score
 
-_EPS = 1e-7
 DOC_BEGIN = "<!-- experiments.ensemble: begin -->"
 DOC_END = "<!-- experiments.ensemble: end -->"
-
-
-def average_outputs(outputs: Sequence[np.ndarray], task_type: str) -> np.ndarray:
-    """The members' outputs [n, c] (logits, as the model gives them) combined into one array of the same form:
-    the log of the mean class probabilities (classification), the logit of the mean label probabilities
-    (multilabel), or the mean (regression). ``score`` reads the result as it reads one model's outputs."""
-    if not outputs:
-        raise ValueError("average_outputs: no members")
-    shapes = {o.shape for o in outputs}
-    if len(shapes) != 1:
-        raise ValueError(f"average_outputs: members' outputs differ in shape {sorted(shapes)}")
-    stack = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
-    if task_type == "classification":
-        return np.log(np.clip(softmax(stack, axis=2).mean(axis=0), _EPS, None))
-    if task_type == "multilabel":
-        return logit(np.clip(expit(stack).mean(axis=0), _EPS, 1.0 - _EPS))
-    if task_type == "regression":
-        return stack.mean(axis=0)
-    raise ValueError(f"average_outputs: unknown task type {task_type!r}")
 
 
 def member_outputs(ckpt: Path, names: Sequence[str], args: argparse.Namespace,

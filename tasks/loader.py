@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import expit, logit, softmax
 from torch import Tensor, nn
 
 from highmmt.metrics import compute_metric
@@ -163,3 +164,25 @@ def predict(
 def score(spec: TaskSpec, outputs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """All of the task's metrics (primary first)."""
     return {m: compute_metric(m, outputs, targets, spec.task_type) for m in (spec.metric, *spec.extra_metrics)}
+
+
+_PROB_EPS = 1e-7
+
+
+def average_outputs(outputs: Sequence[np.ndarray], task_type: str) -> np.ndarray:
+    """The members' outputs [n, c] (logits, as the model gives them) combined into one array of the same form:
+    the log of the mean class probabilities (classification), the logit of the mean label probabilities
+    (multilabel), or the mean (regression). ``score`` reads the result as it reads one model's outputs."""
+    if not outputs:
+        raise ValueError("average_outputs: no members")
+    shapes = {o.shape for o in outputs}
+    if len(shapes) != 1:
+        raise ValueError(f"average_outputs: members' outputs differ in shape {sorted(shapes)}")
+    stack = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
+    if task_type == "classification":
+        return np.log(np.clip(softmax(stack, axis=2).mean(axis=0), _PROB_EPS, None))
+    if task_type == "multilabel":
+        return logit(np.clip(expit(stack).mean(axis=0), _PROB_EPS, 1.0 - _PROB_EPS))
+    if task_type == "regression":
+        return stack.mean(axis=0)
+    raise ValueError(f"average_outputs: unknown task type {task_type!r}")

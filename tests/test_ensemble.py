@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from experiments.ensemble import average_outputs, member_folders
-from tasks.loader import score
+from experiments.ensemble import member_folders
+from tasks.loader import average_outputs, score
 from tasks.base import TaskSpec
 
 
@@ -59,13 +59,12 @@ def test_member_folders_from_a_list_or_a_seed_pattern(tmp_path: Path) -> None:
         member_folders("a,b", "0,1")
 
 
-@pytest.mark.slow  # two trainings and three scorings: ~10 s alone
 def test_ensemble_of_trained_runs_rescores_each_member_as_evaluate_does(tiny_run, tmp_path: Path) -> None:
     import evaluate
     from experiments import compare_runs, ensemble
 
     flags = ("--set", "train.epochs=2", "--set", "train.steps_per_epoch=3", "--set", "train.select=task",
-             "--set", "train.select_min_rows=1")
+             "--set", "train.select_min_rows=1", "--set", "train.threads=1")
     runs = [tiny_run(f"s{seed}", "--seed", str(seed), *flags) for seed in (0, 1)]
     for run in runs:
         evaluate.main(["--checkpoint", str(run), "--no-robustness", "--no-baselines", "--quiet", "--cache-dir",

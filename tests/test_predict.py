@@ -77,3 +77,22 @@ def test_the_python_api_returns_what_the_command_writes(run, tmp_path):
     written = datasets.Dataset.from_parquet(str(path))
     assert written["prediction"] == table["prediction"]
     np.testing.assert_allclose(written["probability_0"], table["probability_0"], atol=1e-6)
+
+
+def test_several_checkpoints_predict_with_the_mean_of_their_probabilities(run, tmp_path):
+    out, tmp = run
+    other = train.main(["--preset", "tiny", "--tasks", "synthetic_pair", "--output-dir", str(tmp_path / "run1"), "--cache-dir",
+                        str(tmp / "cache"), "--quiet", "--cpu", "--seed", "1", "--set", "train.precision=fp32", "--set",
+                        "train.threads=1", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=5"])
+    test = load_task("synthetic_pair", cache_dir=tmp / "cache", quiet=True).splits["test"]
+    test.save_to_disk(str(tmp_path / "in"))
+    read = lambda ckpt, name: datasets.Dataset.from_parquet(str(predict.main([  # noqa: E731
+        "--checkpoint", ckpt, "--input", str(tmp_path / "in"), "--output", str(tmp_path / name), "--quiet"])))
+    alone = [read(str(c), f"p{i}.parquet") for i, c in enumerate((out, other))]
+    both = read(f"{out},{other}", "both.parquet")
+    probs = lambda t: np.array([t[f"probability_{c}"] for c in ("0", "1", "2")]).T  # noqa: E731
+    np.testing.assert_allclose(probs(both), (probs(alone[0]) + probs(alone[1])) / 2, atol=1e-5)
+    assert not np.allclose(probs(alone[0]), probs(alone[1]), atol=1e-3)  # two different members, not one twice
+    assert both["prediction"] == probs(both).argmax(axis=1).tolist()
+    with pytest.raises(ValueError, match="listed twice"):
+        read(f"{out},{out}", "x.parquet")
