@@ -36,6 +36,7 @@ import argparse
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,9 @@ import torch
 
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, markdown_table, mean_sd, run_cli
 from evaluate import load_run_task, read_run_config, run_predictor, use_task_weights, validation_rows
+from experiments.common import loop_seconds, write_doc_section
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_json, task_weight_epochs
-from experiments.common import loop_seconds, write_doc_section
 from tasks.loader import average_outputs, predict, score
 
 DOC_BEGIN = "<!-- experiments.ensemble: begin -->"
@@ -121,6 +122,11 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
         primaries = [m["metrics"][spec.metric] for m in member_scores]
         result["tasks"][name] = {"metric": spec.metric, "ensemble": combined, "members": member_scores,
                                  "members_mean": float(np.mean(primaries))}
+    result["mismatches"] = [f"{m['run']} {name}" for name, entry in result["tasks"].items() for m in entry["members"]
+                            if m["matches_evaluate"] is False]
+    if result["mismatches"]:
+        warnings.warn("recomputed here, these members' figures differ from their own eval/metrics.json (other weights "
+                      f"or data than evaluate.py used?): {result['mismatches']}", stacklevel=2)
     result["seconds"] = round(time.perf_counter() - start, 1)
     metrics["_ensemble"] = {"members": [str(m) for m in members]}
     atomic_write_json(out_dir / "eval" / "metrics.json", metrics)
