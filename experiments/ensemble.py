@@ -46,13 +46,12 @@ import torch
 
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, markdown_table, mean_sd, run_cli
 from evaluate import load_run_task, read_run_config, run_predictor, use_task_weights, validation_rows
-from experiments.common import loop_seconds, write_doc_section
+from experiments.common import loop_seconds, publish
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_json, task_weight_epochs
+from highmmt.metrics import HIGHER_IS_BETTER
 from tasks.loader import average_outputs, predict, score
 
-DOC_BEGIN = "<!-- experiments.ensemble: begin -->"
-DOC_END = "<!-- experiments.ensemble: end -->"
 
 
 def member_outputs(ckpt: Path, names: Sequence[str], args: argparse.Namespace,
@@ -85,18 +84,28 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
         raise ValueError(f"--members: an ensemble needs two or more runs, got {len(members)}")
     if len(set(members)) != len(members):
         raise ValueError(f"--members: a run is listed twice ({[str(m) for m in members]})")
+    configs = [read_run_config(m) for m in members]
+    names = list(names) if names else list(configs[0]["tasks"])
+    for ckpt, cfg in zip(members, configs):
+        missing = [n for n in names if n not in cfg["tasks"]]
+        if missing:
+            raise ValueError(f"member {ckpt}: no task(s) {missing}; it has {sorted(cfg['tasks'])}")
+    for ckpt, cfg in zip(members[1:], configs[1:]):  # the same rows: each task loaded from the same source, same options
+        bad = sorted(n for n in names if _task_data(cfg, n) != _task_data(configs[0], n))
+        if bad:
+            raise ValueError(f"member {ckpt}: its config.json gives task(s) {bad} another source, spec or task_options "
+                             f"than the first member's ({members[0]}): the members must read the same rows")
     out_dir = Path(args.output_dir)
     done = out_dir / "ensemble.json"
+    stamp = {"members": [str(m) for m in members], "trained": [_trained(m) for m in members], "split": args.split}
     if done.is_file():
         prior = json.loads(done.read_text())
-        if prior.get("members") == [str(m) for m in members] and prior.get("split") == args.split and (
-                not names or set(names) <= set(prior.get("tasks", {}))):
-            return prior
+        if {k: prior.get(k) for k in stamp} == stamp and list(prior.get("tasks", {})) == names:
+            return prior  # scored already: a split is read once per configuration
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    names = list(names) if names else list(read_run_config(members[0])["tasks"])
     start = time.perf_counter()
     per_member = [member_outputs(m, names, args, device) for m in members]
-    result: dict[str, Any] = {"members": [str(m) for m in members], "split": args.split, "tasks": {}}
+    result: dict[str, Any] = {**stamp, "tasks": {}}
     metrics: dict[str, Any] = {}
     for name in names:
         outs, first_target, spec = [], None, None
@@ -105,9 +114,9 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
             out, target, this_spec = found[name]
             if spec is None:
                 spec, first_target = this_spec, target
-            elif (this_spec.task_type, this_spec.num_classes) != (spec.task_type, spec.num_classes):
-                raise ValueError(f"member {ckpt}, task {name!r}: {this_spec.task_type} with {this_spec.num_classes} "
-                                 f"outputs, the first member's is {spec.task_type} with {spec.num_classes}")
+            elif _predicts(this_spec) != _predicts(spec):
+                raise ValueError(f"member {ckpt}, task {name!r}: predicts {_predicts(this_spec)} (kind, outputs, "
+                                 f"classes), the first member ({members[0]}) {_predicts(spec)}")
             elif target.shape != first_target.shape or not np.array_equal(target, first_target):
                 raise ValueError(f"member {ckpt}, task {name!r}: its {args.split} rows' targets differ from the first "
                                  f"member's ({members[0]}): the members must read the same rows in the same order")
@@ -115,7 +124,7 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
             recorded = _recorded(ckpt, name, args.split, spec.metric)
             member_scores.append({"run": str(ckpt), "metrics": own, "evaluate_primary": recorded,
                                   "matches_evaluate": None if recorded is None else math.isclose(
-                                      own[spec.metric], recorded, rel_tol=0, abs_tol=1e-9)})
+                                      own[spec.metric], recorded, rel_tol=0, abs_tol=1e-6)})
             outs.append(out)
         combined = score(spec, average_outputs(outs, spec.task_type), first_target)
         metrics[name] = {**combined, "num_samples": float(len(first_target))}
@@ -132,6 +141,28 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
     atomic_write_json(out_dir / "eval" / "metrics.json", metrics)
     atomic_write_json(out_dir / "ensemble.json", result)
     return result
+
+
+def _task_data(cfg: Mapping[str, Any], name: str) -> tuple[Any, Any, Any]:
+    """What in a run's config.json decides task ``name``'s rows: its source (suite name or spec file), its spec less
+    the options inferred from the data, and its ``train.task_options``."""
+    spec = cfg.get("tasks", {}).get(name)
+    spec = {k: v for k, v in spec.items() if k not in ("modality_options", "description")} if isinstance(spec, dict) else spec
+    return cfg.get("task_args", {}).get(name), spec, cfg.get("train", {}).get("task_options", {}).get(name)
+
+
+def _predicts(spec: Any) -> tuple[str, int, list[str]]:
+    return spec.task_type, spec.num_classes, list(spec.class_names or [])
+
+
+def _trained(ckpt: Path) -> str:
+    """Which training a member folder holds (its DONE line, else its weights' size and time), so that a member trained
+    again is scored again."""
+    done = ckpt / "DONE"
+    if done.is_file():
+        return done.read_text().strip()
+    weights = ckpt / "model.safetensors"
+    return f"{weights.stat().st_size} {weights.stat().st_mtime_ns}" if weights.is_file() else ""
 
 
 def _recorded(ckpt: Path, name: str, split: str, metric: str) -> float | None:
@@ -159,8 +190,8 @@ def groups(members: Sequence[Path], size: int) -> list[list[Path]]:
     if size == 0:
         return [list(members)]
     if size < 2 or len(members) % size:
-        raise ValueError(f"--size {size}: needs 2 or more members an ensemble and divides the {len(members)} members "
-                         f"evenly")
+        raise ValueError(f"--size {size}: an ensemble needs 2 or more members, and {size} must divide the "
+                         f"{len(members)} members evenly")
     return [list(members[i:i + size]) for i in range(0, len(members), size)]
 
 
@@ -175,46 +206,55 @@ def hardware(member: Path) -> dict[str, Any]:
     return json.loads(path.read_text()).get("hardware", {}) if path.is_file() else {}
 
 
-def table(results: Sequence[Mapping[str, Any]], sizes: Sequence[Sequence[Path]]) -> str:
-    """The ensembles against their members alone, task by task, and the mean over the tasks."""
+def table(results: Sequence[Mapping[str, Any]], parts: Sequence[Sequence[Path]]) -> str:
+    """The ensembles against their members alone, task by task, and the mean over the tasks whose metric is higher
+    when better (as the suite's table)."""
     from experiments.suite_results import goal
 
     names = list(results[0]["tasks"])
-    ens_means: list[list[float]] = [[] for _ in results]
-    member_means: list[list[float]] = []
-    rows = []
+    for r, part in zip(results[1:], parts[1:]):
+        if list(r["tasks"]) != names:
+            raise ValueError(f"the ensemble of {[str(m) for m in part]} has tasks {list(r['tasks'])}, the first {names}: "
+                             "a table needs the same tasks in every ensemble")
+    rows, ens_by_task, alone_by_task = [], [], []
     for name in names:
         metric = results[0]["tasks"][name]["metric"]
+        higher = HIGHER_IS_BETTER[metric]
         ens = [r["tasks"][name]["ensemble"][metric] for r in results]
-        single = [m["metrics"][metric] for r in results for m in r["tasks"][name]["members"]]
-        for k, v in enumerate(ens):
-            ens_means[k].append(v)
-        member_means.append(single)
-        c = compare(ens, single, higher_is_better=metric not in ("mse", "mae"))
+        alone = [m["metrics"][metric] for r in results for m in r["tasks"][name]["members"]]
+        if higher:
+            ens_by_task.append(ens)
+            alone_by_task.append(alone)
+        c = compare(ens, alone, higher_is_better=higher)
         g = goal(name)
-        met = "-" if g is None else ("yes" if mean_sd(ens).mean >= g else f"no ({mean_sd(ens).mean - g:+.3f})")
-        rows.append([name, metric, format_mean_sd(ens, per_seed=True), format_mean_sd(single),
-                     f"{c.difference:+.3f} ({c.verdict})", "-" if g is None else f"{g:.3f}", met])
-    per_ens = [float(np.mean(v)) for v in ens_means]
-    per_member = [float(np.mean([single[i] for single in member_means])) for i in range(len(member_means[0]))]
-    c = compare(per_ens, per_member)
-    rows.append([f"**mean ({len(names)})**", "", format_mean_sd(per_ens, per_seed=True), format_mean_sd(per_member),
-                 f"{c.difference:+.3f} ({c.verdict})", "", ""])
-    members = [m for g_ in sizes for m in g_]
+        gap = mean_sd(ens).mean - g if g is not None else None
+        met = "-" if gap is None else ("yes" if (gap >= 0) == higher or gap == 0 else f"no ({gap:+.3f})")
+        rows.append([name, metric, format_mean_sd(ens, per_seed=True), format_mean_sd(alone), c.format(),
+                     "-" if g is None else f"{g:.3f}", met])
+    if ens_by_task:
+        per_ens = [float(np.mean(col)) for col in zip(*ens_by_task)]
+        per_member = [float(np.mean(col)) for col in zip(*alone_by_task)]
+        rows.append([f"**mean ({len(ens_by_task)})**", "", format_mean_sd(per_ens, per_seed=True),
+                     format_mean_sd(per_member), compare(per_ens, per_member).format(), "", ""])
+    members = [m for part in parts for m in part]
+    size = len(parts[0])
     hw = hardware(members[0])
-    minutes = ", ".join(f"{training_seconds(g_) / 60:.0f} min" for g_ in sizes)
-    head = (f"{len(results)} ensembles of {len(sizes[0])} members each (members: {', '.join(str(m) for m in members)}; "
-            f"ensemble k = members {len(sizes[0])}k to {len(sizes[0])}k+{len(sizes[0]) - 1}), test split, each member "
-            "scored as `evaluate.py` scores it and the members' class probabilities averaged. Over the ensembles and "
-            f"over the {len(members)} members, each scored alone: {STATS_RULE} Training per ensemble "
-            f"(the members' training loops, one after another): {minutes}"
+    minutes = ", ".join(f"{training_seconds(part) / 60:.0f} min" for part in parts)
+    mismatches = [x for r in results for x in r.get("mismatches", [])]
+    head = (f"{len(results)} ensemble(s) of {size} members (ensemble k: members {size}k to {size}k+{size - 1} of "
+            f"{', '.join(str(m) for m in members)}); {results[0].get('split', 'test')} split; each member scored as `evaluate.py` "
+            "scores it, the members' probabilities averaged (outputs for regression). \"members alone\": the "
+            f"{len(members)} members each scored alone. Over the ensembles and over the members: {STATS_RULE} "
+            f"Training per ensemble (its members' training loops, one after another): {minutes}"
             + (f"; machine: {hw.get('machine', '?')}, {hw.get('device', 'cpu')}, {hw.get('threads', '?')} threads, "
-               f"torch {hw.get('torch', '?')}." if hw else "."))
+               f"torch {hw.get('torch', '?')}." if hw else ".")
+            + (f" Members whose figure recomputed here differs from their own evaluation: {mismatches}." if mismatches else ""))
     columns = ["task", "metric", "ensembles", "members alone", "ensembles - members alone", "goal", "ensemble mean meets goal"]
     return head + "\n\n" + markdown_table(columns, rows) + "\n"
 
 
 def markdown(result: Mapping[str, Any]) -> str:
+    """One ensemble's figures against its members', task by task (printed by a call without --size)."""
     rows = ["| task | metric | ensemble | members (each) | members' mean | ensemble - members' mean |", "|---|---|---|---|---|---|"]
     for name, entry in result["tasks"].items():
         metric = entry["metric"]
@@ -232,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--size", type=int, default=0, help="members per ensemble: --seeds in consecutive groups of this "
                    "many, one ensemble each into OUTPUT/e<k> (0: one ensemble of all members)")
-    p.add_argument("--doc", default=None, help="write the ensembles' table into this markdown page, between markers")
+    p.add_argument("--doc", default="", help="also write the ensembles' table into this markdown page, between the "
+                   "--doc-section markers")
+    p.add_argument("--doc-section", default="ensemble", help="the markers' name: <!-- NAME:begin --> ... <!-- NAME:end -->")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the members' tasks (default: the first's)")
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--batch-size", type=int, default=128)
@@ -250,16 +292,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(markdown(result))
         print(f"{len(members)} members, {result['seconds']} s -> {args.output_dir}")
         if args.doc:
-            write_doc_section(Path(args.doc), DOC_BEGIN, DOC_END, table([result], [members]))
+            publish(table([result], [members]), args.doc, args.doc_section)
         return result
     parts = groups(members, args.size)
     out = Path(args.output_dir)
     results = [ensemble(g, names, argparse.Namespace(**{**vars(args), "output_dir": str(out / f"e{k}")}))
                for k, g in enumerate(parts)]
-    text = table(results, parts)
-    print(text)
-    if args.doc:
-        write_doc_section(Path(args.doc), DOC_BEGIN, DOC_END, text)
+    publish(table(results, parts), args.doc, args.doc_section)
     return {"ensembles": results}
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.special import expit, logit, softmax
+from scipy.special import log_expit, log_softmax, logsumexp
 from torch import Tensor, nn
 
 from highmmt.metrics import compute_metric
@@ -166,23 +166,22 @@ def score(spec: TaskSpec, outputs: np.ndarray, targets: np.ndarray) -> dict[str,
     return {m: compute_metric(m, outputs, targets, spec.task_type) for m in (spec.metric, *spec.extra_metrics)}
 
 
-_PROB_EPS = 1e-7
-
-
 def average_outputs(outputs: Sequence[np.ndarray], task_type: str) -> np.ndarray:
     """The members' outputs [n, c] (logits, as the model gives them) combined into one array of the same form:
     the log of the mean class probabilities (classification), the logit of the mean label probabilities
-    (multilabel), or the mean (regression). ``score`` reads the result as it reads one model's outputs."""
+    (multilabel), or the mean (regression). ``score`` reads the result as it reads one model's outputs. Computed in
+    log space (logsumexp), so confident rows keep their order instead of tying at a clipped probability."""
     if not outputs:
         raise ValueError("average_outputs: no members")
     shapes = {o.shape for o in outputs}
     if len(shapes) != 1:
         raise ValueError(f"average_outputs: members' outputs differ in shape {sorted(shapes)}")
     stack = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
+    log_m = np.log(len(outputs))
     if task_type == "classification":
-        return np.log(np.clip(softmax(stack, axis=2).mean(axis=0), _PROB_EPS, None))
-    if task_type == "multilabel":
-        return logit(np.clip(expit(stack).mean(axis=0), _PROB_EPS, 1.0 - _PROB_EPS))
+        return logsumexp(log_softmax(stack, axis=2), axis=0) - log_m
+    if task_type == "multilabel":  # logit(mean p) = log(mean p) - log(mean (1 - p)); log p = log_expit(x), log (1 - p) = log_expit(-x)
+        return logsumexp(log_expit(stack), axis=0) - logsumexp(log_expit(-stack), axis=0)
     if task_type == "regression":
         return stack.mean(axis=0)
     raise ValueError(f"average_outputs: unknown task type {task_type!r}")

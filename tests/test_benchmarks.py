@@ -378,10 +378,16 @@ def test_suite_results_seeds_runs_every_seed_combines_them_and_writes_the_doc(tm
     page = doc.read_text()
     assert page.startswith("# Results on the real suite") and f"`python -m experiments.suite_results {shlex.join(argv)}`" in page
     assert "seeds 0, 1, 2" in page and (out / "seeds.md").is_file()
-    doc.write_text(page + "\n<!-- other: begin -->\nanother study's table\n<!-- other: end -->\n")
+    doc.write_text(page + "\n<!-- other:begin -->\nanother study's table\n<!-- other:end -->\n")
     suite_results.main(argv)  # a rerun keeps the finished seeds
     assert len(calls) == 9
     assert doc.read_text().count("# Results on the real suite") == 1 and "another study's table" in doc.read_text()
+    # a page written before the markers, with another study's block appended: the old table goes, the block stays
+    doc.write_text("# Results on the real suite\n\nold table\n\n<!-- other:begin -->\nanother study's table\n<!-- other:end -->\n")
+    suite_results.main(argv)
+    page = doc.read_text()
+    assert "old table" not in page and "another study's table" in page and page.count("seeds 0, 1, 2") >= 1
+    assert page.index("seeds 0, 1, 2") < page.index("another study's table")
     with pytest.raises(SystemExit):  # other overrides: another call's seed folders are refused, not re-scored
         suite_results.main([*argv, "--set", "train.lr=0.001"])
     assert len(calls) == 9

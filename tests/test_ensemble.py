@@ -60,8 +60,12 @@ def test_member_folders_from_a_list_or_a_seed_pattern(tmp_path: Path) -> None:
 
 
 def test_ensemble_of_trained_runs_rescores_each_member_as_evaluate_does(tiny_run, tmp_path: Path) -> None:
+    import datasets
+
     import evaluate
+    import predict
     from experiments import compare_runs, ensemble
+    from tasks.cache import load_task
 
     flags = ("--set", "train.epochs=2", "--set", "train.steps_per_epoch=3", "--set", "train.select=task",
              "--set", "train.select_min_rows=1", "--set", "train.threads=1")
@@ -77,6 +81,20 @@ def test_ensemble_of_trained_runs_rescores_each_member_as_evaluate_does(tiny_run
         assert [m["matches_evaluate"] for m in entry["members"]] == [True, True]  # same weights, same rows, same score
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["synthetic_single"]["accuracy"] == result["tasks"]["synthetic_single"]["ensemble"]["accuracy"]
+    # the same ensemble by another path: predict.py's averaged predictions on the test rows
+    test = load_task("synthetic_single", cache_dir=tmp_path / "cache", quiet=True).splits["test"]
+    test.save_to_disk(str(tmp_path / "rows"))
+    pred = predict.main(["--checkpoint", ",".join(map(str, runs)), "--task", "synthetic_single", "--input",
+                         str(tmp_path / "rows"), "--output", str(tmp_path / "p.csv"), "--quiet"])
+    predicted = np.array(datasets.Dataset.from_csv(str(pred))["prediction"])
+    assert np.mean(predicted == np.array(test["label"])) == pytest.approx(metrics["synthetic_single"]["accuracy"])
+    # scored once: a second call reads it back; a member trained again is scored again
+    (out / "eval" / "metrics.json").unlink()
+    ensemble.main(["--members", ",".join(map(str, runs)), "--output-dir", str(out)])
+    assert not (out / "eval" / "metrics.json").exists()
+    (runs[1] / "DONE").write_text((runs[1] / "DONE").read_text() + " again")
+    ensemble.main(["--members", ",".join(map(str, runs)), "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert (out / "eval" / "metrics.json").is_file()
     # an ensemble folder reads like an evaluated run
     (tmp_path / "e0").symlink_to(out)
     rows = compare_runs.main(["--tasks", "synthetic_single", "--seeds", "0", "--a", str(tmp_path / "e{seed}"),
@@ -106,4 +124,7 @@ def test_groups_and_the_table_judge_ensembles_against_their_members_alone(tmp_pa
     row = next(line for line in text.splitlines() if line.startswith("| utd_mhad"))
     assert "0.955 ± 0.007 (0.950, 0.960)" in row and "0.907 ± 0.010" in row and "+0.047 (gain)" in row
     assert row.endswith("| 0.960 | no (-0.005) |")  # the goal for UTD-MHAD
-    assert "| **mean (1)** |" in text and "2 ensembles of 2 members each" in text
+    assert "| **mean (1)** |" in text and "2 ensemble(s) of 2 members" in text
+    lower = {"tasks": {"r": {"metric": "mse", "ensemble": {"mse": 1.0}, "members": [{"metrics": {"mse": 2.0}}] * 2}}}
+    text = table([lower, lower], groups(members, 2))
+    assert "-1.000 (gain)" in text and "**mean" not in text  # lower is better; no mean over a lower-is-better metric
