@@ -60,7 +60,7 @@ from tasks import baselines
 from tasks.base import TaskSpec
 from tasks.cache import LoadedTask, load_task, resolve_cache_dir, run_data_paths
 from tasks.loader import collate_rows, move_to, predict, score
-from transference.hooks import hooks_for_run
+from transference.hooks import hooks_for_run, run_predictor
 
 NOISE_LEVELS = (0.1, 0.25, 0.5, 1.0, 2.0)
 BASELINE_KEYS = ("baseline_best", "baseline_name", "margin")
@@ -242,17 +242,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.quiet:
         print((out / "results.md").read_text())
     return metrics
-
-
-def run_predictor(model: HighMMT, ckpt: Path, run_cfg: Mapping[str, Any], device: torch.device,
-                  methods: Sequence[Any] | None = None) -> torch.nn.Module:
-    """What the run predicts with: ``model``, or the module a training method of the run puts in its place
-    (``TrainHook.predictor``: a co-training run's views, ...)."""
-    methods = hooks_for_run(run_cfg) if methods is None else methods
-    predictors = [p for p in (h.predictor(model, ckpt, run_cfg, device) for h in methods) if p is not None and p is not model]
-    if len(predictors) > 1:
-        raise ValueError(f"two training methods replace the predictor: {[h.name for h in methods]}")
-    return predictors[0] if predictors else model
 
 
 def use_task_weights(model: HighMMT, ckpt: Path, name: str, per_task: Mapping[str, Any], mean_state: Mapping[str, Any]) -> str:

@@ -37,11 +37,13 @@ import torch
 
 import modalities  # noqa: F401  (registers the embedders)
 import tasks as task_registry  # noqa: F401  (registers the built-in tasks)
+import transference  # noqa: F401  (registers the training methods: a run may predict through one)
 from highmmt import HighMMT
 from highmmt.checkpoint import task_weight_epochs
 from tasks.base import TaskSpec
 from tasks.cache import SPEC_SUFFIXES, load_task
 from tasks.loader import average_outputs, predict
+from transference.hooks import run_predictor
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -187,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
         if task_weight_epochs(ckpt, args.weights).get(spec.name, {}).get("use"):
             model.load_task_weights(ckpt, spec.name)
-        outputs.append(predict(model, rows, this, batch_size=args.batch_size, device=device)[0])
+        predictor = run_predictor(model, ckpt, json.loads((ckpt / "config.json").read_text()), device)
+        outputs.append(predict(predictor, rows, this, batch_size=args.batch_size, device=device)[0])
     combined = outputs[0] if len(outputs) == 1 else average_outputs(outputs, spec.task_type)
     table = datasets.Dataset.from_dict(prediction_table(combined, spec))
     out.parent.mkdir(parents=True, exist_ok=True)

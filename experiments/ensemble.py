@@ -45,12 +45,13 @@ import numpy as np
 import torch
 
 from benchmarks.common import STATS_RULE, compare, format_mean_sd, markdown_table, mean_sd, run_cli
-from evaluate import load_run_task, read_run_config, run_predictor, use_task_weights, validation_rows
+from evaluate import load_run_task, read_run_config, use_task_weights, validation_rows
 from experiments.common import loop_seconds, publish
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_json, task_weight_epochs
 from highmmt.metrics import HIGHER_IS_BETTER
 from tasks.loader import average_outputs, predict, score
+from transference.hooks import run_predictor
 
 
 

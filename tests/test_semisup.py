@@ -396,6 +396,14 @@ def test_evaluate_reports_the_views_ensemble_and_their_independence(tmp_path, me
     else:  # the tiny preset's encoder: every parameter of it is read by both views
         assert m["views_shared_parameters"] == sum(p.numel() for p in loaded.encoders["shared"].parameters()) > 0
     assert m["accuracy"] == pytest.approx(m["views_accuracy_ensemble"])  # the reported figure is the ensemble's
+    # predict.py predicts through the same views' ensemble as evaluate.py scores
+    import predict
+
+    test = load_task("synthetic_pair", cache_dir=tmp_path / "cache", quiet=True).splits["test"]
+    test.save_to_disk(str(tmp_path / "rows"))
+    written = predict.main(["--checkpoint", str(out), "--input", str(tmp_path / "rows"), "--output", str(tmp_path / "p.csv"), "--quiet"])
+    predicted = np.array(datasets.Dataset.from_csv(str(written))["prediction"])
+    assert np.mean(predicted == np.array(test["label"])) == pytest.approx(m["accuracy"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"synthetic_pair@syn_a", "synthetic_pair@syn_b"} <= {r["task"] for r in rows if r["split"] == "validation"}
     cfg = json.loads((out / "config.json").read_text())

@@ -145,6 +145,18 @@ def hooks_for_run(run_config: Mapping[str, Any]) -> list[TrainHook]:
     return build_hooks(run)
 
 
+def run_predictor(model: nn.Module, ckpt: Path, run_config: Mapping[str, Any], device: torch.device,
+                  methods: Sequence[TrainHook] | None = None) -> nn.Module:
+    """What a finished run predicts with: ``model``, or the module one of its training methods puts in its place
+    (:meth:`TrainHook.predictor`: a co-training run's views, ...). ``evaluate.py``, ``predict.py`` and
+    ``experiments.ensemble`` all score through it."""
+    methods = hooks_for_run(run_config) if methods is None else methods
+    predictors = [p for p in (h.predictor(model, ckpt, run_config, device) for h in methods) if p is not None and p is not model]
+    if len(predictors) > 1:
+        raise ValueError(f"{ckpt}: two training methods replace the predictor: {[h.name for h in methods]}")
+    return predictors[0] if predictors else model
+
+
 # ---- a finished run folder ----------------------------------------------------------------------
 HOOK_WEIGHTS = "hooks.safetensors"  # the hooks' modules, saved beside the best model.safetensors
 
