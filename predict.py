@@ -42,7 +42,7 @@ from highmmt import HighMMT
 from highmmt.checkpoint import task_weight_epochs
 from tasks.base import TaskSpec
 from tasks.cache import SPEC_SUFFIXES, load_task
-from tasks.loader import average_outputs, predict
+from tasks.loader import average_outputs, predict, predicted
 from transference.hooks import run_predictor
 
 
@@ -164,8 +164,7 @@ def checkpoint_specs(ckpts: Sequence[Path], name: str | None) -> list[TaskSpec]:
     first = checkpoint_task(ckpts[0], name)
     specs = [first] + [checkpoint_task(c, first.name) for c in ckpts[1:]]
     for ckpt, spec in zip(ckpts[1:], specs[1:]):
-        mine = (spec.task_type, spec.num_classes, list(spec.class_names or []))
-        theirs = (first.task_type, first.num_classes, list(first.class_names or []))
+        mine, theirs = predicted(spec), predicted(first)
         if mine != theirs:
             raise ValueError(f"--checkpoint {ckpt}: task {first.name!r} is {spec.task_type} with {spec.num_classes} outputs "
                              f"{mine[2] or ''}, in {ckpts[0]} {first.task_type} with {first.num_classes} {theirs[2] or ''}: "

@@ -50,18 +50,14 @@ from experiments.common import loop_seconds, publish
 from highmmt import HighMMT
 from highmmt.checkpoint import atomic_write_json, task_weight_epochs
 from highmmt.metrics import HIGHER_IS_BETTER
-from tasks.loader import average_outputs, predict, score
+from tasks.loader import average_outputs, predict, predicted, score
 from transference.hooks import run_predictor
 
 
-
-def member_outputs(ckpt: Path, names: Sequence[str], args: argparse.Namespace,
+def member_outputs(ckpt: Path, run_cfg: Mapping[str, Any], names: Sequence[str], args: argparse.Namespace,
                    device: torch.device) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
-    """Task -> (outputs, targets, spec) of one run on ``args.split``, with the weights evaluate.py scores it with."""
-    run_cfg = read_run_config(ckpt)
-    missing = [n for n in names if n not in run_cfg["tasks"]]
-    if missing:
-        raise ValueError(f"member {ckpt}: no task(s) {missing}; it has {sorted(run_cfg['tasks'])}")
+    """Task -> (outputs, targets, spec) of one run (its folder and config.json) on ``args.split``, with the weights
+    evaluate.py scores it with."""
     model = HighMMT.from_pretrained(ckpt, map_location=device).eval()
     predictor = run_predictor(model, ckpt, run_cfg, device)
     per_task = task_weight_epochs(ckpt, "auto", rows_of=lambda t: validation_rows(run_cfg, t, args))
@@ -105,7 +101,7 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
             return prior  # scored already: a split is read once per configuration
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     start = time.perf_counter()
-    per_member = [member_outputs(m, names, args, device) for m in members]
+    per_member = [member_outputs(m, cfg, names, args, device) for m, cfg in zip(members, configs)]
     result: dict[str, Any] = {**stamp, "tasks": {}}
     metrics: dict[str, Any] = {}
     for name in names:
@@ -115,9 +111,9 @@ def ensemble(members: Sequence[Path], names: Sequence[str] | None, args: argpars
             out, target, this_spec = found[name]
             if spec is None:
                 spec, first_target = this_spec, target
-            elif _predicts(this_spec) != _predicts(spec):
-                raise ValueError(f"member {ckpt}, task {name!r}: predicts {_predicts(this_spec)} (kind, outputs, "
-                                 f"classes), the first member ({members[0]}) {_predicts(spec)}")
+            elif predicted(this_spec) != predicted(spec):
+                raise ValueError(f"member {ckpt}, task {name!r}: predicts {predicted(this_spec)} (kind, outputs, "
+                                 f"classes), the first member ({members[0]}) {predicted(spec)}")
             elif target.shape != first_target.shape or not np.array_equal(target, first_target):
                 raise ValueError(f"member {ckpt}, task {name!r}: its {args.split} rows' targets differ from the first "
                                  f"member's ({members[0]}): the members must read the same rows in the same order")
@@ -150,10 +146,6 @@ def _task_data(cfg: Mapping[str, Any], name: str) -> tuple[Any, Any, Any]:
     spec = cfg.get("tasks", {}).get(name)
     spec = {k: v for k, v in spec.items() if k not in ("modality_options", "description")} if isinstance(spec, dict) else spec
     return cfg.get("task_args", {}).get(name), spec, cfg.get("train", {}).get("task_options", {}).get(name)
-
-
-def _predicts(spec: Any) -> tuple[str, int, list[str]]:
-    return spec.task_type, spec.num_classes, list(spec.class_names or [])
 
 
 def _trained(ckpt: Path) -> str:

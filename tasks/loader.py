@@ -166,6 +166,11 @@ def score(spec: TaskSpec, outputs: np.ndarray, targets: np.ndarray) -> dict[str,
     return {m: compute_metric(m, outputs, targets, spec.task_type) for m in (spec.metric, *spec.extra_metrics)}
 
 
+def predicted(spec: TaskSpec) -> tuple[str, int, list[str]]:
+    """What a task's outputs are (kind, width, class names): runs whose outputs are averaged must agree on it."""
+    return spec.task_type, spec.num_classes, list(spec.class_names or [])
+
+
 def average_outputs(outputs: Sequence[np.ndarray], task_type: str) -> np.ndarray:
     """The members' outputs [n, c] (logits, as the model gives them) combined into one array of the same form:
     the log of the mean class probabilities (classification), the logit of the mean label probabilities
