@@ -9,6 +9,9 @@ given the option, else in ``embed``). ``tokens="frame"``: one token per frame, `
 of all joints + fixed sinusoidal time position (at most ``max_frames`` tokens). ``tokens="joint"``:
 one token per (frame, joint), ``Linear(c -> d)`` + a learned joint-identity embedding + the time
 position, ordered (frame, joint) (at most ``max_frames * j`` tokens: lower ``max_frames``).
+``stem="conv"`` (frame tokens only) replaces the per-frame linear map with a convolutional stem over the
+frames (``modalities._common.ConvStem1d``, stride 1): a token sees its neighbouring frames, so the joints'
+motion, before the shared encoder.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from torch import Tensor, nn
 from highmmt.embedder import Batch, Embedder, sinusoidal_positions
 from highmmt.registry import EMBEDDERS
 from modalities._common import (
+    ConvStem1d,
     SummaryToken,
     append_token,
     collate_float_sequences,
     batch_mask,
+    check_stem,
     finish,
     positive_int,
     resample,
@@ -52,6 +57,8 @@ class PoseEmbedder(Embedder):
         summary_segments: also the statistics of this many consecutive parts of the sequence, in that token.
         summary_steps: also each channel's mean absolute change between consecutive values, in that token.
         summary_norm: standardise the token's statistics by the training rows' mean and std first.
+        stem: ``"linear"`` (one linear map per frame) or ``"conv"`` (``ConvStem1d`` over the frames;
+            ``tokens="frame"`` only).
     """
 
     kind = "pose"
@@ -69,6 +76,7 @@ class PoseEmbedder(Embedder):
         summary_segments: int = 0,
         summary_steps: bool = False,
         summary_norm: bool = False,
+        stem: str = "linear",
     ) -> None:
         super().__init__(name=name, dim=dim)
         self.joints = positive_int(self.kind, "joints", joints)
@@ -77,7 +85,12 @@ class PoseEmbedder(Embedder):
         if tokens not in TOKEN_MODES:
             raise ValueError(f"pose embedder: option 'tokens' must be one of {TOKEN_MODES}, got {tokens!r}")
         self.tokens = tokens
-        if tokens == "frame":
+        self.stem = check_stem(self.kind, stem)
+        if stem == "conv" and tokens != "frame":
+            raise ValueError(f"pose embedder: option stem='conv' needs tokens='frame', got tokens={tokens!r}")
+        if stem == "conv":
+            self.to_tokens = ConvStem1d(self.joints * self.coords, dim, 1)
+        elif tokens == "frame":
             self.to_tokens = nn.Linear(self.joints * self.coords, dim)
         else:
             self.to_tokens = nn.Linear(self.coords, dim)
@@ -112,7 +125,7 @@ class PoseEmbedder(Embedder):
         b, t = x.shape[:2]
         mask = batch_mask(self, batch, (b, t))
         self.check_finite(x, where=mask[:, :, None, None])
-        x = zero_invalid(x, mask).to(self.to_tokens.weight.dtype)
+        x = zero_invalid(x, mask).to(next(self.to_tokens.parameters()).dtype)
         mask, (x,) = resample(mask, self.max_frames, x)
         return x, mask
 
@@ -126,7 +139,9 @@ class PoseEmbedder(Embedder):
         t = x.shape[1]
         time = sinusoidal_positions(t, self.dim, device=x.device, dtype=x.dtype)  # [t, d]
 
-        if self.tokens == "frame":
+        if self.stem == "conv":
+            tokens, mask = finish(self.to_tokens(rearrange(x, "b t j c -> b (j c) t")) + time, mask)
+        elif self.tokens == "frame":
             tokens, mask = finish(self.to_tokens(rearrange(x, "b t j c -> b t (j c)")) + time, mask)
         else:
             tokens = self.to_tokens(x) + self.joint_embed + time.unsqueeze(1)  # [b, t, j, d]
