@@ -241,7 +241,8 @@ def pose(rng: np.random.Generator) -> Example:
             (ValueError, [np.zeros((5, 4, 3)), np.zeros((5, 5, 3))]),
         ],
         variants=[({"joints": 4, "coords": 3, "max_frames": 6, "tokens": "joint"}, [21, 25, 9]),
-                  ({"joints": 4, "coords": 3, "max_frames": 6, "summary": False}, [5, 6, 2])],
+                  ({"joints": 4, "coords": 3, "max_frames": 6, "summary": False}, [5, 6, 2]),
+                  ({"joints": 4, "coords": 3, "max_frames": 6, "stem": "conv"}, [6, 7, 3])],
     )
 
 
@@ -908,3 +909,21 @@ def test_video_crop_to_content_puts_the_actor_in_the_same_frame_wherever_they_st
     torch.testing.assert_close(corner, expected)
     with pytest.raises(ValueError, match="crop_to_content must be true or false"):
         build("video", {"crop_to_content": 1})
+
+
+def test_pose_conv_stem_sees_neighbouring_frames_and_needs_frame_tokens() -> None:
+    """With ``stem="conv"`` a frame's token changes when the next frame moves; with the linear map it does not."""
+    x = torch.randn(1, 6, 4, 3)
+    moved = x.clone()
+    moved[0, 3] += 1.0
+    for stem, changes in (("conv", True), ("linear", False)):
+        emb = build("pose", {"joints": 4, "coords": 3, "max_frames": 6, "summary": False, "stem": stem}).eval()
+        with torch.no_grad():
+            before, after = emb(x)[0][0], emb(moved)[0][0]
+        assert not torch.allclose(before[3], after[3])  # the moved frame itself
+        assert torch.allclose(before[0], after[0])  # far from it
+        assert (not torch.allclose(before[2], after[2])) == changes  # its neighbour
+    with pytest.raises(ValueError, match="stem='conv' needs tokens='frame'"):
+        build("pose", {"joints": 4, "coords": 3, "tokens": "joint", "stem": "conv"})
+    with pytest.raises(ValueError, match="stem"):
+        build("pose", {"joints": 4, "coords": 3, "stem": "gru"})
