@@ -132,17 +132,14 @@ class PoseEmbedder(Embedder):
     def embed(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """``x`` [b, t, j, c] (+ ``mask`` [b, t]) -> tokens [b, t, d] or [b, t * j, d], mask to match."""
         x, mask = self._frames(batch)
-        summary = None
-        if self.summary is not None:
-            flat = rearrange(x, "b t j c -> b t (j c)")
-            summary = self.summary(flat, mask.unsqueeze(-1).expand_as(flat))
+        flat = rearrange(x, "b t j c -> b t (j c)")
+        summary = None if self.summary is None else self.summary(flat, mask.unsqueeze(-1).expand_as(flat))
         t = x.shape[1]
         time = sinusoidal_positions(t, self.dim, device=x.device, dtype=x.dtype)  # [t, d]
 
-        if self.stem == "conv":
-            tokens, mask = finish(self.to_tokens(rearrange(x, "b t j c -> b (j c) t")) + time, mask)
-        elif self.tokens == "frame":
-            tokens, mask = finish(self.to_tokens(rearrange(x, "b t j c -> b t (j c)")) + time, mask)
+        if self.tokens == "frame":  # the conv stem reads [b, channels, t]
+            tokens = self.to_tokens(flat.transpose(1, 2) if self.stem == "conv" else flat)
+            tokens, mask = finish(tokens + time, mask)
         else:
             tokens = self.to_tokens(x) + self.joint_embed + time.unsqueeze(1)  # [b, t, j, d]
             tokens = rearrange(tokens, "b t j d -> b (t j) d")
